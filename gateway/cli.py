@@ -1,0 +1,279 @@
+"""The ``hagw`` command line: run the gateway, check configs, and operate a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway import __version__
+from gateway.admin_client import AdminClient, AdminError
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+DEFAULT_CONFIG = "configs/gateway.yaml"
+
+
+class Style:
+    """ANSI colour only when stdout is a terminal (and NO_COLOR is unset)."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        if enabled is None:
+            enabled = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        self.enabled = enabled
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+    def state(self, state: str) -> str:
+        colour = {"HEALTHY": "32", "WARNING": "33", "UNHEALTHY": "31", "EJECTED": "31",
+                  "DRAINING": "36", "MAINTENANCE": "35", "STARTING": "34"}.get(state, "0")
+        return self.paint(state, colour)
+
+
+def table(rows: list[list[str]], headers: list[str], style: Style | None = None,
+          colour_col: int | None = None) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = []
+        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            text = cell.ljust(width)
+            if style is not None and i == colour_col:
+                text = style.state(cell) + " " * (width - len(cell))
+            cells.append(text)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# -- config and client ---------------------------------------------------------------------
+
+def _config_path(args: argparse.Namespace) -> str:
+    return str(args.config or os.environ.get("HAGW_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(_config_path(args))
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient.from_config(_load(args), url=args.admin, token=args.token)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.runtime import Gateway
+
+    path = _config_path(args)
+    config = load_config(path)
+    _setup_logging(config.log_level)
+    _use_uvloop()
+
+    async def main() -> None:
+        gateway = Gateway(config, config_path=path)
+        await gateway.start()
+        logging.getLogger("hagw").info("serving traffic on %s, admin on %s",
+                                       gateway.traffic_url, gateway.admin_url)
+        gateway.install_signal_handlers()
+        await gateway.wait()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.fleet import run_demo
+
+    _setup_logging("info")
+    _use_uvloop()
+    asyncio.run(run_demo(args.config))
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from gateway.demo.backend import serve_backend
+
+    asyncio.run(serve_backend(args.name, args.host, args.port, args.version))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    config = load_config(path)
+    print(f"{path}: ok ({len(config.nodes)} nodes, balancer {config.balancer}, "
+          f"listen {config.listen}, admin {config.admin.listen})")
+    return 0
+
+
+def _node_rows(nodes: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for n in nodes:
+        weight = f"{n['weight']}"
+        if n["serving"] and abs(n["effective_weight"] - n["weight"]) > 1e-3:
+            weight += f" ({n['effective_weight']:.2f})"
+        rows.append([n["name"], n["state"], weight, str(n["in_flight"]),
+                     n.get("version") or "-", n.get("url", ""), n.get("reason", "")])
+    return rows
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    client = _client(args)
+    style = Style()
+
+    def render() -> str:
+        data = client.get("/nodes")
+        if args.json:
+            return json.dumps(data, indent=2)
+        cluster = data["cluster"]
+        head = (f"{cluster['serving']}/{cluster['nodes']} nodes serving, "
+                f"min_healthy={cluster['min_healthy']}"
+                + (style.paint("  PANIC MODE", "31;1") if cluster["panic"] else ""))
+        return head + "\n" + table(_node_rows(data["nodes"]),
+                                   ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION", "URL",
+                                    "REASON"], style, colour_col=1)
+
+    if not args.watch:
+        print(render())
+        return 0
+    return _watch(render, args.interval)
+
+
+def _watch(render: Callable[[], str], interval: float) -> int:
+    """Redraw in place until Ctrl-C."""
+    try:
+        while True:
+            text = render()
+            if sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            sys.stdout.write(time.strftime("%H:%M:%S  ") + "(Ctrl-C to stop)\n" + text + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    client = _client(args)
+    body = {"reason": args.reason} if args.reason else {}
+    node = client.post(f"/nodes/{args.node}/drain", body)
+    print(f"{node['name']}: {node['state']} ({node['reason']}), {node['in_flight']} in flight")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while node["in_flight"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            node = client.get(f"/nodes/{args.node}")
+        if node["in_flight"] > 0:
+            print(f"{node['name']}: still {node['in_flight']} in flight after {args.timeout:g}s",
+                  file=sys.stderr)
+            return 1
+        print(f"{node['name']}: drained, nothing in flight")
+    return 0
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    client = _client(args)
+    body: dict[str, Any] = {"force": True} if args.force else {}
+    node = client.post(f"/nodes/{args.node}/undrain", body)
+    print(f"{node['name']}: {node['state']} ({node['reason']})")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    client = _client(args)
+    result = client.post("/reload")
+    print(f"reloaded: nodes {', '.join(result['nodes'])}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = _client(args)
+    query = f"/events?limit={args.limit}" + (f"&node={args.node}" if args.node else "")
+    for event in client.get(query)["events"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+        node = f" {event['node']}" if event.get("node") else ""
+        print(f"{stamp}  {event['kind']}{node}: {event['message']}")
+    return 0
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _use_uvloop() -> None:
+    """uvloop when installed (the ``speed`` extra); the gateway is correct without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hagw", description="hagw: a high-availability "
+                                     "HTTP gateway")
+    parser.add_argument("--version", action="version", version=f"hagw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help: str,
+                admin: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("-c", "--config", help=f"config file (default: $HAGW_CONFIG or "
+                                              f"{DEFAULT_CONFIG})")
+        if admin:
+            p.add_argument("--admin", help="admin API URL (default: from the config)")
+            p.add_argument("--token", help="admin token (default: from the config)")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("run", cmd_run, "run the gateway")
+    command("demo", cmd_demo, "run demo nodes and the gateway in front of them")
+    command("check", cmd_check, "validate a config file")
+    p = command("nodes", cmd_nodes, "show the nodes of a running gateway", admin=True)
+    p.add_argument("--watch", action="store_true", help="refresh in place")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--json", action="store_true")
+    p = command("drain", cmd_drain, "take a node out of rotation; in-flight requests finish",
+                admin=True)
+    p.add_argument("node")
+    p.add_argument("--reason")
+    p.add_argument("--wait", action="store_true", help="wait until nothing is in flight")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p = command("undrain", cmd_undrain, "put a drained node back in rotation", admin=True)
+    p.add_argument("node")
+    p.add_argument("--force", action="store_true", help="also release a deploy's hold")
+    command("reload", cmd_reload, "reload the config of a running gateway", admin=True)
+    p = command("events", cmd_events, "show recent events", admin=True)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--node")
+    p = sub.add_parser("node", help="run one demo backend node")
+    p.add_argument("--name", default="node-1")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9601)
+    p.add_argument("--version", default="v1")
+    p.set_defaults(fn=cmd_node)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.fn(args)
+    except ConfigError as exc:
+        print(f"hagw: invalid config: {exc}", file=sys.stderr)
+        code = 2
+    except AdminError as exc:
+        print(f"hagw: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

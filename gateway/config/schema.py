@@ -1,0 +1,282 @@
+"""The config schema: frozen, typed dataclasses. Field defaults are the documented defaults.
+
+Every section is validated once at load time (``gateway.config.load_config``); the
+rest of the program trusts these objects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from gateway.config.build import check
+from gateway.config.errors import FieldProblem
+from gateway.config.types import (
+    URL,
+    Address,
+    Duration,
+    HostPort,
+    NodeQuota,
+    Ratio,
+    Size,
+    StatusSet,
+)
+from gateway.units import Quota
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+METHOD = re.compile(r"[A-Z]{1,20}")
+RETRY_CONDITIONS = ("connect-failure", "reset", "timeout", "gateway-error", "5xx")
+
+
+def _parse_retry_condition(value: object) -> str:
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if text in RETRY_CONDITIONS or re.fullmatch(r"[45]\d\d", text):
+        return text
+    raise ValueError("expected one of " + ", ".join(RETRY_CONDITIONS)
+                     + f' or a status like 503, found {value!r}')
+
+
+RetryCondition = Annotated[str, _parse_retry_condition]
+
+positive = check(lambda v: v > 0, "expected a value above zero")
+at_least_one = check(lambda v: v >= 1, "expected 1 or more")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    #: Bearer token for every mutating admin call. ``${HAGW_ADMIN_TOKEN}`` reads the environment.
+    token: str
+    listen: Address = HostPort("127.0.0.1", 9901)
+
+    def validate(self) -> None:
+        if not self.token.strip():
+            raise FieldProblem("token", "expected a non-empty token (mutating admin calls "
+                                        "need it; set HAGW_ADMIN_TOKEN)")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutsConfig:
+    #: Opening a TCP connection to a node.
+    connect: Duration = field(default=1.0, metadata=positive)
+    #: From the start of a client request to the node's response headers, retries included.
+    request: Duration = field(default=30.0, metadata=positive)
+    #: A pooled upstream connection idle longer than this is closed. Keep it below the
+    #: nodes' keep-alive timeout so the gateway never reuses a connection the node closed.
+    idle_upstream: Duration = field(default=30.0, metadata=positive)
+    #: Longest silence while a body streams in either direction.
+    stream_idle: Duration = field(default=60.0, metadata=positive)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetConfig:
+    #: Retries in flight may be at most this share of active requests (Envoy's retry budget)...
+    percent: Ratio = 0.2
+    #: ...but at least this many, so a quiet gateway can still retry.
+    min_concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RetriesConfig:
+    #: Total tries per request, the first included (1 disables retries).
+    attempts: int = field(default=2, metadata=at_least_one)
+    #: connect-failure, reset, timeout, gateway-error (502/503/504), 5xx, or a status code.
+    on: tuple[RetryCondition, ...] = ("connect-failure", "reset", "502", "503")
+    #: Methods retried after the request reached a node (or any request with Idempotency-Key).
+    methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+    per_try_timeout: Duration | None = None
+    backoff_base: Duration = 0.025
+    backoff_max: Duration = 0.25
+    budget: RetryBudgetConfig = RetryBudgetConfig()
+    #: Request bodies up to this size are kept so that a retry can re-send them.
+    buffer: Size = 64 * 1024
+
+    def validate(self) -> None:
+        for i, method in enumerate(self.methods):
+            if not METHOD.fullmatch(method):
+                raise FieldProblem(f"methods.{i}",
+                                   f"expected an upper-case HTTP method, found {method!r}")
+
+    @property
+    def retry_statuses(self) -> frozenset[int]:
+        codes = {int(c) for c in self.on if c.isdigit()}
+        if "gateway-error" in self.on:
+            codes |= {502, 503, 504}
+        if "5xx" in self.on:
+            codes |= set(range(500, 600))
+        return frozenset(codes)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    #: Larger request bodies get 413.
+    max_body: Size = 10 * 1024 * 1024
+    #: Larger request headers (in total, or any one line) get 431.
+    max_header: Size = 16 * 1024
+    max_headers: int = field(default=100, metadata=at_least_one)
+    #: A client must finish sending its request headers within this time (slowloris guard).
+    client_header_timeout: Duration = field(default=10.0, metadata=positive)
+    #: Longest pause allowed between two parts of a request body.
+    client_body_timeout: Duration = field(default=30.0, metadata=positive)
+    #: Idle client keep-alive connections are closed after this.
+    client_keepalive: Duration = field(default=75.0, metadata=positive)
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetectionConfig:
+    enabled: bool = True
+    #: Consecutive gateway failures (connect errors, resets, 502/503/504) that eject a node.
+    consecutive_failures: int = field(default=5, metadata=at_least_one)
+    #: Ejection time is this times the number of times the node was ejected before.
+    base_ejection_time: Duration = field(default=30.0, metadata=positive)
+    max_ejection_time: Duration = field(default=300.0, metadata=positive)
+    #: At most this share of nodes is ejected at once (at least one may always be ejected).
+    max_ejection_percent: Ratio = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownConfig:
+    #: How long /readyz reports not-ready before the listener stops accepting.
+    grace: Duration = 5.0
+    #: How long in-flight requests may take to finish after the listener stopped.
+    drain_timeout: Duration = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """An extra check a node must pass before it is readmitted."""
+
+    path: str = "/ready"
+    expect_status: StatusSet = frozenset({200})
+
+    def validate(self) -> None:
+        if not self.path.startswith("/"):
+            raise FieldProblem("path", f"expected a path starting with '/', found {self.path!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    enabled: bool = True
+    mode: Literal["http", "tcp"] = "http"
+    path: str = "/health"
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    expect_status: StatusSet = frozenset(range(200, 300))
+    #: A regular expression the response body must match.
+    body_match: str | None = None
+    interval: Duration = field(default=5.0, metadata=positive)
+    #: Probe interval while a node is not healthy, so it is readmitted quickly.
+    unhealthy_interval: Duration = field(default=1.0, metadata=positive)
+    #: Each wait is lengthened by a random share of up to this much, to spread probes out.
+    jitter: Ratio = 0.1
+    timeout: Duration = field(default=1.0, metadata=positive)
+    healthy_threshold: int = field(default=2, metadata=at_least_one)
+    unhealthy_threshold: int = field(default=3, metadata=at_least_one)
+    #: The JSON field of the health answer that carries the node's version.
+    version_field: str = "version"
+    verify: VerifyConfig | None = None
+
+    def validate(self) -> None:
+        if not self.path.startswith("/"):
+            raise FieldProblem("path", f"expected a path starting with '/', found {self.path!r}")
+        if not METHOD.fullmatch(self.method):
+            raise FieldProblem("method",
+                               f"expected an upper-case HTTP method, found {self.method!r}")
+        if self.body_match is not None:
+            try:
+                re.compile(self.body_match)
+            except re.error as exc:
+                raise FieldProblem("body_match", f"expected a regular expression: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class WarningConfig:
+    """When a node counts as degrading (WARNING) and when it has recovered."""
+
+    #: Live traffic p95 latency above this is a warning sign.
+    latency_p95: Duration = 0.25
+    #: Live traffic error rate (5xx and failures) above this is a warning sign.
+    error_rate: Ratio = 0.05
+    #: The sliding window live traffic is judged over...
+    window: Duration = field(default=30.0, metadata=positive)
+    #: ...and the fewest requests in it before it is judged at all.
+    min_requests: int = field(default=20, metadata=at_least_one)
+    #: The median of the last ``probe_samples`` probe latencies above this is a warning sign.
+    probe_latency: Duration = 0.25
+    probe_samples: int = field(default=5, metadata=at_least_one)
+    #: Signs must stay clear this long before a WARNING node counts as healthy again.
+    recover_after: Duration = 30.0
+    #: A WARNING node that cannot be drained (capacity floor) serves at this share of its weight.
+    reduced_weight: Ratio = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStartConfig:
+    #: A readmitted node ramps from min_weight to full weight over this window (0 disables).
+    window: Duration = 30.0
+    min_weight: Ratio = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    url: URL
+    weight: int = field(default=1, metadata=check(lambda v: 1 <= v <= 1000,
+                                                    "expected a weight from 1 to 1000"))
+    zone: str | None = None
+    #: Backup nodes serve only while healthy primary capacity is below min_healthy.
+    backup: bool = False
+    #: Overrides of the top-level ``health`` keys for this node.
+    health: HealthCheckConfig | None = None
+
+    def validate(self) -> None:
+        if not NAME.fullmatch(self.name):
+            raise FieldProblem("name", "expected a name of letters, digits, '.', '_' or '-', "
+                                       f"found {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    nodes: tuple[NodeConfig, ...]
+    admin: AdminConfig
+    #: The traffic listener.
+    listen: Address = HostPort("127.0.0.1", 8080)
+    balancer: Literal["round_robin", "least_request", "random"] = "round_robin"
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retries: RetriesConfig = RetriesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+    health: HealthCheckConfig = HealthCheckConfig()
+    warning: WarningConfig = WarningConfig()
+    slow_start: SlowStartConfig = SlowStartConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    #: Below this share of serving nodes the gateway routes to every node it may (panic mode).
+    panic_threshold: Ratio = 0.5
+    #: Automatic drains never take serving capacity below this (a count or a percentage).
+    min_healthy: NodeQuota = Quota(percent=50.0)
+    #: The gateway's own zone, for ``locality: prefer_zone``.
+    zone: str | None = None
+    locality: Literal["none", "prefer_zone"] = "none"
+    #: Where durable state lives (SLO history, deploys, maintenance queue, incidents).
+    state_dir: str = "var/hagw"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+
+    def validate(self) -> None:
+        if not self.nodes:
+            raise FieldProblem("nodes", "expected at least one node")
+        seen: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.name in seen:
+                raise FieldProblem(f"nodes.{i}.name", f"duplicate node name {node.name!r} "
+                                                      f"(also nodes[{seen[node.name]}])")
+            seen[node.name] = i
+        if self.locality == "prefer_zone" and self.zone is None:
+            raise FieldProblem("zone",
+                               "expected the gateway's own zone when locality is prefer_zone")
+
+    def health_for(self, node: NodeConfig) -> HealthCheckConfig:
+        return node.health or self.health
+
+    def node(self, name: str) -> NodeConfig | None:
+        return next((n for n in self.nodes if n.name == name), None)

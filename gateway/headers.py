@@ -1,0 +1,118 @@
+"""Header hygiene between client and node (RFC 9110 §7.6): hop-by-hop headers are
+stripped both ways, X-Forwarded-* and Via are appended, X-Request-Id is kept or made."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable
+
+from multidict import CIMultiDict
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+_REQUEST_MANAGED = HOP_BY_HOP | {
+    b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"via", b"x-request-id",
+}
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+VIA = b"1.1 hagw"
+_BAD = (b"\r", b"\n", b"\0")
+
+_prefix = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+class BadHeader(ValueError):
+    """A header that must never be forwarded (CR, LF or NUL inside it)."""
+
+
+def new_request_id() -> str:
+    # A per-process random prefix plus a counter: unique, and far cheaper than uuid4().
+    return f"{_prefix}-{next(_counter):x}"
+
+
+def _connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in raw_headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes], ...], *,
+                 client_ip: str, scheme: str, node_host: bytes, request_id: str,
+                 content_length: int | None, chunked: bool) -> bytes:
+    """The request line and headers sent to a node, framed as the gateway sends the body."""
+    out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1", "replace")]
+    append = out.append
+    forwarded_for = forwarded_proto = forwarded_host = via = b""
+    host = b""
+    drop = _REQUEST_MANAGED
+    for name, value in raw_headers:
+        lower = name.lower()
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise BadHeader(f"header {name.decode('latin-1')!r} contains CR, LF or NUL")
+        if lower in drop:
+            if lower == b"connection":
+                # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+                drop = drop | _connection_tokens(raw_headers) - {b"host"}
+            elif lower == b"x-forwarded-for":
+                forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+            elif lower == b"x-forwarded-proto":
+                forwarded_proto = value if not forwarded_proto else forwarded_proto + b", " + value
+            elif lower == b"x-forwarded-host":
+                forwarded_host = value if not forwarded_host else forwarded_host + b", " + value
+            elif lower == b"via":
+                via = value if not via else via + b", " + value
+            continue
+        if lower == b"host":
+            host = value
+        append(name + b": " + value + b"\r\n")
+    if not host:
+        host = node_host
+        append(b"Host: " + host + b"\r\n")
+    client = client_ip.encode()
+    append(b"X-Forwarded-For: " + (forwarded_for + b", " + client if forwarded_for else client)
+           + b"\r\n")
+    proto = scheme.encode()
+    append(b"X-Forwarded-Proto: " + (forwarded_proto + b", " + proto if forwarded_proto else proto)
+           + b"\r\n")
+    append(b"X-Forwarded-Host: " + (forwarded_host + b", " + host if forwarded_host else host)
+           + b"\r\n")
+    append(b"Via: " + (via + b", " + VIA if via else VIA) + b"\r\n")
+    append(b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n")
+    if chunked:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        append(b"Content-Length: " + str(content_length).encode() + b"\r\n")
+    append(b"\r\n")
+    return b"".join(out)
+
+
+def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:
+    """The node's response headers as sent to the client: hop-by-hop and framing removed."""
+    drop = _RESPONSE_DROP
+    for name, value in raw:
+        if name.lower() == b"connection":
+            drop = drop | frozenset(t.strip().lower() for t in value.split(b","))
+    headers: CIMultiDict[str] = CIMultiDict()
+    via = ""
+    has_id = False
+    for name, value in raw:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == b"via":
+            via = value.decode("latin-1")
+            continue
+        if lower == b"x-request-id":
+            has_id = True
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+    headers["Via"] = f"{via}, 1.1 hagw" if via else "1.1 hagw"
+    if not has_id:
+        headers["X-Request-Id"] = request_id
+    return headers

@@ -1,0 +1,97 @@
+"""The traffic listener: aiohttp's low-level HTTP server, hardened.
+
+aiohttp's RequestHandler has no deadline for a client to finish sending its
+headers, so a slowloris client could hold a connection forever; it also answers
+oversized headers with 400 where RFC 6585 says 431. ``GuardedRequestHandler``
+adds both. The low-level server skips aiohttp's router and middleware chain,
+which the proxy does not need on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+log = logging.getLogger("hagw.listener")
+
+_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+class GuardedRequestHandler(RequestHandler):
+    """Adds a header deadline (slowloris guard) and 431 for oversized headers."""
+
+    header_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Headers are complete once aiohttp queued a message or is handling one.
+        if self._messages or self._request_in_progress or self._upgraded:
+            self._disarm()
+        elif self._header_deadline is None and data:
+            self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._header_deadline = self._loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if (self._messages or self._request_in_progress or self._upgraded
+                or self.transport is None):
+            return
+        log.info("closing %s: request headers not complete within %gs",
+                 self.peername, self.header_timeout)
+        self.transport.write(_TIMEOUT_408)
+        self.force_close()
+        self.transport.close()
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, LineTooLong) or (
+                isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
+            status = 431
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        # Hostile or broken input is routine at the edge: log it quietly, answer in JSON.
+        log.info("rejected a malformed request from %s: %s", request.remote, exc or message)
+        body = {"error": "headers_too_large" if status == 431 else "bad_request",
+                "message": (getattr(exc, "message", None) or message or "malformed request")}
+        response = web.Response(status=status, body=json.dumps(body).encode(),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+
+class GuardedServer(web.Server):
+    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        handler = GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.header_timeout = self.header_timeout
+        return handler

@@ -1,0 +1,406 @@
+"""The route: one client request -> a node chosen by the cluster -> the answer back.
+
+Hot-path rules: bind metrics once per node, build the upstream head in one
+pass over the raw headers, buffer small bodies whole and stream large ones, and
+touch tenacity only after a first attempt failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.web_exceptions import HTTPException
+
+from gateway.config.schema import GatewayConfig
+from gateway.errors import error_response
+from gateway.headers import BadHeader, new_request_id, request_head, response_headers
+from gateway.node import Node
+from gateway.retry import Retryable, RetryBudget, RetryPolicy
+from gateway.upstream import ConnectionPool, UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("hagw.proxy")
+access_log = logging.getLogger("hagw.access")
+
+#: Responses whose body is fully here when the headers arrive are sent in one piece.
+_CHUNK_END = b"0\r\n\r\n"
+
+#: Something the traffic listener serves itself instead of proxying (status page, tickets...).
+LocalRoute = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse | None]]
+
+
+class NoNode(Exception):
+    pass
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientBodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the proxy knows about one client request while it tries nodes."""
+
+    request: web.BaseRequest
+    request_id: str
+    method: str
+    body: bytes | None
+    length: int | None
+    chunked: bool
+    idempotent: bool
+    tried: list[Node] = field(default_factory=list)
+    body_consumed: bool = False
+    #: Why the gateway answered itself (for metrics): "no_node", "timeout", "upstream"...
+    failure: str | None = None
+
+    @property
+    def replayable(self) -> bool:
+        return self.body is not None or not self.body_consumed
+
+
+class Proxy:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.budget = RetryBudget(0.2, 3)
+        #: Checked in order before proxying; the first that answers wins.
+        self.local_routes: list[LocalRoute] = []
+        #: Called with (status, seconds, failure) for every client request (SLO, warning...).
+        self.observers: list[Callable[[int, float, str | None], None]] = []
+        self.configure(gateway.config)
+
+    def configure(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.policy = RetryPolicy(config.retries)
+        self.budget.percent = config.retries.budget.percent
+        self.budget.min_concurrency = config.retries.budget.min_concurrency
+        self.request_timeout = config.timeouts.request
+        self.per_try_timeout = config.retries.per_try_timeout
+        self.stream_idle = config.timeouts.stream_idle
+        self.retry_buffer = config.retries.buffer
+        self.max_body = config.limits.max_body
+        self.max_header = config.limits.max_header
+        self.body_timeout = config.limits.client_body_timeout
+
+    # -- entry point ------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        ex: Exchange | None = None
+        status = 500
+        try:
+            for route in self.local_routes:
+                local = await route(request, request_id)
+                if local is not None:
+                    status = local.status
+                    return local
+            ex, response = await self._proxy(request, request_id)
+            status = response.status
+            return response
+        except BaseException:
+            status = 500 if ex is None or ex.failure is None else 502
+            raise
+        finally:
+            elapsed = loop.time() - start
+            failure = ex.failure if ex is not None else None
+            self.gw.metrics.observe_request(status, elapsed)
+            for observe in self.observers:
+                observe(status, elapsed, failure)
+            if self.config.access_log:
+                access_log.info("%s %s %s %d %.1fms %s", request.remote, request.method,
+                                request.path_qs, status, elapsed * 1000, request_id)
+
+    async def _proxy(self, request: web.BaseRequest,
+                     request_id: str) -> tuple[Exchange | None, web.StreamResponse]:
+        headers = request.headers
+        if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > self.max_header:
+            return None, error_response(431, f"request headers exceed {self.max_header} bytes",
+                                        request_id, close=True)
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            return None, error_response(413, f"request body of {length} bytes exceeds "
+                                             f"{self.max_body}", request_id, close=True)
+        if headers.get("Upgrade", "").lower() == "websocket":
+            return None, await self.gw.websockets.proxy(request, request_id)
+        chunked = length is None and request.body_exists
+        body: bytes | None = b""
+        if request.body_exists:
+            if headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = None
+            if length is not None and length <= self.retry_buffer:
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        body = await request.content.readexactly(length)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    return None, error_response(408, "the request body did not arrive in time",
+                                                request_id, close=True)
+        method = request.method
+        ex = Exchange(request, request_id, method, body, length, chunked,
+                      self.policy.idempotent(method, "Idempotency-Key" in headers))
+        budget = self.budget
+        budget.active += 1
+        try:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    conn, node = await self._send(ex)
+            except TimeoutError:
+                ex.failure = "timeout"
+                self.gw.metrics.gateway_errors.labels("timeout").inc()
+                return ex, error_response(504, f"no answer from a node within "
+                                               f"{self.request_timeout:g}s", request_id)
+            except NoNode:
+                ex.failure = "no_node"
+                self.gw.metrics.gateway_errors.labels("no_node").inc()
+                return ex, error_response(503, "no node is available to take the request",
+                                          request_id, retry_after=1)
+            except BadHeader as exc:
+                return ex, error_response(400, str(exc), request_id, close=True)
+            except BodyTooLarge:
+                return ex, error_response(413, f"request body exceeds {self.max_body} bytes",
+                                          request_id, close=True)
+            except ClientBodyError as exc:
+                return ex, error_response(exc.status, str(exc), request_id, close=True)
+            except UpstreamError as exc:
+                ex.failure = "upstream"
+                self.gw.metrics.gateway_errors.labels(exc.kind).inc()
+                if exc.kind == "overflow":
+                    return ex, error_response(503, str(exc), request_id, retry_after=1)
+                return ex, error_response(502, str(exc), request_id)
+        finally:
+            budget.active -= 1
+        return ex, await self._respond(ex, conn, node)
+
+    # -- attempts --------------------------------------------------------------------------
+
+    async def _send(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
+        try:
+            return await self._attempt(ex)
+        except Retryable as first:
+            failed = first
+        # A retryable status keeps its answer here until something better arrives.
+        held: Retryable | None = failed if failed.conn is not None else None
+        budget = self.budget
+        try:
+            if not budget.allows():
+                self.gw.metrics.retry_budget_exhausted.inc()
+                return self._give_up(failed, held)
+            async for attempt in self.policy.retrying(budget):
+                with attempt:
+                    self.gw.metrics.retries.labels(failed.node.name, failed.reason).inc()
+                    budget.retrying += 1
+                    try:
+                        return await self._attempt(ex)
+                    except Retryable as again:
+                        failed = again
+                        if again.conn is not None:
+                            if held is not None and held.conn is not None:
+                                held.conn.abort()
+                            held = again
+                        raise
+                    finally:
+                        budget.retrying -= 1
+        except (Retryable, NoNode):
+            return self._give_up(failed, held)
+        finally:
+            if held is not None and held.conn is not None and not held.returned:
+                held.conn.abort()
+        raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
+
+    @staticmethod
+    def _give_up(failed: Retryable, held: Retryable | None) -> tuple[UpstreamConnection, Node]:
+        """No retry succeeded: the last node answer we kept, else the last error."""
+        if held is not None and held.conn is not None:
+            held.returned = True
+            held.node.acquire()
+            return held.conn, held.node
+        assert failed.error is not None
+        raise failed.error
+
+    async def _attempt(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
+        gw = self.gw
+        node = gw.cluster.pick(ex.tried)
+        if node is None:
+            raise NoNode()
+        ex.tried.append(node)
+        pool = gw.pools[node]
+        bound = gw.metrics.node(node.name)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        node.acquire()
+        conn: UpstreamConnection | None = None
+        try:
+            conn = await pool.acquire()
+            if self.per_try_timeout is not None:
+                async with asyncio.timeout(self.per_try_timeout):
+                    await self._exchange(ex, conn, node)
+            else:
+                await self._exchange(ex, conn, node)
+        except UpstreamError as exc:
+            node.release()
+            if conn is not None:
+                conn.abort()
+            bound.error.inc()
+            if exc.kind != "overflow":
+                gw.outlier.failure(node, exc.kind)
+                gw.monitor.record(node, loop.time() - started, True)
+            reason = self.policy.error_reason(exc, ex.idempotent, ex.replayable)
+            if reason is not None:
+                raise Retryable(node, reason, exc) from exc
+            raise
+        except TimeoutError as exc:
+            node.release()
+            if conn is not None:
+                conn.abort()
+            bound.error.inc()
+            gw.monitor.record(node, loop.time() - started, True)
+            if self.per_try_timeout is None:
+                raise  # the whole request's deadline: answered 504 by the caller
+            gw.outlier.failure(node, "timeout")
+            reason = self.policy.timeout_reason(ex.idempotent, ex.replayable)
+            if reason is not None:
+                raise Retryable(node, reason, exc) from exc
+            raise
+        except BaseException:
+            node.release()
+            if conn is not None:
+                conn.abort()
+            raise
+        status = conn.status
+        elapsed = loop.time() - started
+        bound.observe(status, elapsed)
+        gw.monitor.record(node, elapsed, status >= 500)
+        if 502 <= status <= 504:
+            gw.outlier.failure(node, str(status))
+        else:
+            gw.outlier.success(node)
+        if (self.policy.status_retryable(status, ex.idempotent, ex.replayable)
+                and len(ex.tried) < self.policy.attempts):
+            node.release()
+            raise Retryable(node, str(status), conn=conn)
+        return conn, node
+
+    async def _exchange(self, ex: Exchange, conn: UpstreamConnection, node: Node) -> None:
+        request = ex.request
+        url = node.config.url
+        conn.begin(head_only=ex.method == "HEAD")
+        head = request_head(
+            ex.method, request.raw_path, request.raw_headers,
+            client_ip=request.remote or "", scheme=request.scheme,
+            node_host=f"{url.host}:{url.port}".encode(), request_id=ex.request_id,
+            content_length=ex.length if not ex.chunked else None, chunked=ex.chunked)
+        if ex.body is not None:
+            conn.write(head + ex.body if len(ex.body) < 65536 else head)
+            if len(ex.body) >= 65536:
+                conn.write(ex.body)
+        else:
+            conn.write(head)
+            await self._stream_body(ex, conn)
+        await conn.read_head()
+
+    async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        ex.body_consumed = True
+        content = ex.request.content
+        sent = 0
+        while not conn.early_response:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise ClientBodyError(408, "the request body stalled") from None
+            except Exception as exc:  # aiohttp raises its own payload errors here
+                raise ClientBodyError(400, f"bad request body: {exc}") from None
+            if not chunk:
+                break
+            sent += len(chunk)
+            if sent > self.max_body:
+                raise BodyTooLarge()
+            if ex.chunked:
+                conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            else:
+                conn.write(chunk)
+            await conn.drain()
+        else:
+            conn.keep_alive = False  # the node answered before reading everything
+            return
+        if ex.chunked:
+            conn.write(_CHUNK_END)
+
+    # -- the answer ------------------------------------------------------------------------
+
+    async def _respond(self, ex: Exchange, conn: UpstreamConnection,
+                       node: Node) -> web.StreamResponse:
+        pool: ConnectionPool = self.gw.pools[node]
+        request = ex.request
+        try:
+            headers = response_headers(conn.headers, ex.request_id)
+            if conn.complete:
+                body = conn.take_buffered()
+                pool.release(conn)
+                if ex.method == "HEAD":
+                    return _head_response(conn, headers)
+                return web.Response(status=conn.status, body=body, headers=headers)
+            response = web.StreamResponse(status=conn.status, headers=headers)
+            declared = _declared_length(conn)
+            if declared is not None:
+                response.content_length = declared
+            await response.prepare(request)
+            timeout = self.stream_idle
+            while True:
+                async with asyncio.timeout(timeout):
+                    chunk = await conn.read_chunk()
+                if not chunk:
+                    break
+                await response.write(chunk)
+            await response.write_eof()
+            pool.release(conn)
+            return response
+        except (UpstreamError, TimeoutError) as exc:
+            # Too late for an error status: cut the client connection so it sees a failure.
+            conn.abort()
+            ex.failure = "reset"
+            log.warning("node %s failed mid-response (%s); closing the client connection",
+                        node.name, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError(str(exc)) from None
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            node.release()
+
+
+def _declared_length(conn: UpstreamConnection) -> int | None:
+    for name, value in conn.headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _head_response(conn: UpstreamConnection, headers: object) -> web.StreamResponse:
+    response = web.Response(status=conn.status, headers=headers)  # type: ignore[arg-type]
+    declared = _declared_length(conn)
+    if declared is not None:
+        response.headers["Content-Length"] = str(declared)
+    return response
+
+
+__all__ = ["HTTPException", "LocalRoute", "Proxy"]

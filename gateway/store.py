@@ -1,0 +1,92 @@
+"""Durable gateway state under ``state_dir``: one SQLite file, written off the event loop.
+
+Small records (operator drains, deploys, maintenance windows, incidents) are
+JSON values in namespaced keys. SQLite runs in WAL mode with synchronous=FULL
+on one dedicated thread, so a write has reached the disk when ``await`` returns
+and the event loop never blocks on fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+"""
+
+
+def open_sqlite(path: Path, schema: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
+class StateStore:
+    def __init__(self, state_dir: str | Path, name: str = "state.db") -> None:
+        self.path = Path(state_dir) / name
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagw-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self, extra_schema: str = "") -> None:
+        self._db = await self.run(lambda: open_sqlite(self.path, _SCHEMA + extra_schema))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db = self._db
+            self._db = None
+            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
+        self._pool.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the state store is not open")
+        return self._db
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the store's own thread (SQLite calls must not block the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def put(self, namespace: str, key: str, value: Any) -> None:
+        text = json.dumps(value, separators=(",", ":"))
+        now = time.time()
+        await self.run(lambda: self.db.execute(
+            "INSERT INTO kv(namespace, key, value, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value, "
+            "updated=excluded.updated", (namespace, key, text, now)))
+
+    async def delete(self, namespace: str, key: str) -> None:
+        await self.run(lambda: self.db.execute(
+            "DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key)))
+
+    async def get(self, namespace: str, key: str) -> Any:
+        row = await self.run(lambda: self.db.execute(
+            "SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key)).fetchone())
+        return None if row is None else json.loads(row[0])
+
+    async def items(self, namespace: str) -> dict[str, Any]:
+        rows = await self.run(lambda: self.db.execute(
+            "SELECT key, value FROM kv WHERE namespace=? ORDER BY updated",
+            (namespace,)).fetchall())
+        return {key: json.loads(value) for key, value in rows}
+
+    def __repr__(self) -> str:
+        return f"<StateStore {self.path}>"

@@ -1,0 +1,1 @@
+"""Health monitoring, warning detection and (later modules) deploy orchestration."""

@@ -1,0 +1,135 @@
+"""Active health checks and the verify check: the I/O half of health checking.
+
+A probe only observes; what its result means for the node is decided by the
+node's state machine and the warning detector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.config.schema import HealthCheckConfig, VerifyConfig
+from gateway.config.types import NodeURL
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    ok: bool
+    #: Why it failed, or a short note when it passed.
+    detail: str
+    latency: float
+    status: int | None = None
+    #: The node says it is degrading (``{"status": "warn"}`` or ``X-Health-Status: warn``).
+    warn: str | None = None
+    version: str | None = None
+
+    @property
+    def result(self) -> str:
+        """The label for hagw_health_checks_total."""
+        if not self.ok:
+            return "timeout" if self.detail.startswith("probe timeout") else "failure"
+        return "warn" if self.warn else "success"
+
+
+def _json(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def http_probe(session: aiohttp.ClientSession, url: NodeURL,
+                     check: HealthCheckConfig) -> ProbeResult:
+    started = time.monotonic()
+    target = f"{url}{check.path}"
+    try:
+        async with asyncio.timeout(check.timeout):
+            async with session.request(check.method, target, headers=check.headers,
+                                       allow_redirects=False) as response:
+                body = await response.read()
+                status = response.status
+                header_state = response.headers.get("X-Health-Status", "").strip().lower()
+    except TimeoutError:
+        return ProbeResult(False, f"probe timeout after {check.timeout * 1000:.0f}ms",
+                           time.monotonic() - started)
+    except (aiohttp.ClientError, OSError) as exc:
+        return ProbeResult(False, f"probe failed: {exc.__class__.__name__}: {exc}",
+                           time.monotonic() - started)
+    latency = time.monotonic() - started
+    data = _json(body)
+    body_state = str(data.get("status", "")).lower() if data else ""
+    version = data.get(check.version_field) if data else None
+    version = str(version) if version is not None else None
+    if status not in check.expect_status:
+        return ProbeResult(False, f"probe got HTTP {status}", latency, status, version=version)
+    if body_state in ("fail", "failing", "down") or header_state == "fail":
+        return ProbeResult(False, "health endpoint reports fail", latency, status,
+                           version=version)
+    if check.body_match is not None and not re.search(check.body_match,
+                                                      body.decode("utf-8", "replace")):
+        return ProbeResult(False, f"probe body does not match {check.body_match!r}", latency,
+                           status, version=version)
+    warn = None
+    if body_state in ("warn", "warning") or header_state in ("warn", "warning"):
+        reason = data.get("reason") if data else None
+        warn = "health endpoint reports warn" + (f": {reason}" if reason else "")
+    return ProbeResult(True, "probe ok", latency, status, warn=warn, version=version)
+
+
+async def tcp_probe(url: NodeURL, check: HealthCheckConfig) -> ProbeResult:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(check.timeout):
+            _, writer = await asyncio.open_connection(url.host, url.port)
+    except TimeoutError:
+        return ProbeResult(False, f"probe timeout after {check.timeout * 1000:.0f}ms (tcp)",
+                           time.monotonic() - started)
+    except OSError as exc:
+        return ProbeResult(False, f"probe failed: tcp connect: {exc.strerror or exc}",
+                           time.monotonic() - started)
+    latency = time.monotonic() - started
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return ProbeResult(True, "tcp connect ok", latency)
+
+
+async def probe(session: aiohttp.ClientSession, url: NodeURL,
+                check: HealthCheckConfig) -> ProbeResult:
+    if check.mode == "tcp":
+        return await tcp_probe(url, check)
+    return await http_probe(session, url, check)
+
+
+async def verify(session: aiohttp.ClientSession, url: NodeURL, check: HealthCheckConfig,
+                 expected_version: str | None, reported_version: str | None) -> str | None:
+    """Run the readmission check; None if the node passes, else why it does not."""
+    verify_cfg: VerifyConfig | None = check.verify
+    version = reported_version
+    if verify_cfg is not None:
+        try:
+            async with asyncio.timeout(check.timeout):
+                async with session.get(f"{url}{verify_cfg.path}", allow_redirects=False) as resp:
+                    body = await resp.read()
+                    status = resp.status
+        except TimeoutError:
+            return f"verify {verify_cfg.path} timed out"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"verify {verify_cfg.path} failed: {exc}"
+        if status not in verify_cfg.expect_status:
+            return f"verify {verify_cfg.path} got HTTP {status}"
+        data = _json(body)
+        if data is not None and data.get(check.version_field) is not None:
+            version = str(data[check.version_field])
+    if expected_version is not None and version != expected_version:
+        return f"reports version {version or 'unknown'}, expected {expected_version}"
+    return None

@@ -1,0 +1,208 @@
+"""Shared fixtures: real demo backends and real gateways on 127.0.0.1, ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from gateway.config import GatewayConfig, parse_config
+from gateway.demo.backend import INFO, Faults, NodeInfo, build_backend
+from gateway.runtime import Gateway
+
+TOKEN = "test-token"
+
+
+def require_tool(name: str) -> str:
+    """The path of a system tool; skip (or fail under CI=true) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Backend:
+    """A demo backend node running in the test's event loop."""
+
+    name: str
+    port: int
+    runner: web.AppRunner
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def info(self) -> NodeInfo:
+        return self.runner.app[INFO]  # type: ignore[index]
+
+    def fault(self, **changes: Any) -> None:
+        current = self.info.faults
+        self.info.faults = Faults(**{**current.__dict__, **changes})
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Any]]:
+    started: list[Backend] = []
+
+    async def start(count: int = 3, version: str = "v1", prefix: str = "node") -> list[Backend]:
+        out = []
+        for _i in range(count):
+            name = f"{prefix}-{len(started) + 1}"
+            runner = web.AppRunner(build_backend(name, version), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            backend = Backend(name, runner.addresses[0][1], runner)
+            started.append(backend)
+            out.append(backend)
+        return out
+
+    yield start
+    for backend in started:
+        await backend.stop()
+
+
+@dataclass
+class NodeProcess:
+    """A demo backend node in its own process, for SIGKILL/SIGSTOP tests."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop_signal(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def cont(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+def spawn_node(name: str, version: str = "v1", port: int = 0) -> NodeProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "node", "--name", name, "--port", str(port),
+         "--version", version], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r":(\d+)\s*$", line)
+    if match is None:
+        proc.kill()
+        raise RuntimeError(f"demo node did not start: {line!r}")
+    return NodeProcess(name, int(match.group(1)), proc)
+
+
+@pytest.fixture
+def node_processes() -> Iterator[Callable[..., list[NodeProcess]]]:
+    started: list[NodeProcess] = []
+
+    def start(count: int = 3, version: str = "v1") -> list[NodeProcess]:
+        out = [spawn_node(f"node-{len(started) + i + 1}", version) for i in range(count)]
+        started.extend(out)
+        return out
+
+    yield start
+    for node in started:
+        if node.proc.poll() is None:
+            node.cont()
+            node.proc.kill()
+        node.proc.wait()
+        if node.proc.stdout is not None:
+            node.proc.stdout.close()
+
+
+def config_dict(urls: list[str], state_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A test config: loopback, ephemeral ports, fast probes, no shutdown grace."""
+    data: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0", "token": TOKEN},
+        "nodes": [{"name": f"node-{i + 1}", "url": url} for i, url in enumerate(urls)],
+        "health": {"interval": "100ms", "unhealthy_interval": "100ms", "timeout": "500ms",
+                   "healthy_threshold": 2, "unhealthy_threshold": 2, "jitter": 0},
+        "shutdown": {"grace": "0ms", "drain_timeout": "5s"},
+        "state_dir": str(state_dir),
+        "slow_start": {"window": "0ms"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def make_config(urls: list[str], state_dir: Path, **overrides: Any) -> GatewayConfig:
+    return parse_config(yaml.safe_dump(config_dict(urls, state_dir, **overrides)), "<test>")
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start real gateways: ``gw = await gateway(urls, balancer="least_request")``."""
+    running: list[Gateway] = []
+
+    async def start(urls: list[str], *, config_path: str | None = None,
+                    **overrides: Any) -> Gateway:
+        config = make_config(urls, tmp_path / f"state{len(running)}", **overrides)
+        gw = Gateway(config, config_path=config_path)
+        await gw.start()
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        await gw.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0,
+                   what: str = "condition") -> None:
+    """Wait for a state change the test caused (bounded; never a timing assertion)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def no_env(*names: str) -> Iterator[None]:
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
