@@ -59,6 +59,8 @@ class Cluster:
         self.on_transition: list[Callable[[Transition], None]] = []
         #: Called when a WARNING node could not be drained because of the floor.
         self.on_drain_refused: list[Callable[[Node], None]] = []
+        #: Called on every change of a node, transition or not (uptime accounting).
+        self.on_change: list[Callable[[Node], None]] = []
         for node_config in config.nodes:
             self._add(node_config, boot=True)
 
@@ -124,6 +126,8 @@ class Cluster:
 
     def _on_node(self, node: Node, transition: Transition | None) -> None:
         self.version += 1
+        for changed in self.on_change:
+            changed(node)
         if transition is not None:
             data: dict[str, Any] = {"from": transition.old.value, "to": transition.new.value,
                                     "reason": transition.reason}

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.node import NodeState
+from gateway.slo import AVAILABILITY_WINDOWS, BURN_WINDOWS, SloTracker
+from gateway.uptime import NodeUptime
 
 #: 1 ms to 10 s: a proxy's answers live at the low end, its timeouts at the high end.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -42,10 +44,13 @@ class NodeMetrics:
 
 
 class NodeGauges(Collector):
-    """hagw_node_* gauges, computed from the cluster when Prometheus scrapes."""
+    """hagw_node_* and hagw_cluster_* gauges, computed from the cluster at scrape time."""
 
-    def __init__(self, nodes: Callable[[], Iterator[object]]) -> None:
+    def __init__(self, nodes: Callable[[], Iterator[object]], floor: Callable[[], int],
+                 uptime: NodeUptime) -> None:
         self._nodes = nodes
+        self._floor = floor
+        self._uptime = uptime
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("hagw_node_state", "1 for the state each node is in, 0 for "
@@ -55,6 +60,7 @@ class NodeGauges(Collector):
                                       labels=["node"])
         weight = GaugeMetricFamily("hagw_node_weight", "The node's effective balancing weight "
                                    "(slow start and warning cuts included)", labels=["node"])
+        total = serving = 0
         for node in self._nodes():
             snap = node.snapshot(public=True)  # type: ignore[attr-defined]
             name = snap["name"]
@@ -63,7 +69,55 @@ class NodeGauges(Collector):
             up.add_metric([name], 1.0 if snap["serving"] else 0.0)
             in_flight.add_metric([name], float(snap["in_flight"]))
             weight.add_metric([name], float(snap["effective_weight"]))
+            total += 1
+            serving += bool(snap["serving"])
         yield from (state, up, in_flight, weight)
+        rotation = CounterMetricFamily(
+            "hagw_node_rotation_seconds", "Time each node spent serving, or out of rotation "
+            "for planned or unplanned reasons", labels=["node", "status"])
+        for name, cats in self._uptime.totals().items():
+            for category, seconds in cats.items():
+                rotation.add_metric([name, category], seconds)
+        yield rotation
+        yield GaugeMetricFamily("hagw_cluster_nodes", "Nodes in the config", value=total)
+        yield GaugeMetricFamily("hagw_cluster_serving_nodes", "Nodes taking new requests",
+                                value=serving)
+        yield GaugeMetricFamily("hagw_cluster_min_healthy_nodes",
+                                "The min_healthy floor, in nodes", value=self._floor())
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class SloGauges(Collector):
+    """The gateway's own SLO accounting, read at scrape time."""
+
+    def __init__(self, tracker: SloTracker) -> None:
+        self._tracker = tracker
+
+    def collect(self) -> Iterator[Metric]:
+        slo = self._tracker
+        requests = CounterMetricFamily(
+            "hagw_slo_requests", "Client requests by how they count for the SLO (excluded: "
+            "planned maintenance, clients that hung up)", labels=["result"])
+        for result, value in zip(("good", "bad", "excluded"), slo.totals, strict=True):
+            requests.add_metric([result], float(value))
+        yield requests
+        yield GaugeMetricFamily("hagw_slo_target_ratio", "The availability objective",
+                                value=slo.config.target)
+        availability = GaugeMetricFamily("hagw_sli_availability_ratio",
+                                         "Good / (good + bad) over the window", labels=["window"])
+        for name, seconds in AVAILABILITY_WINDOWS.items():
+            availability.add_metric([name], slo.availability(seconds))
+        yield availability
+        yield GaugeMetricFamily("hagw_error_budget_remaining_ratio",
+                                "Share of the SLO window's error budget left",
+                                value=slo.budget_remaining())
+        burn = GaugeMetricFamily("hagw_burn_rate", "Error ratio over the window divided by the "
+                                 "allowed error ratio", labels=["window"])
+        for name, seconds in BURN_WINDOWS.items():
+            burn.add_metric([name], slo.burn_rate(seconds))
+        yield burn
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -113,5 +167,7 @@ class Metrics:
         self._by_class[code_class(status)].inc()
         self.request_duration.observe(seconds)
 
-    def watch_nodes(self, nodes: Callable[[], Iterator[object]]) -> None:
-        self.registry.register(NodeGauges(nodes))
+    def watch(self, nodes: Callable[[], Iterator[object]], floor: Callable[[], int],
+              uptime: NodeUptime, slo: SloTracker) -> None:
+        self.registry.register(NodeGauges(nodes, floor, uptime))
+        self.registry.register(SloGauges(slo))

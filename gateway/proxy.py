@@ -32,8 +32,11 @@ access_log = logging.getLogger("hagw.access")
 #: Responses whose body is fully here when the headers arrive are sent in one piece.
 _CHUNK_END = b"0\r\n\r\n"
 
-#: Something the traffic listener serves itself instead of proxying (status page, tickets...).
-LocalRoute = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse | None]]
+#: Something the traffic listener answers itself instead of proxying (status page, maintenance
+#: mode, queue tickets): returns the response and how it counts for the SLO (see gateway.slo),
+#: or None to let the request through.
+LocalRoute = Callable[[web.BaseRequest, str],
+                      Awaitable[tuple[web.StreamResponse, str | None] | None]]
 
 
 class NoNode(Exception):
@@ -42,6 +45,10 @@ class NoNode(Exception):
 
 class BodyTooLarge(Exception):
     pass
+
+
+class UpstreamBroke(ConnectionResetError):
+    """The node failed after the response had started; the client connection is cut."""
 
 
 class ClientBodyError(Exception):
@@ -100,23 +107,27 @@ class Proxy:
         loop = asyncio.get_running_loop()
         start = loop.time()
         request_id = request.headers.get("X-Request-Id") or new_request_id()
-        ex: Exchange | None = None
         status = 500
+        failure: str | None = None
         try:
             for route in self.local_routes:
                 local = await route(request, request_id)
                 if local is not None:
-                    status = local.status
-                    return local
+                    response, failure = local
+                    status = response.status
+                    return response
             ex, response = await self._proxy(request, request_id)
             status = response.status
+            failure = ex.failure if ex is not None else None
             return response
-        except BaseException:
-            status = 500 if ex is None or ex.failure is None else 502
+        except UpstreamBroke:
+            status, failure = 502, "reset"
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            status, failure = 499, "client_closed"  # nginx's code for a client that hung up
             raise
         finally:
             elapsed = loop.time() - start
-            failure = ex.failure if ex is not None else None
             self.gw.metrics.observe_request(status, elapsed)
             for observe in self.observers:
                 observe(status, elapsed, failure)
@@ -372,12 +383,11 @@ class Proxy:
         except (UpstreamError, TimeoutError) as exc:
             # Too late for an error status: cut the client connection so it sees a failure.
             conn.abort()
-            ex.failure = "reset"
             log.warning("node %s failed mid-response (%s); closing the client connection",
                         node.name, exc)
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError(str(exc)) from None
+            raise UpstreamBroke(str(exc)) from None
         except BaseException:
             conn.abort()
             raise

@@ -26,8 +26,11 @@ from gateway.listener import GuardedServer
 from gateway.metrics import Metrics
 from gateway.node import Node, NodeState, Transition
 from gateway.outlier import OutlierDetector
+from gateway import slo_store
 from gateway.proxy import Proxy
+from gateway.slo import SloTracker
 from gateway.store import StateStore
+from gateway.uptime import NodeUptime
 from gateway.upstream import ConnectionPool
 from gateway.websocket import WebSocketProxy
 from monitor.health import HealthMonitor
@@ -53,7 +56,14 @@ class Gateway:
         self.websockets = WebSocketProxy(self)
         self.store = StateStore(config.state_dir)
         self.monitor = HealthMonitor(self)
-        self.metrics.watch_nodes(lambda: iter(self.cluster))
+        self.slo = SloTracker(config.slo, clock)
+        self.uptime = NodeUptime(clock)
+        self.proxy.observers.append(self._count_for_slo)
+        self.metrics.watch(lambda: iter(self.cluster), lambda: self.cluster.floor, self.uptime,
+                           self.slo)
+        for node in self.cluster:
+            self.uptime.observe(node)
+        self.cluster.on_change.append(self.uptime.observe)
         self.cluster.on_transition.append(self._on_transition)
         self.outlier.on_eject.append(self._on_eject)
         self.ready = False
@@ -215,10 +225,25 @@ class Gateway:
     # -- resources, in start order -------------------------------------------------------
 
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.store.open()
+        await self.store.open(slo_store.SCHEMA)
         await self._restore_drains()
+        await slo_store.restore(self.store, self.slo)
+        self.uptime.load(await self.store.get("uptime", "nodes") or {})
+        flusher = self.spawn(self._flush_loop(), name="flush state")
         yield
+        flusher.cancel()
+        await self._flush()
         await self.store.close()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.slo.flush_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Persist the SLO history and node uptime (and so survive a restart)."""
+        await slo_store.flush(self.store, self.slo)
+        await self.store.put("uptime", "nodes", self.uptime.totals())
 
     async def _pools_ctx(self, app: web.Application) -> AsyncIterator[None]:
         for node in self.cluster:
@@ -333,6 +358,9 @@ class Gateway:
                 node.drain(f"{record['reason']} (restored after restart)", "operator")
 
     # -- reactions -----------------------------------------------------------------------
+
+    def _count_for_slo(self, status: int, seconds: float, failure: str | None) -> None:
+        self.slo.record(status, failure)
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.new in (NodeState.DRAINING, NodeState.MAINTENANCE) and self._tg is not None:

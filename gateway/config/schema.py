@@ -218,6 +218,22 @@ class SlowStartConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SloConfig:
+    """The availability objective and how requests count against it."""
+
+    #: 0.9999 (or "99.99%"): at most 1 bad request in 10,000.
+    target: Ratio = field(default=0.9999, metadata=check(lambda v: 0 < v < 1,
+                                                          "expected a target between 0 and 1"))
+    window: Duration = field(default=30 * 86400.0, metadata=positive)
+    #: Planned-maintenance answers: excluded from the SLI (false) or charged to it (true).
+    count_maintenance: bool = False
+    #: Statuses below 500 that count as bad anyway (e.g. 429 from the gateway's own shedding).
+    bad_statuses: tuple[int, ...] = ()
+    #: How often the SLO history is written to state_dir.
+    flush_interval: Duration = field(default=10.0, metadata=positive)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     name: str
     url: URL
@@ -250,6 +266,7 @@ class GatewayConfig:
     warning: WarningConfig = WarningConfig()
     slow_start: SlowStartConfig = SlowStartConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    slo: SloConfig = SloConfig()
     #: Below this share of serving nodes the gateway routes to every node it may (panic mode).
     panic_threshold: Ratio = 0.5
     #: Automatic drains never take serving capacity below this (a count or a percentage).
