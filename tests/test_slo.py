@@ -114,8 +114,8 @@ def test_uptime_splits_planned_and_unplanned() -> None:
     clock.advance(10)
     node.drain("deploy v2", "deploy")
     clock.advance(5)
-    node.undrain("deployed")  # STARTING after a planned drain is planned too
     node.restart_checks("redeployed")
+    node.undrain("deployed")  # STARTING after a planned drain is planned too
     clock.advance(2)
     node.probe_passed()
     node.probe_passed()
