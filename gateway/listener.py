@@ -59,14 +59,14 @@ class GuardedRequestHandler(RequestHandler):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
-        if (self._messages or self._request_in_progress or self._upgraded
-                or self.transport is None):
+        transport = self.transport
+        if self._messages or self._request_in_progress or self._upgraded or transport is None:
             return
         log.info("closing %s: request headers not complete within %gs",
                  self.peername, self.header_timeout)
-        self.transport.write(_TIMEOUT_408)
+        transport.write(_TIMEOUT_408)
         self.force_close()
-        self.transport.close()
+        transport.close()
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,

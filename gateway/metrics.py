@@ -79,6 +79,13 @@ class NodeGauges(Collector):
             for category, seconds in cats.items():
                 rotation.add_metric([name, category], seconds)
         yield rotation
+        in_state = CounterMetricFamily("hagw_node_state_seconds", "Time each node spent in "
+                                       "each state since the gateway started",
+                                       labels=["node", "state"])
+        for name, states in self._uptime.states().items():
+            for state_name, seconds in states.items():
+                in_state.add_metric([name, state_name], seconds)
+        yield in_state
         yield GaugeMetricFamily("hagw_cluster_nodes", "Nodes in the config", value=total)
         yield GaugeMetricFamily("hagw_cluster_serving_nodes", "Nodes taking new requests",
                                 value=serving)
@@ -143,6 +150,15 @@ class Metrics:
                                  ["node"], registry=registry)
         self.health_checks = Counter("hagw_health_checks", "Active health checks, by result",
                                      ["node", "result"], registry=registry)
+        self.health_check_duration = Histogram(
+            "hagw_health_check_duration_seconds", "How long active health checks took",
+            ["node"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.transitions = Counter(
+            "hagw_node_transitions", "Node state changes, by from, to and what caused them",
+            ["from_state", "to_state", "reason_class"], registry=registry)
+        self.drains_refused = Counter(
+            "hagw_drains_refused", "Automatic drains refused because of the min_healthy floor",
+            ["node"], registry=registry)
         self.reloads = Counter("hagw_config_reload", "Config reloads, by result", ["result"],
                                registry=registry)
         self.build_info = Gauge("hagw_build_info", "Always 1; the version label says which build",

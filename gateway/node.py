@@ -52,12 +52,17 @@ class Transition:
     new: NodeState
     reason: str
 
+    cause: str = "health_check"
+
     def to_json(self) -> dict[str, Any]:
         return {"at": self.at, "node": self.node, "from": self.old.value, "to": self.new.value,
-                "reason": self.reason}
+                "reason": self.reason, "cause": self.cause}
 
 
 Listener = Callable[["Node", Transition | None], None]
+
+_CAUSES = {NodeState.WARNING: "warning", NodeState.EJECTED: "outlier",
+           NodeState.MAINTENANCE: "maintenance"}
 
 
 class Node:
@@ -137,6 +142,14 @@ class Node:
             return self.warning_note or self.warning or ""
         return self.probe_reason
 
+    def _cause(self, old: NodeState, new: NodeState) -> str:
+        """Which actor a transition belongs to: the owner of the state entered, or of the
+        state left when a node comes back (to STARTING or HEALTHY)."""
+        owner = old if new in (NodeState.HEALTHY, NodeState.STARTING) else new
+        if owner is NodeState.DRAINING:
+            return self.drain_source or "operator"
+        return _CAUSES.get(owner, "health_check")
+
     @property
     def serving(self) -> bool:
         """Takes new requests in normal (non-panic) routing."""
@@ -181,7 +194,8 @@ class Node:
 
     @property
     def ramping(self) -> bool:
-        return self.ramp_start is not None
+        start = self.ramp_start
+        return start is not None and self.clock.monotonic() - start < self.slow_start.window
 
     # -- the one place state changes ------------------------------------------------------------
 
@@ -201,7 +215,7 @@ class Node:
             self.ramp_start = self.clock.monotonic()
         if new in (NodeState.HEALTHY, NodeState.WARNING):
             self.boot = False
-        transition = Transition(self.since, self.name, old, new, reason)
+        transition = Transition(self.since, self.name, old, new, reason, self._cause(old, new))
         self.history.append(transition)
         if self.listener is not None:
             self.listener(self, transition)

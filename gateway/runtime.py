@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import slo_store
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -26,12 +27,11 @@ from gateway.listener import GuardedServer
 from gateway.metrics import Metrics
 from gateway.node import Node, NodeState, Transition
 from gateway.outlier import OutlierDetector
-from gateway import slo_store
 from gateway.proxy import Proxy
 from gateway.slo import SloTracker
 from gateway.store import StateStore
-from gateway.uptime import NodeUptime
 from gateway.upstream import ConnectionPool
+from gateway.uptime import NodeUptime
 from gateway.websocket import WebSocketProxy
 from monitor.health import HealthMonitor
 
@@ -65,6 +65,8 @@ class Gateway:
             self.uptime.observe(node)
         self.cluster.on_change.append(self.uptime.observe)
         self.cluster.on_transition.append(self._on_transition)
+        self.cluster.on_drain_refused.append(
+            lambda node: self.metrics.drains_refused.labels(node.name).inc())
         self.outlier.on_eject.append(self._on_eject)
         self.ready = False
         self.started_at = clock.time()
@@ -363,6 +365,8 @@ class Gateway:
         self.slo.record(status, failure)
 
     def _on_transition(self, transition: Transition) -> None:
+        self.metrics.transitions.labels(transition.old.value, transition.new.value,
+                                        transition.cause).inc()
         if transition.new in (NodeState.DRAINING, NodeState.MAINTENANCE) and self._tg is not None:
             node = self.cluster.get(transition.node)
             if node is not None:

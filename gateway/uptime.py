@@ -18,6 +18,9 @@ class NodeUptime:
         self.clock = clock
         self.seconds: dict[str, dict[str, float]] = {}
         self._current: dict[str, tuple[str, float]] = {}
+        #: Seconds per node and state (this process only), for hagw_node_state_seconds_total.
+        self.state_seconds: dict[str, dict[str, float]] = {}
+        self._state: dict[str, tuple[str, float]] = {}
 
     def category(self, node: Node, previous: str | None) -> str:
         if node.serving:
@@ -31,6 +34,12 @@ class NodeUptime:
     def observe(self, node: Node) -> None:
         """Called on every change of ``node`` (cheap when its category stays the same)."""
         now = self.clock.monotonic()
+        state = self._state.get(node.name)
+        if state is None or state[0] != node.state.value:
+            if state is not None:
+                per_state = self.state_seconds.setdefault(node.name, {})
+                per_state[state[0]] = per_state.get(state[0], 0.0) + now - state[1]
+            self._state[node.name] = (node.state.value, now)
         current = self._current.get(node.name)
         previous = current[0] if current else None
         category = self.category(node, previous)
@@ -42,6 +51,16 @@ class NodeUptime:
 
     def forget(self, name: str) -> None:
         self._current.pop(name, None)
+        self._state.pop(name, None)
+
+    def states(self) -> dict[str, dict[str, float]]:
+        """Seconds per node and state, the current state's open interval included."""
+        now = self.clock.monotonic()
+        out = {name: dict(states) for name, states in self.state_seconds.items()}
+        for name, (state, since) in self._state.items():
+            per_state = out.setdefault(name, {})
+            per_state[state] = per_state.get(state, 0.0) + now - since
+        return out
 
     def _add(self, name: str, category: str, seconds: float) -> None:
         totals = self.seconds.setdefault(name, dict.fromkeys(CATEGORIES, 0.0))

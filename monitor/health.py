@@ -119,6 +119,7 @@ class HealthMonitor:
 
     def _apply(self, node: Node, result: ProbeResult) -> None:
         self.gw.metrics.health_checks.labels(node.name, result.result).inc()
+        self.gw.metrics.health_check_duration.labels(node.name).observe(result.latency)
         if result.ok:
             node.probe_passed(result.detail, result.version)
             self.detector.observe_probe(node.name, result.latency, result.warn)

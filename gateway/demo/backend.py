@@ -24,8 +24,10 @@ class Faults:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     error_status: int = 503
-    #: "ok", "warn" or "fail": what /health reports.
+    #: "ok", "warn" or "fail": what /health reports in its JSON body...
     health: str = "ok"
+    #: ...and, when set, in an X-Health-Status header instead.
+    health_header: str = ""
     ready: bool = True
     #: Share of requests whose connection is cut mid-response.
     reset_rate: float = 0.0
@@ -162,7 +164,8 @@ async def health(request: web.Request) -> web.Response:
         await asyncio.sleep(faults.latency_ms / 1000)
     body = {"status": faults.health, "version": info.version, "node": info.name}
     status = 503 if faults.health == "fail" else 200
-    return web.json_response(body, status=status)
+    headers = {"X-Health-Status": faults.health_header} if faults.health_header else None
+    return web.json_response(body, status=status, headers=headers)
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -1,0 +1,67 @@
+"""What one run measures: scenarios, targets, durations and sizes, from the command line."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SCENARIOS = ("throughput", "latency", "memory", "streaming")
+TARGETS = ("direct", "hagw", "naive", "nginx", "haproxy")
+#: Targets that need a system proxy; ``--skip-peers`` leaves them out.
+PEERS = ("nginx", "haproxy")
+NODE_KINDS = ("nginx", "demo")
+
+_SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*")
+_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2,
+          "gb": 1024**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``16MB``, ``1GB`` or plain bytes; KB = 1024 bytes, as in hagw's config."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected a size like 64MB or 1GB, found {text!r}")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[(unit or "b").lower()])
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    #: Seconds each measured load run lasts.
+    duration: float
+    #: Seconds of unmeasured load before each throughput run (pools, caches, JIT-free warm-up).
+    warmup: float
+    #: Throughput runs per target, interleaved; the median is reported.
+    rounds: int
+    quick: bool
+    scenarios: tuple[str, ...]
+    targets: tuple[str, ...]
+    nodes: str
+    #: Client connections for the max-throughput runs (``wrk -c``).
+    connections: int
+    #: Fixed request rates of the latency scenario.
+    rates: tuple[int, ...]
+    idle_connections: int
+    stream_size: int
+    json_path: Path | None
+
+    @property
+    def settle(self) -> float:
+        """Pause before reading memory, so the process has finished reacting."""
+        return 0.3 if self.quick else 1.5
+
+    def to_json(self) -> dict[str, object]:
+        return {"duration_s": self.duration, "warmup_s": self.warmup, "rounds": self.rounds,
+                "quick": self.quick, "scenarios": list(self.scenarios),
+                "targets": list(self.targets), "nodes": self.nodes,
+                "connections": self.connections, "rates": list(self.rates),
+                "idle_connections": self.idle_connections,
+                "stream_size_bytes": self.stream_size}
