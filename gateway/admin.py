@@ -202,4 +202,7 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/nodes/{name}/undrain", undrain_node)
     app.router.add_get("/events", events)
     app.router.add_post("/reload", reload_config)
+    from monitor.deploy import api as deploy_api
+
+    deploy_api.add_routes(app)
     return app

@@ -100,8 +100,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from gateway.demo.backend import serve_backend
 
-    asyncio.run(serve_backend(args.name, args.host, args.port, args.version))
+    if args.pidfile:
+        with open(args.pidfile, "w") as out:
+            out.write(str(os.getpid()))
+    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health))
     return 0
+
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -192,6 +196,83 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+DEPLOY_ACTIONS = ("status", "abort", "resume", "history")
+
+
+def _print_step(name: str, step: dict[str, Any]) -> None:
+    took = f"{step['ended'] - step['started']:.1f}s" if step.get("ended") else "..."
+    mark = {True: "ok", False: "FAILED", None: "running"}[step.get("ok")]
+    what = f"{'rollback ' if step.get('rollback') else ''}{step['kind']}"
+    target = f" -> {step['version']}" if step.get("version") else ""
+    detail = f"  {step['detail']}" if step.get("detail") else ""
+    print(f"  {name:<12} {what:<18}{target:<10} {mark:<8} {took:>7}{detail}", flush=True)
+
+
+def _follow(client: AdminClient, deploy_id: str, interval: float = 0.5) -> dict[str, Any]:
+    """Print each step as it starts and ends, until the deploy stops being active."""
+    shown: dict[tuple[str, int], str] = {}
+    while True:
+        record: dict[str, Any] = client.get(f"/deploys/{deploy_id}")
+        for name, run in record["nodes"].items():
+            for i, step in enumerate(run["steps"]):
+                state = "ended" if step.get("ended") else "started"
+                if shown.get((name, i)) != state:
+                    _print_step(name, step)
+                    shown[(name, i)] = state
+        if record["status"] not in ("running", "rolling_back"):
+            return record
+        time.sleep(interval)
+
+
+def _deploy_summary(record: dict[str, Any]) -> str:
+    out = [f"deploy {record['id']} to {record['version']}: {record['status'].upper()}"]
+    if record.get("reason"):
+        out.append(f"  reason: {record['reason']}")
+    if record.get("forced"):
+        out.append(f"  forced: {record.get('force_reason') or 'yes'}")
+    return "\n".join(out)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.target == "history":
+        rows = [[d["id"], d["version"], d["status"], f"{d['nodes_done']}/{d['nodes']}",
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"])),
+                 d.get("reason") or ""] for d in client.get("/deploys")["deploys"]]
+        print(table(rows, ["ID", "VERSION", "STATUS", "NODES", "STARTED", "REASON"]))
+        return 0
+    if args.target in DEPLOY_ACTIONS:
+        deploy_id = args.id or "current"
+        if args.target == "status":
+            record = client.get(f"/deploys/{deploy_id}")
+            print(_deploy_summary(record))
+            for name, run in record["nodes"].items():
+                for step in run["steps"]:
+                    _print_step(name, step)
+            return 0
+        if deploy_id == "current":
+            deploy_id = client.get("/deploys/current")["id"]
+        result = client.post(f"/deploys/{deploy_id}/{args.target}",
+                             {"reason": args.reason} if args.reason else {})
+        print(f"deploy {result['id']}: {result['status']}")
+        if args.no_follow:
+            return 0
+        record = _follow(client, deploy_id)
+        print(_deploy_summary(record))
+        return 0 if record["status"] in ("succeeded", "rolled_back", "aborted") else 1
+    body: dict[str, Any] = {"version": args.target, "force": args.force}
+    if args.reason:
+        body["reason"] = args.reason
+    started = client.post("/deploys", body)
+    print(f"deploy {started['id']} to {args.target} started "
+          f"({started['nodes']} nodes){' (forced)' if args.force else ''}", flush=True)
+    if args.no_follow:
+        return 0
+    record = _follow(client, started["id"])
+    print(_deploy_summary(record))
+    return 0 if record["status"] == "succeeded" else 1
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     client = _client(args)
     query = f"/events?limit={args.limit}" + (f"&node={args.node}" if args.node else "")
@@ -252,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("--force", action="store_true", help="also release a deploy's hold")
     command("reload", cmd_reload, "reload the config of a running gateway", admin=True)
+    p = command("deploy", cmd_deploy, "rolling deploy: 'hagw deploy VERSION', or status, abort, "
+                "resume, history", admin=True)
+    p.add_argument("target", metavar="VERSION|status|abort|resume|history")
+    p.add_argument("id", nargs="?", help="deploy id (default: the current one)")
+    p.add_argument("--force", action="store_true",
+                   help="start even with the error budget below deploy.min_error_budget")
+    p.add_argument("--reason", help="why (recorded with --force or abort)")
+    p.add_argument("--no-follow", action="store_true", help="do not wait and show progress")
     p = command("events", cmd_events, "show recent events", admin=True)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--node")
@@ -260,11 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9601)
     p.add_argument("--version", default="v1")
+    p.add_argument("--health", choices=["ok", "warn", "fail"], default="ok")
+    p.add_argument("--pidfile")
     p.set_defaults(fn=cmd_node)
+    # Listed for --help; main() hands its arguments to gateway.demo.redeploy untouched.
+    sub.add_parser("demo-redeploy", help="the demo fleet's deploy action (stop a demo node, "
+                   "start a new version on its port)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo-redeploy"]:
+        from gateway.demo.redeploy import main as redeploy
+
+        sys.exit(redeploy(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         code = args.fn(args)

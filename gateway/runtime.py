@@ -33,6 +33,7 @@ from gateway.store import StateStore
 from gateway.upstream import ConnectionPool
 from gateway.uptime import NodeUptime
 from gateway.websocket import WebSocketProxy
+from monitor.deploy.runner import DeployOrchestrator
 from monitor.health import HealthMonitor
 
 log = logging.getLogger("hagw")
@@ -56,6 +57,7 @@ class Gateway:
         self.websockets = WebSocketProxy(self)
         self.store = StateStore(config.state_dir)
         self.monitor = HealthMonitor(self)
+        self.deploys = DeployOrchestrator(self)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
         self.proxy.observers.append(self._count_for_slo)
@@ -221,7 +223,7 @@ class Gateway:
 
         app = build_admin_app(self)
         app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
-                                self._monitor_ctx, self._traffic_ctx])
+                                self._monitor_ctx, self._deploys_ctx, self._traffic_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -263,6 +265,11 @@ class Gateway:
         await self.monitor.start()
         yield
         await self.monitor.stop()
+
+    async def _deploys_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.deploys.start()
+        yield
+        await self.deploys.stop()
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config

@@ -234,6 +234,57 @@ class SloConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: Duration = field(default=30.0, metadata=positive)
+
+    def validate(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise FieldProblem("url", f"expected an http(s) URL, found {self.url!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeployConfig:
+    """Rolling deploys: how many nodes at once, the gates, and the action that redeploys."""
+
+    #: Nodes out of rotation at once (a count, or a percentage rounded down, at least 1).
+    max_unavailable: NodeQuota = Quota(count=1)
+    #: Refuse to start below this share of error budget left (--force overrides).
+    min_error_budget: Ratio = 0.1
+    drain_timeout: Duration = field(default=60.0, metadata=positive)
+    #: From the action's end until the node is verified and reports the new version.
+    node_timeout: Duration = field(default=120.0, metadata=positive)
+    #: How long a readmitted node is watched before the next batch.
+    bake_time: Duration = 30.0
+    #: rollback: return moved nodes to their previous version; halt: stop where it is.
+    on_failure: Literal["rollback", "halt"] = "rollback"
+    #: argv run without a shell; {node}, {url}, {version}, {previous_version} are filled in.
+    command: tuple[str, ...] = ()
+    command_timeout: Duration = field(default=300.0, metadata=positive)
+    #: Or an HTTP POST with a JSON body {node, url, version, previous_version, deploy}.
+    webhook: WebhookConfig | None = None
+    #: Tries of the action; transient failures (timeouts, exit code 75, webhook 5xx/429) retry.
+    action_attempts: int = field(default=3, metadata=at_least_one)
+    retry_exit_codes: tuple[int, ...] = (75,)
+    #: The node must report the deployed version (health version_field) before readmission.
+    verify_version: bool = True
+    #: During bake, the gateway's own 5xx share above this fails the deploy.
+    max_5xx_ratio: Ratio = 0.01
+
+    def validate(self) -> None:
+        if self.command and self.webhook is not None:
+            raise FieldProblem("webhook", "expected either deploy.command or deploy.webhook, "
+                                          "not both")
+        placeholders = re.compile(r"\{([^{}]*)\}")
+        for i, arg in enumerate(self.command):
+            for name in placeholders.findall(arg):
+                if name not in ("node", "url", "version", "previous_version"):
+                    raise FieldProblem(f"command.{i}", f"unknown placeholder {{{name}}} (known: "
+                                       "{node}, {url}, {version}, {previous_version})")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     name: str
     url: URL
@@ -267,6 +318,7 @@ class GatewayConfig:
     slow_start: SlowStartConfig = SlowStartConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     slo: SloConfig = SloConfig()
+    deploy: DeployConfig = DeployConfig()
     #: Below this share of serving nodes the gateway routes to every node it may (panic mode).
     panic_threshold: Ratio = 0.5
     #: Automatic drains never take serving capacity below this (a count or a percentage).

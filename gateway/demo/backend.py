@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -226,16 +227,26 @@ def build_backend(name: str, version: str = "v1") -> web.Application:
     return app
 
 
-async def serve_backend(name: str, host: str, port: int, version: str,
+async def serve_backend(name: str, host: str, port: int, version: str, health: str = "ok",
                         stop: asyncio.Event | None = None) -> None:
-    """Run one demo node until ``stop`` is set (or forever)."""
-    runner = web.AppRunner(build_backend(name, version), access_log=None, handle_signals=True)
+    """Run one demo node until ``stop`` is set or SIGTERM/SIGINT (or forever).
+
+    On SIGTERM it stops listening, lets in-flight requests finish, then exits, as a
+    well-behaved service does when a deploy replaces it.
+    """
+    app = build_backend(name, version)
+    app[INFO].faults.health = health
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = runner.addresses[0][1]
     print(f"demo node {name} {version} on http://{host}:{bound}", flush=True)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await (stop or asyncio.Event()).wait()
+        await stop.wait()
     finally:
         await runner.cleanup()

@@ -30,23 +30,31 @@ def load_demo_config(path: str | None = None) -> tuple[GatewayConfig, str]:
         return parse_config(demo_config_text(), "<embedded demo.yaml>"), str(file)
 
 
+#: Where demo nodes keep their pidfiles; the demo's deploy action (hagw demo-redeploy) uses it.
+RUN_DIR = Path("var/demo/run")
+
+
 def node_command(name: str, host: str, port: int, version: str) -> list[str]:
     return [sys.executable, "-m", "gateway", "node", "--name", name, "--host", host,
-            "--port", str(port), "--version", version]
+            "--port", str(port), "--version", version,
+            "--pidfile", str(RUN_DIR / f"{name}.pid")]
 
 
 @contextlib.contextmanager
 def node_processes(config: GatewayConfig,
                    version: str = "v1") -> Iterator[list[subprocess.Popen[bytes]]]:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
     procs = [subprocess.Popen(node_command(n.name, n.url.host, n.url.port, version),
                               stdout=subprocess.DEVNULL)
              for n in config.nodes]
     try:
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        # Deploys replace nodes with processes that are not our children: use the pidfiles.
+        for pid_path in RUN_DIR.glob("*.pid"):
+            with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                os.kill(int(pid_path.read_text()), signal.SIGTERM)
+            pid_path.unlink(missing_ok=True)
         for proc in procs:
             try:
                 proc.wait(timeout=5)
@@ -89,6 +97,7 @@ hagw demo is up: {len(config.nodes)} demo nodes behind the gateway.
 Try:  curl -s {gateway.traffic_url}/          (repeat: the node rotates)
       hagw nodes -c configs/demo.yaml
       hagw drain node-2 -c configs/demo.yaml
+      hagw deploy v2 -c configs/demo.yaml     (a rolling deploy of the demo nodes)
 Ctrl-C stops everything.
 """, flush=True)
         gateway.install_signal_handlers()

@@ -1,0 +1,1 @@
+"""Rolling zero-downtime deploys, orchestrated by the gateway and gated by the SLO."""
