@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -47,10 +48,8 @@ class Fleet:
 
     def close(self) -> None:
         for pid in self.pids().values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for node in self.nodes:
             node.proc.wait()
             if node.proc.stdout is not None:

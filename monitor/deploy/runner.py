@@ -295,11 +295,11 @@ class DeployOrchestrator:
 
     async def _drain(self, record: DeployRecord, nodes: list[Node],
                      step: Step) -> tuple[bool, str, str]:
-        label = "rollback" if step.rollback else "deploy"
+        why = (f"rollback {record.id}: back to the previous version" if step.rollback
+               else f"deploy {record.id}: {record.version}")
         for node in nodes:
             if node.drain_source != "deploy":
-                node.drain(f"{label} {record.id}: {record.version if not step.rollback else 'back'}",
-                           "deploy")
+                node.drain(why, "deploy")
         timeout = self.config.drain_timeout
         idle = await asyncio.gather(*(n.wait_idle(timeout) for n in nodes))
         busy = [f"{n.name} ({n.in_flight})" for n, ok in zip(nodes, idle, strict=True) if not ok]
