@@ -45,10 +45,6 @@ def stop(pid: int, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-        try:  # reap it if it is our child (it is not, usually)
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
     if alive(pid):
         os.kill(pid, signal.SIGKILL)
         return f"pid {pid} ignored SIGTERM for {timeout:g}s: killed"
