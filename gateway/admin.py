@@ -203,6 +203,8 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/events", events)
     app.router.add_post("/reload", reload_config)
     from monitor.deploy import api as deploy_api
+    from monitor.maintenance import api as maintenance_api
 
     deploy_api.add_routes(app)
+    maintenance_api.add_routes(app)
     return app

@@ -273,6 +273,45 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "succeeded" else 1
 
 
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    client = _client(args)
+    action = args.action
+    if action in ("schedule", "start"):
+        body: dict[str, Any] = {"reason": args.reason or "planned maintenance",
+                                "duration": args.duration,
+                                "nodes": [n for n in (args.nodes or "").split(",") if n]}
+        if action == "schedule":
+            if not args.start:
+                print("hagw: maintenance schedule needs --start (e.g. 2026-12-01T02:00Z)",
+                      file=sys.stderr)
+                return 2
+            body["start"] = args.start
+        window = client.post("/maintenance", body)
+        print(f"{window['id']}: {window['status']} {window['start_iso']} to {window['end_iso']} "
+              f"({window['scope']}): {window['reason']}")
+        return 0
+    if action == "cancel":
+        window = client.delete(f"/maintenance/{args.id}")
+        print(f"{window['id']}: cancelled")
+        return 0
+    if action == "end":
+        window = client.post(f"/maintenance/{args.id or 'current'}/end")
+        print(f"{window['id']}: {window['status']} (replay of queued writes follows "
+              "verification)" if not window["nodes"] else f"{window['id']}: {window['status']}")
+        return 0
+    data = client.get("/maintenance")
+    rows = [[w["id"], w["status"], _when(w["start"]), _when(w["end"]), w["scope"], w["reason"]]
+            for w in data["active"] + data["upcoming"] + data["recent"][-5:]]
+    print(f"mode: {data['mode']}, queue: {data['queue']['depth']} waiting, "
+          f"{data['queue']['done']} replayed, {data['queue']['failed']} failed")
+    print(table(rows, ["ID", "STATUS", "START", "END", "SCOPE", "REASON"]))
+    return 0
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     client = _client(args)
     query = f"/events?limit={args.limit}" + (f"&node={args.node}" if args.node else "")
@@ -341,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start even with the error budget below deploy.min_error_budget")
     p.add_argument("--reason", help="why (recorded with --force or abort)")
     p.add_argument("--no-follow", action="store_true", help="do not wait and show progress")
+    p = command("maintenance", cmd_maintenance, "maintenance windows: schedule, list, cancel, "
+                "start (now), end", admin=True)
+    p.add_argument("action", choices=["schedule", "list", "cancel", "start", "end"])
+    p.add_argument("id", nargs="?", help="window id (cancel, end)")
+    p.add_argument("--start", help='when, e.g. "2026-12-01T02:00Z" (schedule)')
+    p.add_argument("--duration", default="1h", help="e.g. 45m (default 1h)")
+    p.add_argument("--reason")
+    p.add_argument("--nodes", help="comma-separated node names; default: the whole fleet")
     p = command("events", cmd_events, "show recent events", admin=True)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--node")

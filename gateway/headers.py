@@ -76,8 +76,10 @@ def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes
         host = node_host
         append(b"Host: " + host + b"\r\n")
     client = client_ip.encode()
-    append(b"X-Forwarded-For: " + (forwarded_for + b", " + client if forwarded_for else client)
-           + b"\r\n")
+    if client:
+        forwarded_for = forwarded_for + b", " + client if forwarded_for else client
+    if forwarded_for:  # a replayed write carries the chain recorded when it was queued
+        append(b"X-Forwarded-For: " + forwarded_for + b"\r\n")
     proto = scheme.encode()
     append(b"X-Forwarded-Proto: " + (forwarded_proto + b", " + proto if forwarded_proto else proto)
            + b"\r\n")

@@ -59,11 +59,17 @@ class ClientBodyError(Exception):
 
 @dataclass(slots=True)
 class Exchange:
-    """What the proxy knows about one client request while it tries nodes."""
+    """What the proxy knows about one request while it tries nodes: a live client request,
+    or a queued write being replayed (then ``request`` is None and ``body`` is whole)."""
 
-    request: web.BaseRequest
+    request: web.BaseRequest | None
     request_id: str
     method: str
+    #: Path and query as received.
+    target: str
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+    client_ip: str
+    scheme: str
     body: bytes | None
     length: int | None
     chunked: bool
@@ -86,6 +92,8 @@ class Proxy:
         self.local_routes: list[LocalRoute] = []
         #: Called with (status, seconds, failure) for every client request (SLO, warning...).
         self.observers: list[Callable[[int, float, str | None], None]] = []
+        #: X-Maintenance-Scheduled for every proxied answer while a window is announced.
+        self.advisory: str | None = None
         self.configure(gateway.config)
 
     def configure(self, config: GatewayConfig) -> None:
@@ -161,7 +169,8 @@ class Proxy:
                     return None, error_response(408, "the request body did not arrive in time",
                                                 request_id, close=True)
         method = request.method
-        ex = Exchange(request, request_id, method, body, length, chunked,
+        ex = Exchange(request, request_id, method, request.raw_path, request.raw_headers,
+                      request.remote or "", request.scheme, body, length, chunked,
                       self.policy.idempotent(method, "Idempotency-Key" in headers))
         budget = self.budget
         budget.active += 1
@@ -306,12 +315,10 @@ class Proxy:
         return conn, node
 
     async def _exchange(self, ex: Exchange, conn: UpstreamConnection, node: Node) -> None:
-        request = ex.request
         url = node.config.url
         conn.begin(head_only=ex.method == "HEAD")
         head = request_head(
-            ex.method, request.raw_path, request.raw_headers,
-            client_ip=request.remote or "", scheme=request.scheme,
+            ex.method, ex.target, ex.raw_headers, client_ip=ex.client_ip, scheme=ex.scheme,
             node_host=f"{url.host}:{url.port}".encode(), request_id=ex.request_id,
             content_length=ex.length if not ex.chunked else None, chunked=ex.chunked)
         if ex.body is not None:
@@ -325,6 +332,7 @@ class Proxy:
 
     async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
         ex.body_consumed = True
+        assert ex.request is not None
         content = ex.request.content
         sent = 0
         while not conn.early_response:
@@ -357,8 +365,11 @@ class Proxy:
                        node: Node) -> web.StreamResponse:
         pool: ConnectionPool = self.gw.pools[node]
         request = ex.request
+        assert request is not None
         try:
             headers = response_headers(conn.headers, ex.request_id)
+            if self.advisory is not None:
+                headers["X-Maintenance-Scheduled"] = self.advisory
             if conn.complete:
                 body = conn.take_buffered()
                 pool.release(conn)
@@ -388,6 +399,46 @@ class Proxy:
             if request.transport is not None:
                 request.transport.abort()
             raise UpstreamBroke(str(exc)) from None
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            node.release()
+
+
+    # -- replaying queued writes ------------------------------------------------------
+
+    async def forward(self, method: str, target: str, headers: list[tuple[str, str]],
+                      body: bytes, request_id: str,
+                      max_answer: int = 10 * 1024 * 1024) -> tuple[int, list[tuple[str, str]],
+                                                                   bytes]:
+        """Send a stored request through the same routing, retries and pools as live traffic,
+        and return the node's whole answer. Raises UpstreamError, NoNode or TimeoutError."""
+        raw = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+        ex = Exchange(None, request_id, method, target, raw, "", "http", body, len(body),
+                      False, self.policy.idempotent(method, any(
+                          k.lower() == "idempotency-key" for k, _ in headers)))
+        budget = self.budget
+        budget.active += 1
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                conn, node = await self._send(ex)
+        finally:
+            budget.active -= 1
+        pool = self.gw.pools[node]
+        try:
+            chunks = [conn.take_buffered()]
+            size = len(chunks[0])
+            async with asyncio.timeout(self.stream_idle):
+                while (chunk := await conn.read_chunk()):
+                    size += len(chunk)
+                    if size > max_answer:
+                        raise UpstreamBroke(f"answer larger than {max_answer} bytes")
+                    chunks.append(chunk)
+            status = conn.status
+            answer = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in conn.headers]
+            pool.release(conn)
+            return status, answer, b"".join(chunks)
         except BaseException:
             conn.abort()
             raise

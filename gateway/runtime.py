@@ -35,6 +35,7 @@ from gateway.uptime import NodeUptime
 from gateway.websocket import WebSocketProxy
 from monitor.deploy.runner import DeployOrchestrator
 from monitor.health import HealthMonitor
+from monitor.maintenance.manager import MaintenanceManager
 
 log = logging.getLogger("hagw")
 
@@ -58,6 +59,8 @@ class Gateway:
         self.store = StateStore(config.state_dir)
         self.monitor = HealthMonitor(self)
         self.deploys = DeployOrchestrator(self)
+        self.maintenance = MaintenanceManager(self)
+        self.proxy.local_routes.append(self.maintenance.mode.route)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
         self.proxy.observers.append(self._count_for_slo)
@@ -223,7 +226,8 @@ class Gateway:
 
         app = build_admin_app(self)
         app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
-                                self._monitor_ctx, self._deploys_ctx, self._traffic_ctx])
+                                self._monitor_ctx, self._deploys_ctx, self._maintenance_ctx,
+                                self._traffic_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -270,6 +274,11 @@ class Gateway:
         await self.deploys.start()
         yield
         await self.deploys.stop()
+
+    async def _maintenance_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.maintenance.start()
+        yield
+        await self.maintenance.stop()
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config
@@ -335,6 +344,7 @@ class Gateway:
         for node in removed:
             self.spawn(self._retire(node), name=f"retire {node.name}")
         self.monitor.configure(new)
+        self.spawn(self.maintenance.configure(new), name="reconfigure maintenance")
         self.metrics.reloads.labels("success").inc()
         note = f"; restart needed for: {', '.join(pending)}" if pending else ""
         self.events.record("config.reloaded", f"{len(added)} node(s) added, {len(removed)} "

@@ -284,6 +284,117 @@ class DeployConfig:
                                        "{node}, {url}, {version}, {previous_version})")
 
 
+def parse_instant(value: object) -> float:
+    """An ISO 8601 instant ("2026-12-01T02:00Z"; no zone means UTC) -> Unix seconds."""
+    import datetime as dt
+
+    moment: dt.datetime | None = None
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise ValueError(f'expected a time like "2026-12-01T02:00Z", found {value!r}')
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+Instant = Annotated[float, parse_instant]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A method and a path pattern: ``*`` matches within a path segment, ``**`` across."""
+
+    method: str
+    path: str
+
+    def validate(self) -> None:
+        if not METHOD.fullmatch(self.method) and self.method != "*":
+            raise FieldProblem("method", f"expected an upper-case HTTP method or *, found "
+                                         f"{self.method!r}")
+        if not self.path.startswith("/"):
+            raise FieldProblem("path", f"expected a path starting with '/', found {self.path!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """A maintenance window declared in the config."""
+
+    start: Instant
+    duration: Duration = field(metadata=positive)
+    reason: str = "planned maintenance"
+    #: Node names; empty means the whole fleet (maintenance mode).
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceConfig:
+    #: Writes accepted into the durable queue during a whole-fleet window (202 + ticket).
+    queue_routes: tuple[RouteMatch, ...] = ()
+    #: Routes answered like reads (503 with Retry-After) whatever their method.
+    read_routes: tuple[RouteMatch, ...] = ()
+    max_queued_body: Size = 1024 * 1024
+    #: Queued entries (not yet replayed) beyond which new writes get 503. Nothing is dropped.
+    queue_capacity: int = field(default=1_000_000, metadata=at_least_one)
+    #: Entries replayed at once; 1 keeps the order strict.
+    replay_concurrency: int = field(default=1, metadata=at_least_one)
+    max_attempts: int = field(default=5, metadata=at_least_one)
+    retry_base: Duration = 0.5
+    retry_max: Duration = 30.0
+    #: How long replay results stay collectable at their ticket URL.
+    result_ttl: Duration = field(default=86400.0, metadata=positive)
+    #: Ticket status URLs on the traffic listener live under this prefix.
+    ticket_path: str = "/_hagw/queue"
+    #: After a window, how long to wait for nodes to pass verification before replaying.
+    verify_timeout: Duration = field(default=300.0, metadata=positive)
+    #: During replay, a new queued write waits this long for its own result before a 202.
+    live_wait: Duration = 10.0
+    #: Announcements go out this long before a window (plus at its start and its end).
+    announce: tuple[Duration, ...] = (86400.0, 3600.0)
+    windows: tuple[WindowConfig, ...] = ()
+
+    def validate(self) -> None:
+        if not self.ticket_path.startswith("/") or self.ticket_path.endswith("/"):
+            raise FieldProblem("ticket_path", "expected a path like /_hagw/queue, found "
+                                              f"{self.ticket_path!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    """Where announcements (maintenance, incidents) go."""
+
+    type: Literal["webhook", "slack", "alertmanager", "email"]
+    #: webhook, slack (incoming webhook URL), alertmanager (its base URL).
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    #: email: SMTP server, sender and recipients.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    starttls: bool = True
+    username: str = ""
+    password: str = ""
+    sender: str = ""
+    to: tuple[str, ...] = ()
+    #: Which events: maintenance, incident (both by default).
+    events: tuple[Literal["maintenance", "incident"], ...] = ("maintenance", "incident")
+    attempts: int = field(default=5, metadata=at_least_one)
+    timeout: Duration = field(default=10.0, metadata=positive)
+
+    def validate(self) -> None:
+        if self.type == "email":
+            if not self.smtp_host or not self.sender or not self.to:
+                raise FieldProblem("smtp_host", "expected smtp_host, sender and to for an "
+                                                "email notifier")
+        elif not self.url.startswith(("http://", "https://")):
+            raise FieldProblem("url", f"expected an http(s) URL for a {self.type} notifier, "
+                                      f"found {self.url!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     name: str
@@ -319,6 +430,8 @@ class GatewayConfig:
     shutdown: ShutdownConfig = ShutdownConfig()
     slo: SloConfig = SloConfig()
     deploy: DeployConfig = DeployConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
+    notifiers: tuple[NotifierConfig, ...] = ()
     #: Below this share of serving nodes the gateway routes to every node it may (panic mode).
     panic_threshold: Ratio = 0.5
     #: Automatic drains never take serving capacity below this (a count or a percentage).
@@ -340,6 +453,11 @@ class GatewayConfig:
                 raise FieldProblem(f"nodes.{i}.name", f"duplicate node name {node.name!r} "
                                                       f"(also nodes[{seen[node.name]}])")
             seen[node.name] = i
+        for i, window in enumerate(self.maintenance.windows):
+            for j, name in enumerate(window.nodes):
+                if name not in seen:
+                    raise FieldProblem(f"maintenance.windows.{i}.nodes.{j}",
+                                       f"no node named {name!r}")
         if self.locality == "prefer_zone" and self.zone is None:
             raise FieldProblem("zone",
                                "expected the gateway's own zone when locality is prefer_zone")

@@ -1,0 +1,1 @@
+"""The durable write queue behind maintenance windows, and its FIFO replay."""

@@ -1,0 +1,153 @@
+"""Replaying queued writes to the nodes, in arrival order.
+
+Each entry is marked ``replaying`` on disk before it is sent, so after a crash it
+is sent again with the same ``Idempotency-Key`` (the client's own, or its ticket
+id) and the backend can drop the duplicate. Transient failures (no answer, 502,
+503, 504) are retried with backoff by tenacity; after ``max_attempts`` an entry
+ends ``failed``. A fleet with no serving node pauses the replay without using
+attempts: nothing is dropped because the nodes are still coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from gateway.proxy import NoNode
+from gateway.queue.store import DONE, FAILED, Entry, QueueStore
+from gateway.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("hagw.replay")
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+
+
+class Transient(Exception):
+    pass
+
+
+class Replayer:
+    def __init__(self, gateway: Gateway, store: QueueStore) -> None:
+        self.gw = gateway
+        self.store = store
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: dict[str, list[asyncio.Future[Entry]]] = {}
+        self._recent: deque[float] = deque(maxlen=10_000)
+        self._changed = asyncio.Event()
+        #: Called with each entry that finished (done or failed): metrics, events.
+        self.on_finish: list[Callable[[Entry], None]] = []
+        #: Called when a replay run has emptied the queue.
+        self.on_idle: list[Callable[[], None]] = []
+        gateway.cluster.on_change.append(lambda _node: self._changed.set())
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def ensure_running(self) -> None:
+        if not self.running:
+            self._task = self.gw.spawn(self._run(), name="queue replay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def rate(self, window: float = 10.0) -> float:
+        """Entries finished per second over the last ``window`` seconds."""
+        cutoff = time.monotonic() - window
+        return sum(1 for t in self._recent if t >= cutoff) / window
+
+    async def wait_result(self, ticket: str, timeout: float) -> Entry | None:
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(ticket, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(ticket, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(ticket, None)
+
+    async def _run(self) -> None:
+        config = self.gw.config.maintenance
+        while True:
+            batch = await self.store.next_batch(max(64, config.replay_concurrency * 8),
+                                                time.time())
+            if not batch:
+                break
+            if config.replay_concurrency == 1:
+                for entry in batch:
+                    await self._replay(entry)  # strictly one after another
+            else:
+                limit = asyncio.Semaphore(config.replay_concurrency)
+
+                async def one(entry: Entry) -> None:
+                    async with limit:
+                        await self._replay(entry)
+
+                # The semaphore is fair (FIFO), so entries are dispatched in arrival order.
+                async with asyncio.TaskGroup() as tg:
+                    for entry in batch:
+                        tg.create_task(one(entry))
+        for fn in self.on_idle:
+            fn()
+
+    async def _replay(self, entry: Entry) -> None:
+        config = self.gw.config.maintenance
+        remaining = max(1, config.max_attempts - entry.attempts)
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(remaining),
+                    wait=wait_exponential_jitter(initial=config.retry_base, max=config.retry_max),
+                    retry=retry_if_exception_type(Transient), reraise=True):
+                with attempt:
+                    await self._attempt(entry)
+        except Transient as exc:
+            entry.status, entry.error = FAILED, str(exc)
+            log.warning("queued write %s failed after %d attempts: %s", entry.ticket,
+                        entry.attempts, exc)
+        await self.store.finish(entry)
+        self._recent.append(time.monotonic())
+        for future in self._waiters.pop(entry.ticket, []):
+            if not future.done():
+                future.set_result(entry)
+        for fn in self.on_finish:
+            fn(entry)
+
+    async def _attempt(self, entry: Entry) -> None:
+        await self._wait_for_a_node()
+        await self.store.mark_replaying(entry)
+        headers = [(k, v) for k, v in entry.headers if k.lower() != "idempotency-key"]
+        headers.append(("Idempotency-Key", entry.idempotency_key))
+        try:
+            status, answer, body = await self.gw.proxy.forward(
+                entry.method, entry.target, headers, entry.body, request_id=entry.ticket)
+        except (UpstreamError, TimeoutError, NoNode) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            await self.store.retry_later(entry, time.time(), error)
+            raise Transient(error) from None
+        if status in TRANSIENT_STATUSES:
+            await self.store.retry_later(entry, time.time(), f"node answered {status}")
+            raise Transient(f"node answered {status}")
+        entry.status, entry.result_status, entry.result_headers = DONE, status, answer
+        entry.result_body, entry.error = body, None
+
+    async def _wait_for_a_node(self) -> None:
+        cluster = self.gw.cluster
+        while not any(n.serving for n in cluster):
+            self._changed.clear()
+            await self._changed.wait()

@@ -1,0 +1,311 @@
+"""The durable write queue: accepted writes, in arrival order, on disk before any 202.
+
+``QueueStore`` is the small interface replay and the traffic listener use; a
+shared store for several gateways can implement it later. ``SqliteQueue`` is
+the embedded default: SQLite in WAL mode with synchronous=FULL under
+``state_dir``. Concurrent enqueues are group-committed: one transaction and one
+fsync for everything that arrived meanwhile, and each writer's future resolves
+only after that commit, so a 202 is never sent for a write that is not on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from gateway.store import open_sqlite
+
+T = TypeVar("T")
+QUEUED, REPLAYING, DONE, FAILED = "queued", "replaying", "done", "failed"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    method TEXT NOT NULL,
+    target TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    result_status INTEGER,
+    result_headers TEXT,
+    result_body BLOB,
+    error TEXT,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS entries_by_status ON entries(status, seq);
+"""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One accepted write. ``seq`` is its place in arrival order."""
+
+    ticket: str
+    created: float
+    method: str
+    #: Path and query, as the client sent them.
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    idempotency_key: str
+    seq: int = 0
+    status: str = QUEUED
+    attempts: int = 0
+    next_attempt: float = 0.0
+    result_status: int | None = None
+    result_headers: list[tuple[str, str]] | None = None
+    result_body: bytes | None = None
+    error: str | None = None
+    finished: float | None = None
+    #: Place in line when it was accepted (1 = next); not stored.
+    position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queued: int
+    replaying: int
+    done: int
+    failed: int
+    oldest_created: float | None
+
+    @property
+    def depth(self) -> int:
+        return self.queued + self.replaying
+
+
+class QueueFull(Exception):
+    pass
+
+
+class QueueStore(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def enqueue(self, entry: Entry) -> Entry: ...
+    async def next_batch(self, limit: int, now: float) -> list[Entry]: ...
+    async def mark_replaying(self, entry: Entry) -> None: ...
+    async def finish(self, entry: Entry) -> None: ...
+    async def retry_later(self, entry: Entry, at: float, error: str) -> None: ...
+    async def get(self, ticket: str) -> Entry | None: ...
+    async def position(self, entry: Entry) -> int: ...
+    async def stats(self) -> QueueStats: ...
+    async def recover(self) -> int: ...
+    async def pending_index(self) -> list[tuple[int, float]]: ...
+    async def purge(self, before: float) -> int: ...
+
+
+_COLUMNS = ("seq, ticket, created, method, target, headers, body, idempotency_key, status, "
+            "attempts, next_attempt, result_status, result_headers, result_body, error, finished")
+
+
+def _row(row: sqlite3.Row) -> Entry:
+    result_headers = row["result_headers"]
+    return Entry(
+        ticket=row["ticket"], created=row["created"], method=row["method"],
+        target=row["target"], headers=[(k, v) for k, v in json.loads(row["headers"])],
+        body=bytes(row["body"]), idempotency_key=row["idempotency_key"], seq=row["seq"],
+        status=row["status"], attempts=row["attempts"], next_attempt=row["next_attempt"],
+        result_status=row["result_status"],
+        result_headers=None if result_headers is None else [
+            (k, v) for k, v in json.loads(result_headers)],
+        result_body=None if row["result_body"] is None else bytes(row["result_body"]),
+        error=row["error"], finished=row["finished"])
+
+
+class SqliteQueue:
+    def __init__(self, state_dir: str | Path, capacity: int, name: str = "queue.db") -> None:
+        self.path = Path(state_dir) / name
+        self.capacity = capacity
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagw-queue")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Entry, asyncio.Future[Entry]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._depth = 0
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<SqliteQueue {self.path} depth={self._depth}>"
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the queue is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self._db = await self._run(lambda: open_sqlite(self.path, SCHEMA))
+        self._db.row_factory = sqlite3.Row
+        stats = await self.stats()
+        self._depth = stats.depth
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_loop(), name="hagw queue writer")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._writer is not None and self._wake is not None:
+            self._wake.set()
+            await self._writer
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
+        self._pool.shutdown(wait=True)
+
+    # -- writes: group commit -----------------------------------------------------------
+
+    async def enqueue(self, entry: Entry) -> Entry:
+        """Returns once the entry is committed to disk (with its ``seq``)."""
+        if self._closing or self._wake is None:
+            raise RuntimeError("the queue is closed")
+        if self._depth + len(self._pending) >= self.capacity:
+            raise QueueFull(f"the maintenance queue holds {self._depth} entries "
+                            f"(capacity {self.capacity})")
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, future))
+        self._wake.set()
+        return await asyncio.shield(future)
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    seqs = await self._run(lambda: self._insert([e for e, _ in batch]))
+                except Exception as exc:  # the writers get the error, not a false 202
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for (entry, future), seq in zip(batch, seqs, strict=True):
+                        self._depth += 1
+                        entry.seq, entry.position = seq, self._depth
+                        if not future.done():
+                            future.set_result(entry)
+            if self._closing and not self._pending:
+                return
+
+    def _insert(self, entries: list[Entry]) -> list[int]:
+        db = self.db
+        seqs = []
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for e in entries:
+                cursor = db.execute(
+                    "INSERT INTO entries (ticket, created, method, target, headers, body, "
+                    "idempotency_key, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.ticket, e.created, e.method, e.target, json.dumps(e.headers), e.body,
+                     e.idempotency_key, QUEUED))
+                assert cursor.lastrowid is not None
+                seqs.append(cursor.lastrowid)
+        return seqs
+
+    async def _execute(self, sql: str, args: tuple[object, ...]) -> None:
+        def write() -> None:
+            with self.db:
+                self.db.execute(sql, args)
+
+        await self._run(write)
+
+    # -- replay side ----------------------------------------------------------------------
+
+    async def next_batch(self, limit: int, now: float) -> list[Entry]:
+        rows = await self._run(lambda: self.db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE status = ? ORDER BY seq LIMIT ?",
+            (QUEUED, limit)).fetchall())
+        return [_row(r) for r in rows]
+
+    async def mark_replaying(self, entry: Entry) -> None:
+        """Committed before dispatch: after a crash, this entry is re-sent (same key)."""
+        entry.status = REPLAYING
+        entry.attempts += 1
+        await self._execute("UPDATE entries SET status = ?, attempts = ? WHERE seq = ?",
+                            (REPLAYING, entry.attempts, entry.seq))
+
+    async def finish(self, entry: Entry) -> None:
+        entry.finished = time.time()
+        await self._execute(
+            "UPDATE entries SET status = ?, result_status = ?, result_headers = ?, "
+            "result_body = ?, error = ?, finished = ? WHERE seq = ?",
+            (entry.status, entry.result_status,
+             None if entry.result_headers is None else json.dumps(entry.result_headers),
+             entry.result_body, entry.error, entry.finished, entry.seq))
+        self._depth = max(0, self._depth - 1)
+
+    async def retry_later(self, entry: Entry, at: float, error: str) -> None:
+        entry.status, entry.next_attempt, entry.error = QUEUED, at, error
+        await self._execute("UPDATE entries SET status = ?, next_attempt = ?, error = ? "
+                            "WHERE seq = ?", (QUEUED, at, error, entry.seq))
+
+    async def recover(self) -> int:
+        """After a crash: entries that were being replayed go back in line (same key)."""
+        def reset() -> int:
+            with self.db:
+                return self.db.execute("UPDATE entries SET status = ? WHERE status = ?",
+                                       (QUEUED, REPLAYING)).rowcount
+
+        return int(await self._run(reset))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def pending_index(self) -> list[tuple[int, float]]:
+        """(seq, created) of every entry not yet replayed, in arrival order."""
+        rows = await self._run(lambda: self.db.execute(
+            "SELECT seq, created FROM entries WHERE status IN (?, ?) ORDER BY seq",
+            (QUEUED, REPLAYING)).fetchall())
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    async def get(self, ticket: str) -> Entry | None:
+        row = await self._run(lambda: self.db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE ticket = ?", (ticket,)).fetchone())
+        return None if row is None else _row(row)
+
+    async def position(self, entry: Entry) -> int:
+        """1 for the next entry to replay."""
+        count = await self._run(lambda: self.db.execute(
+            "SELECT COUNT(*) FROM entries WHERE status IN (?, ?) AND seq < ?",
+            (QUEUED, REPLAYING, entry.seq)).fetchone()[0])
+        return int(count) + 1
+
+    async def stats(self) -> QueueStats:
+        def read() -> QueueStats:
+            counts = {row[0]: row[1] for row in self.db.execute(
+                "SELECT status, COUNT(*) FROM entries GROUP BY status").fetchall()}
+            oldest = self.db.execute("SELECT MIN(created) FROM entries WHERE status IN (?, ?)",
+                                     (QUEUED, REPLAYING)).fetchone()[0]
+            return QueueStats(int(counts.get(QUEUED, 0)), int(counts.get(REPLAYING, 0)),
+                              int(counts.get(DONE, 0)), int(counts.get(FAILED, 0)), oldest)
+
+        stats: QueueStats = await self._run(read)
+        return stats
+
+    @property
+    def depth(self) -> int:
+        """Entries not yet replayed (kept in memory; exact, since this process writes them)."""
+        return self._depth
+
+    async def purge(self, before: float) -> int:
+        """Forget finished entries whose results are older than the result TTL."""
+        def delete() -> int:
+            with self.db:
+                return self.db.execute("DELETE FROM entries WHERE status IN (?, ?) AND "
+                                       "finished < ?", (DONE, FAILED, before)).rowcount
+
+        return int(await self._run(delete))

@@ -1,0 +1,1 @@
+"""Planned maintenance windows: schedule, announcements, node holds and maintenance mode."""

@@ -1,0 +1,317 @@
+"""Runs maintenance windows: announcements, node holds, maintenance mode, then replay.
+
+A whole-fleet window puts every node in MAINTENANCE and the traffic listener in
+maintenance mode. When it ends the nodes are verified (STARTING, probes, verify),
+then the queued writes are replayed in arrival order, then traffic is normal
+again. A node-subset window only holds those nodes in MAINTENANCE and readmits
+them through verification; traffic keeps flowing through the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Gauge
+
+from gateway.clock import Clock
+from gateway.config.schema import GatewayConfig
+from gateway.maintenance_mode import MaintenanceMode, Phase
+from gateway.queue.replay import Replayer
+from gateway.queue.store import DONE, Entry, SqliteQueue
+from monitor.maintenance.schedule import ACTIVE, Due, Schedule, Window, iso
+from monitor.notify import Delivery, Notice, NotifierHub
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("hagw.maintenance")
+NAMESPACE = "maintenance"
+#: Finished queue results are purged this often.
+PURGE_EVERY = 600.0
+
+
+class MaintenanceMetrics:
+    def __init__(self, gw: Gateway, manager: MaintenanceManager) -> None:
+        registry = gw.metrics.registry
+        active = Gauge("hagw_maintenance_active", "1 while a whole-fleet maintenance window "
+                       "(or its recovery) is on", registry=registry)
+        active.set_function(lambda: 1.0 if manager.mode.phase in (Phase.ACTIVE,
+                                                                  Phase.RECOVERING) else 0.0)
+        depth = Gauge("hagw_queue_depth", "Queued writes not yet replayed", registry=registry)
+        depth.set_function(lambda: float(manager.queue.depth))
+        self.entries = Counter("hagw_queue_entries", "Queued writes by event: queued, "
+                               "replayed (done) and failed", ["event"], registry=registry)
+        rate = Gauge("hagw_queue_replay_rate", "Queued writes finished per second over the "
+                     "last 10s", registry=registry)
+        rate.set_function(manager.replayer.rate)
+        oldest = Gauge("hagw_queue_oldest_age_seconds", "Age of the oldest write still waiting "
+                       "in the queue (0 when empty)", registry=registry)
+        oldest.set_function(manager.oldest_age)
+
+
+class MaintenanceManager:
+    def __init__(self, gateway: Gateway, clock: Clock | None = None) -> None:
+        self.gw = gateway
+        self.clock = clock or gateway.clock
+        config = gateway.config
+        self.schedule = Schedule(config.maintenance.announce, self.clock)
+        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
+        self.replayer = Replayer(gateway, self.queue)
+        self.mode = MaintenanceMode(gateway, self.queue, self.replayer)
+        self.notifier = NotifierHub(config.notifiers, gateway.spawn)
+        self.metrics = MaintenanceMetrics(gateway, self)
+        #: seq -> created of every write still waiting, in arrival order.
+        self._oldest: dict[int, float] = {}
+        self._changed = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.replayer.on_finish.append(self._finished)
+        self.replayer.on_idle.append(self._replay_idle)
+        self.notifier.on_delivery.append(self._delivered)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.queue.open()
+        recovered = await self.queue.recover()
+        if recovered:
+            self.gw.events.record("queue.recovered", f"{recovered} write(s) were being "
+                                  "replayed when the gateway stopped; they go back in line "
+                                  "and are re-sent with the same Idempotency-Key",
+                                  level=logging.WARNING)
+        for data in (await self.gw.store.items(NAMESPACE)).values():
+            self.schedule.restore(Window.from_json(data))
+        await self._sync_config_windows(self.gw.config)
+        await self.notifier.start()
+        for window in self.schedule.active():
+            self._hold(window)  # restart inside a window: pick it up again
+        self._oldest = dict(await self.queue.pending_index())
+        if self.queue.depth and self.schedule.fleet_window() is None:
+            self.gw.spawn(self._after_window(None), name="replay after restart")
+        self._update_advisory()
+        self._loop_task = self.gw.spawn(self._loop(), name="maintenance schedule")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        await self.replayer.stop()
+        await self.notifier.close()
+        await self.queue.close()
+
+    async def configure(self, config: GatewayConfig) -> None:
+        self.mode.configure(config.maintenance)
+        self.notifier.configure(config.notifiers)
+        self.schedule.lead_times = tuple(sorted(config.maintenance.announce, reverse=True))
+        await self._sync_config_windows(config)
+        self._changed.set()
+
+    async def _sync_config_windows(self, config: GatewayConfig) -> None:
+        """Windows declared in the config are scheduled once; a cancelled one stays cancelled."""
+        now = self.clock.time()
+        for declared in config.maintenance.windows:
+            window_id = f"cfg-{int(declared.start)}-{'-'.join(declared.nodes) or 'fleet'}"
+            if window_id in self.schedule.windows or declared.start + declared.duration <= now:
+                continue
+            window = self.schedule.add(declared.start, declared.duration, declared.reason,
+                                       declared.nodes, source="config", window_id=window_id)
+            await self._save(window)
+
+    # -- the schedule loop ---------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self.tick()
+            deadline = self.schedule.next_deadline()
+            wait = None if deadline is None else max(0.05, deadline - self.clock.time())
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> list[Due]:
+        """Do what the schedule says is due now (the loop calls this; so can tests)."""
+        done = self.schedule.due()
+        for due in done:
+            self.schedule.apply(due)
+            if due.kind == "announce":
+                self._announce(due.window, due.key)
+            elif due.kind == "start":
+                self._begin(due.window)
+            else:
+                self._end(due.window)
+            await self._save(due.window)
+        if done:
+            self._update_advisory()
+        return done
+
+    def _announce(self, window: Window, key: str) -> None:
+        title, text = self.schedule.describe(window, key)
+        event = {"scheduled": "maintenance.scheduled", "started": "maintenance.started",
+                 "ended": "maintenance.ended", "cancelled": "maintenance.cancelled"}.get(
+            key, "maintenance.reminder")
+        self.notifier.publish(Notice(event, title, text, self.clock.time(),
+                                     {"window": window.id, "start": window.start,
+                                      "end": window.end, "nodes": list(window.nodes),
+                                      "reason": window.reason},
+                                     starts=window.start, ends=window.end))
+        self.gw.events.record(event, f"{title} ({text})", window=window.id)
+
+    def _begin(self, window: Window) -> None:
+        self._announce(window, "started")
+        self._hold(window)
+
+    def _hold(self, window: Window) -> None:
+        why = f"maintenance {window.id}: {window.reason}"
+        names = window.nodes or tuple(n.name for n in self.gw.cluster)
+        for name in names:
+            node = self.gw.cluster.get(name)
+            if node is not None:
+                node.enter_maintenance(why)
+        if window.whole_fleet:
+            self.mode.window = {"id": window.id, "reason": window.reason, "end": window.end}
+            self.mode.phase = Phase.ACTIVE
+
+    def _end(self, window: Window) -> None:
+        self._announce(window, "ended")
+        names = window.nodes or tuple(n.name for n in self.gw.cluster)
+        for name in names:
+            node = self.gw.cluster.get(name)
+            if node is not None and node.maintenance is not None:
+                node.exit_maintenance(f"maintenance {window.id} over: verifying")
+        if window.whole_fleet:
+            self.mode.phase = Phase.RECOVERING
+            self.gw.spawn(self._after_window(window), name=f"after {window.id}")
+
+    async def _after_window(self, window: Window | None) -> None:
+        """Verification first (bounded), then the replay, then normal traffic."""
+        cluster = self.gw.cluster
+        timeout = self.gw.config.maintenance.verify_timeout
+        verified = await self._wait_until(lambda: cluster.serving_primaries() >= max(
+            1, cluster.floor), timeout)
+        if not verified:
+            log.warning("nodes not verified %gs after the window; replaying to whatever "
+                        "serves (replay pauses while nothing does)", timeout)
+        if self.queue.depth:
+            self.mode.phase = Phase.REPLAYING
+            self.gw.events.record("queue.replay_started", f"replaying {self.queue.depth} "
+                                  "queued write(s) in arrival order")
+            self.replayer.ensure_running()
+        else:
+            self.mode.phase = Phase.NORMAL
+            self.mode.window = None
+
+    async def _wait_until(self, predicate: Any, timeout: float) -> bool:
+        changed = asyncio.Event()
+        self.gw.cluster.on_change.append(lambda _n: changed.set())
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    changed.clear()
+                    await changed.wait()
+            return True
+        except TimeoutError:
+            return bool(predicate())
+        finally:
+            self.gw.cluster.on_change.pop()
+
+    def _replay_idle(self) -> None:
+        if self.queue.depth == 0 and self.mode.phase is Phase.REPLAYING:
+            self.mode.phase = Phase.NORMAL
+            self.mode.window = None
+            self.gw.events.record("queue.replay_finished", "every queued write was replayed")
+
+    # -- queue accounting ----------------------------------------------------------------
+
+    def queued(self, entry: Entry) -> None:
+        self.metrics.entries.labels("queued").inc()
+        self._oldest.setdefault(entry.seq, entry.created)
+
+    def _finished(self, entry: Entry) -> None:
+        self.metrics.entries.labels("replayed" if entry.status == DONE else "failed").inc()
+        self._oldest.pop(entry.seq, None)
+        if entry.status != DONE:
+            self.gw.events.record("queue.failed", f"queued write {entry.ticket} "
+                                  f"({entry.method} {entry.target}) failed after "
+                                  f"{entry.attempts} attempts: {entry.error}",
+                                  level=logging.ERROR)
+
+    def oldest_age(self) -> float:
+        # Keys are in arrival order, so the first one is the oldest still waiting.
+        oldest = next(iter(self._oldest.values()), None)
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def _delivered(self, delivery: Delivery) -> None:
+        self.gw.events.record("notify." + delivery.status, f"{delivery.notifier}: "
+                              f"{delivery.title} ({delivery.attempts} attempt(s))"
+                              + (f": {delivery.error}" if delivery.error else ""),
+                              level=logging.INFO if delivery.status == "delivered"
+                              else logging.WARNING)
+
+    # -- the advisory header -------------------------------------------------------------
+
+    def _update_advisory(self) -> None:
+        """Before a whole-fleet window, responses carry X-Maintenance-Scheduled."""
+        now = self.clock.time()
+        horizon = max(self.schedule.lead_times, default=86400.0)
+        upcoming = [w for w in self.schedule.upcoming()
+                    if w.whole_fleet and w.start - now <= horizon]
+        self.gw.proxy.advisory = (f"{iso(upcoming[0].start)}/{iso(upcoming[0].end)}"
+                                  if upcoming else None)
+
+    # -- the operator's API --------------------------------------------------------------
+
+    async def schedule_window(self, start: float, duration: float, reason: str,
+                              nodes: tuple[str, ...]) -> Window:
+        unknown = [n for n in nodes if self.gw.cluster.get(n) is None]
+        if unknown:
+            raise ValueError(f"no node named {', '.join(unknown)}")
+        window = self.schedule.add(start, duration, reason, nodes)
+        await self._save(window)
+        await self.tick()
+        self._changed.set()
+        return window
+
+    async def cancel(self, window_id: str) -> Window:
+        window = self.schedule.cancel(window_id)
+        self._announce(window, "cancelled")
+        await self._save(window)
+        self._update_advisory()
+        self._changed.set()
+        return window
+
+    async def end(self, window_id: str) -> Window:
+        window = self.schedule.end_now(window_id)
+        await self.tick()
+        return window
+
+    def current(self) -> Window | None:
+        active = self.schedule.active()
+        return active[0] if active else None
+
+    async def _save(self, window: Window) -> None:
+        await self.gw.store.put(NAMESPACE, window.id, window.to_json())
+
+    async def summary(self) -> dict[str, Any]:
+        stats = await self.queue.stats()
+        windows = sorted(self.schedule.windows.values(), key=lambda w: w.start)
+        return {
+            "mode": self.mode.phase.value,
+            "active": [w.to_json() for w in windows if w.status == ACTIVE],
+            "upcoming": [w.to_json() for w in self.schedule.upcoming()],
+            "recent": [w.to_json() for w in windows if w.status not in ("scheduled", ACTIVE)][-20:],
+            "queue": {"depth": stats.depth, "queued": stats.queued,
+                      "replaying": stats.replaying, "done": stats.done, "failed": stats.failed,
+                      "oldest_age_seconds": self.oldest_age(),
+                      "replay_rate": self.replayer.rate()},
+            "announcements": [_delivery_json(d) for d in self.notifier.deliveries],
+        }
+
+
+def _delivery_json(delivery: Delivery) -> dict[str, Any]:
+    return {"notifier": delivery.notifier, "event": delivery.event, "title": delivery.title,
+            "at": delivery.at, "status": delivery.status, "attempts": delivery.attempts,
+            "error": delivery.error, "delivered_at": delivery.delivered_at}

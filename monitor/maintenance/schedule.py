@@ -1,0 +1,188 @@
+"""Maintenance windows and what is due when: announcements, start, end.
+
+Synchronous, with an injectable clock: ``due()`` says what should happen now,
+``apply()`` records that it did, ``next_deadline()`` says when to look again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.units import format_duration
+
+SCHEDULED, ACTIVE, ENDED, CANCELLED = "scheduled", "active", "ended", "cancelled"
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Window:
+    id: str
+    start: float
+    end: float
+    reason: str
+    #: Node names; empty for the whole fleet.
+    nodes: tuple[str, ...] = ()
+    source: str = "api"
+    status: str = SCHEDULED
+    #: Announcements sent, by key: "scheduled", "before:3600", "started", "ended".
+    announced: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def whole_fleet(self) -> bool:
+        return not self.nodes
+
+    @property
+    def scope(self) -> str:
+        return "whole fleet" if self.whole_fleet else ", ".join(self.nodes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["nodes"] = list(self.nodes)
+        data["start_iso"], data["end_iso"] = iso(self.start), iso(self.end)
+        data["scope"] = self.scope
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Window:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["nodes"] = tuple(fields.get("nodes", ()))
+        return cls(**fields)
+
+    def __repr__(self) -> str:
+        return f"<Window {self.id} {self.status} {iso(self.start)}/{iso(self.end)} {self.scope}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    #: announce, start or end
+    kind: str
+    window: Window
+    #: For announcements: the key recorded in window.announced.
+    key: str = ""
+
+    @property
+    def lead(self) -> float | None:
+        return float(self.key.split(":", 1)[1]) if self.key.startswith("before:") else None
+
+
+class Schedule:
+    def __init__(self, lead_times: tuple[float, ...], clock: Clock) -> None:
+        self.lead_times = tuple(sorted(lead_times, reverse=True))
+        self.clock = clock
+        self.windows: dict[str, Window] = {}
+
+    def add(self, start: float, duration: float, reason: str, nodes: tuple[str, ...] = (),
+            source: str = "api", window_id: str | None = None) -> Window:
+        if duration <= 0:
+            raise ValueError("expected a duration above zero")
+        now = self.clock.time()
+        if start + duration <= now:
+            raise ValueError(f"the window ends in the past ({iso(start + duration)})")
+        window = Window(window_id or f"mw-{secrets.token_hex(3)}", start, start + duration,
+                        reason, tuple(nodes), source)
+        # Reminders whose time has already passed are not sent late; "scheduled" covers them.
+        window.announced = [f"before:{lead:g}" for lead in self.lead_times
+                            if start - lead <= now]
+        self.windows[window.id] = window
+        return window
+
+    def restore(self, window: Window) -> None:
+        self.windows[window.id] = window
+
+    def cancel(self, window_id: str) -> Window:
+        window = self.windows[window_id]
+        if window.status != SCHEDULED:
+            raise ValueError(f"window {window_id} is {window.status}; only a scheduled window "
+                             f"can be cancelled (end an active one)")
+        window.status = CANCELLED
+        return window
+
+    def end_now(self, window_id: str) -> Window:
+        window = self.windows[window_id]
+        if window.status != ACTIVE:
+            raise ValueError(f"window {window_id} is {window.status}, not active")
+        window.end = min(window.end, self.clock.time())
+        return window
+
+    def due(self) -> list[Due]:
+        now = self.clock.time()
+        out: list[Due] = []
+        for window in sorted(self.windows.values(), key=lambda w: w.start):
+            if window.status == SCHEDULED:
+                if "scheduled" not in window.announced:
+                    out.append(Due("announce", window, "scheduled"))
+                if now >= window.start:
+                    out.append(Due("start", window))
+                    continue
+                for lead in self.lead_times:
+                    key = f"before:{lead:g}"
+                    if now >= window.start - lead and key not in window.announced:
+                        out.append(Due("announce", window, key))
+                        break  # only the nearest reminder if several are due at once
+            elif window.status == ACTIVE and now >= window.end:
+                out.append(Due("end", window))
+        return out
+
+    def apply(self, due: Due) -> None:
+        window, now = due.window, self.clock.time()
+        if due.kind == "announce":
+            if due.lead is not None:
+                # A nearer reminder makes the earlier ones pointless.
+                window.announced += [f"before:{lead:g}" for lead in self.lead_times
+                                     if lead >= due.lead and f"before:{lead:g}"
+                                     not in window.announced]
+            elif due.key not in window.announced:
+                window.announced.append(due.key)
+        elif due.kind == "start":
+            window.status, window.started_at = ACTIVE, now
+            window.announced.append("started")
+        elif due.kind == "end":
+            window.status, window.ended_at = ENDED, now
+            window.announced.append("ended")
+
+    def next_deadline(self) -> float | None:
+        times: list[float] = []
+        for window in self.windows.values():
+            if window.status == SCHEDULED:
+                times.append(window.start)
+                times += [window.start - lead for lead in self.lead_times
+                          if f"before:{lead:g}" not in window.announced]
+            elif window.status == ACTIVE:
+                times.append(window.end)
+        return min(times) if times else None
+
+    def active(self) -> list[Window]:
+        return [w for w in self.windows.values() if w.status == ACTIVE]
+
+    def upcoming(self) -> list[Window]:
+        return sorted((w for w in self.windows.values() if w.status == SCHEDULED),
+                      key=lambda w: w.start)
+
+    def fleet_window(self) -> Window | None:
+        """The active whole-fleet window, if any."""
+        return next((w for w in self.active() if w.whole_fleet), None)
+
+    def describe(self, window: Window, key: str) -> tuple[str, str]:
+        """Title and text of an announcement."""
+        span = (f"{iso(window.start)} to {iso(window.end)} "
+                f"({format_duration(window.end - window.start)})")
+        scope = window.scope
+        if key == "scheduled":
+            return f"Maintenance scheduled: {window.reason}", f"{span}, {scope}."
+        if key.startswith("before:"):
+            lead = format_duration(float(key.split(":", 1)[1]))
+            return f"Maintenance in {lead}: {window.reason}", f"{span}, {scope}."
+        if key == "started":
+            return f"Maintenance started: {window.reason}", f"Until {iso(window.end)}, {scope}."
+        if key == "ended":
+            return f"Maintenance ended: {window.reason}", f"{scope} back in service."
+        return f"Maintenance cancelled: {window.reason}", f"{span}, {scope}: cancelled."
