@@ -223,6 +223,7 @@ def build_backend(name: str, version: str = "v1") -> web.Application:
     app.router.add_get("/ws", websocket)
     app.router.add_route("POST", "/orders", write)
     app.router.add_route("POST", "/withdrawals", write)
+    app.router.add_route("POST", "/withdrawals/{tail:.*}", write)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app
 

@@ -107,12 +107,23 @@ class Replayer:
             fn()
 
     async def _replay(self, entry: Entry) -> None:
+        try:
+            await self._replay_with_retries(entry)
+        except Exception as exc:
+            # A bug or a store error must not stop the replay or strand the entry: it goes
+            # back in line and the replay carries on after a pause.
+            log.exception("replaying %s failed unexpectedly; it stays queued", entry.ticket)
+            await self.store.retry_later(entry, time.time(), f"internal error: {exc!r}")
+            await asyncio.sleep(1.0)
+
+    async def _replay_with_retries(self, entry: Entry) -> None:
         config = self.gw.config.maintenance
         remaining = max(1, config.max_attempts - entry.attempts)
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(remaining),
-                    wait=wait_exponential_jitter(initial=config.retry_base, max=config.retry_max),
+                    wait=wait_exponential_jitter(multiplier=config.retry_base,
+                                                 max=config.retry_max),
                     retry=retry_if_exception_type(Transient), reraise=True):
                 with attempt:
                     await self._attempt(entry)
