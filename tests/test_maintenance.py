@@ -347,7 +347,7 @@ async def test_announcements_arrive_at_the_right_times(
         assert await gw.maintenance.tick() == []  # not a second early
         clock.advance(1)
         await gw.maintenance.tick()
-        await wait_for(lambda: hook_events()[-1] == expected)
+        await wait_for(lambda expected=expected: hook_events()[-1] == expected)
         if expected == "maintenance.reminder":
             async with http.get(f"{gw.traffic_url}/x") as resp:
                 assert resp.headers["X-Maintenance-Scheduled"] == \

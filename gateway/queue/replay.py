@@ -95,7 +95,7 @@ class Replayer:
             else:
                 limit = asyncio.Semaphore(config.replay_concurrency)
 
-                async def one(entry: Entry) -> None:
+                async def one(entry: Entry, limit: asyncio.Semaphore = limit) -> None:
                     async with limit:
                         await self._replay(entry)
 

@@ -188,7 +188,8 @@ class SqliteQueue:
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    seqs = await self._run(lambda: self._insert([e for e, _ in batch]))
+                    entries = [e for e, _ in batch]
+                    seqs = await self._run(lambda entries=entries: self._insert(entries))
                 except Exception as exc:  # the writers get the error, not a false 202
                     for _, future in batch:
                         if not future.done():
