@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -188,8 +189,7 @@ class SqliteQueue:
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    entries = [e for e, _ in batch]
-                    seqs = await self._run(lambda entries=entries: self._insert(entries))
+                    seqs = await self._run(partial(self._insert, [e for e, _ in batch]))
                 except Exception as exc:  # the writers get the error, not a false 202
                     for _, future in batch:
                         if not future.done():
