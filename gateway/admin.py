@@ -202,9 +202,13 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/nodes/{name}/undrain", undrain_node)
     app.router.add_get("/events", events)
     app.router.add_post("/reload", reload_config)
+    from gateway.status import routes as status_routes
     from monitor.deploy import api as deploy_api
+    from monitor.incident import api as incident_api
     from monitor.maintenance import api as maintenance_api
 
     deploy_api.add_routes(app)
     maintenance_api.add_routes(app)
+    incident_api.add_routes(app)
+    status_routes.add_routes(app)
     return app

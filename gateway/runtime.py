@@ -29,13 +29,16 @@ from gateway.node import Node, NodeState, Transition
 from gateway.outlier import OutlierDetector
 from gateway.proxy import Proxy
 from gateway.slo import SloTracker
+from gateway.status.routes import PublicStatus
 from gateway.store import StateStore
 from gateway.upstream import ConnectionPool
 from gateway.uptime import NodeUptime
 from gateway.websocket import WebSocketProxy
 from monitor.deploy.runner import DeployOrchestrator
 from monitor.health import HealthMonitor
+from monitor.incident.watch import IncidentWatcher
 from monitor.maintenance.manager import MaintenanceManager
+from monitor.notify import Delivery, NotifierHub
 
 log = logging.getLogger("hagw")
 
@@ -58,9 +61,14 @@ class Gateway:
         self.websockets = WebSocketProxy(self)
         self.store = StateStore(config.state_dir)
         self.monitor = HealthMonitor(self)
+        self.notifier = NotifierHub(config.notifiers, self.spawn)
+        self.notifier.on_delivery.append(self._delivered)
         self.deploys = DeployOrchestrator(self)
         self.maintenance = MaintenanceManager(self)
+        # The public status page answers even during maintenance, so it comes first.
+        self.proxy.local_routes.append(PublicStatus(self).route)
         self.proxy.local_routes.append(self.maintenance.mode.route)
+        self.incidents = IncidentWatcher(self)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
         self.proxy.observers.append(self._count_for_slo)
@@ -227,7 +235,7 @@ class Gateway:
         app = build_admin_app(self)
         app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
                                 self._monitor_ctx, self._deploys_ctx, self._maintenance_ctx,
-                                self._traffic_ctx])
+                                self._incidents_ctx, self._traffic_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -262,7 +270,9 @@ class Gateway:
 
     async def _websockets_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await self.websockets.start()
+        await self.notifier.start()
         yield
+        await self.notifier.close()
         await self.websockets.close()
 
     async def _monitor_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -279,6 +289,11 @@ class Gateway:
         await self.maintenance.start()
         yield
         await self.maintenance.stop()
+
+    async def _incidents_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.incidents.start()
+        yield
+        await self.incidents.stop()
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config
@@ -344,6 +359,8 @@ class Gateway:
         for node in removed:
             self.spawn(self._retire(node), name=f"retire {node.name}")
         self.monitor.configure(new)
+        self.incidents.tracker.config = new.incidents
+        self.notifier.configure(new.notifiers)
         self.spawn(self.maintenance.configure(new), name="reconfigure maintenance")
         self.metrics.reloads.labels("success").inc()
         note = f"; restart needed for: {', '.join(pending)}" if pending else ""
@@ -389,6 +406,13 @@ class Gateway:
             if node is not None:
                 self.spawn(self.websockets.close_node(node, self.config.shutdown.grace),
                            name=f"close websockets {node.name}")
+
+    def _delivered(self, delivery: Delivery) -> None:
+        self.events.record("notify." + delivery.status, f"{delivery.notifier}: "
+                           f"{delivery.title} ({delivery.attempts} attempt(s))"
+                           + (f": {delivery.error}" if delivery.error else ""),
+                           level=logging.INFO if delivery.status == "delivered"
+                           else logging.WARNING)
 
     def _on_eject(self, node: Node) -> None:
         self.metrics.ejections.labels(node.name).inc()

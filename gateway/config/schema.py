@@ -396,6 +396,36 @@ class NotifierConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IncidentConfig:
+    """When outages open an incident on their own, and when it closes."""
+
+    #: An incident closes once every condition has been clear this long.
+    resolve_after: Duration = 300.0
+    #: Fast burn: the 1h and 5m burn rates both above this (the SRE workbook's page rule)...
+    fast_burn: float = 14.4
+    #: ...with at least this many requests in the last hour.
+    min_requests: int = 100
+    #: Events from this long before the incident opened are kept as its lead-up.
+    lookback: Duration = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """The status page: always on the admin listener, optionally on the traffic listener."""
+
+    #: Also serve the public (service-level) page on the traffic listener at ``path``.
+    public: bool = False
+    path: str = "/_status"
+    title: str = "Service status"
+    #: How often the page reloads itself.
+    refresh: Duration = field(default=30.0, metadata=positive)
+
+    def validate(self) -> None:
+        if not self.path.startswith("/") or self.path.endswith("/"):
+            raise FieldProblem("path", f"expected a path like /_status, found {self.path!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     name: str
     url: URL
@@ -432,6 +462,8 @@ class GatewayConfig:
     deploy: DeployConfig = DeployConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
     notifiers: tuple[NotifierConfig, ...] = ()
+    incidents: IncidentConfig = IncidentConfig()
+    status: StatusConfig = StatusConfig()
     #: Below this share of serving nodes the gateway routes to every node it may (panic mode).
     panic_threshold: Ratio = 0.5
     #: Automatic drains never take serving capacity below this (a count or a percentage).

@@ -61,7 +61,7 @@ class MaintenanceManager:
         self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
         self.replayer = Replayer(gateway, self.queue)
         self.mode = MaintenanceMode(gateway, self.queue, self.replayer)
-        self.notifier = NotifierHub(config.notifiers, gateway.spawn)
+        self.notifier: NotifierHub = gateway.notifier
         self.metrics = MaintenanceMetrics(gateway, self)
         #: seq -> created of every write still waiting, in arrival order.
         self._oldest: dict[int, float] = {}
@@ -69,7 +69,6 @@ class MaintenanceManager:
         self._loop_task: asyncio.Task[None] | None = None
         self.replayer.on_finish.append(self._finished)
         self.replayer.on_idle.append(self._replay_idle)
-        self.notifier.on_delivery.append(self._delivered)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -84,7 +83,6 @@ class MaintenanceManager:
         for data in (await self.gw.store.items(NAMESPACE)).values():
             self.schedule.restore(Window.from_json(data))
         await self._sync_config_windows(self.gw.config)
-        await self.notifier.start()
         for window in self.schedule.active():
             self._hold(window)  # restart inside a window: pick it up again
         self._oldest = dict(await self.queue.pending_index())
@@ -97,12 +95,10 @@ class MaintenanceManager:
         if self._loop_task is not None:
             self._loop_task.cancel()
         await self.replayer.stop()
-        await self.notifier.close()
         await self.queue.close()
 
     async def configure(self, config: GatewayConfig) -> None:
         self.mode.configure(config.maintenance)
-        self.notifier.configure(config.notifiers)
         self.schedule.lead_times = tuple(sorted(config.maintenance.announce, reverse=True))
         await self._sync_config_windows(config)
         self._changed.set()
@@ -244,13 +240,6 @@ class MaintenanceManager:
         oldest = next(iter(self._oldest.values()), None)
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
-    def _delivered(self, delivery: Delivery) -> None:
-        self.gw.events.record("notify." + delivery.status, f"{delivery.notifier}: "
-                              f"{delivery.title} ({delivery.attempts} attempt(s))"
-                              + (f": {delivery.error}" if delivery.error else ""),
-                              level=logging.INFO if delivery.status == "delivered"
-                              else logging.WARNING)
-
     # -- the advisory header -------------------------------------------------------------
 
     def _update_advisory(self) -> None:
@@ -307,7 +296,8 @@ class MaintenanceManager:
                       "replaying": stats.replaying, "done": stats.done, "failed": stats.failed,
                       "oldest_age_seconds": self.oldest_age(),
                       "replay_rate": self.replayer.rate()},
-            "announcements": [_delivery_json(d) for d in self.notifier.deliveries],
+            "announcements": [_delivery_json(d) for d in self.notifier.deliveries
+                              if d.event.startswith("maintenance.")],
         }
 
 

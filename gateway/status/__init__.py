@@ -1,0 +1,1 @@
+"""The status page: GET /status (admin) and, if public, status.path on the traffic listener."""

@@ -1,0 +1,1 @@
+"""Incidents: opened by outages on their own, with a timeline that writes the review."""

@@ -1,0 +1,178 @@
+"""The incident state machine: conditions in, incidents opened, updated and resolved.
+
+Synchronous with an injectable clock. The watcher (``watch.py``) feeds it the
+outage conditions that hold right now and the events that happen; the tracker
+decides when an incident opens, collects its timeline and impact, and closes it
+once every condition has stayed clear for ``resolve_after``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.config.schema import IncidentConfig
+
+OPEN, RESOLVED = "open", "resolved"
+TIMELINE_LIMIT = 500
+#: Most severe first: the title of an incident names its worst condition.
+SEVERITY = ("all_nodes_out", "below_min_healthy", "fast_burn", "deploy_failed")
+
+
+@dataclass
+class Incident:
+    id: str
+    title: str
+    opened_at: float
+    started_at: float
+    status: str = OPEN
+    conditions: list[str] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)
+    recovered_at: float | None = None
+    resolved_at: float | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    #: SLO totals (good, bad, excluded) and budget left, when it opened and as of now.
+    slo_open: list[int] = field(default_factory=lambda: [0, 0, 0])
+    slo_now: list[int] = field(default_factory=lambda: [0, 0, 0])
+    budget_open: float = 1.0
+    budget_now: float = 1.0
+
+    @property
+    def severity(self) -> str:
+        return "major" if "all_nodes_out" in self.conditions else "partial"
+
+    @property
+    def failed(self) -> int:
+        return self.slo_now[1] - self.slo_open[1]
+
+    @property
+    def counted(self) -> int:
+        return (self.slo_now[0] + self.slo_now[1]) - (self.slo_open[0] + self.slo_open[1])
+
+    @property
+    def budget_consumed(self) -> float:
+        return max(0.0, self.budget_open - self.budget_now)
+
+    def impact(self) -> dict[str, Any]:
+        return {"requests_failed": self.failed, "requests_total": self.counted,
+                "budget_consumed": self.budget_consumed,
+                "detection_seconds": self.opened_at - self.started_at,
+                "recovery_seconds": (None if self.recovered_at is None
+                                     else self.recovered_at - self.started_at),
+                "duration_seconds": ((self.resolved_at or time.time()) - self.started_at)}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["severity"] = self.severity
+        data["impact"] = self.impact()
+        return data
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "status": self.status,
+                "severity": self.severity, "opened_at": self.opened_at,
+                "resolved_at": self.resolved_at, "conditions": self.conditions,
+                "impact": self.impact()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Incident:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: str  # opened, resolved
+    incident: Incident
+
+
+class IncidentTracker:
+    def __init__(self, config: IncidentConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.incidents: dict[str, Incident] = {}
+        self.current: Incident | None = None
+        self._clear_since: float | None = None
+        #: Recent events, so an incident's timeline starts with its lead-up.
+        self._recent: deque[dict[str, Any]] = deque(maxlen=200)
+
+    def restore(self, incident: Incident) -> None:
+        self.incidents[incident.id] = incident
+        if incident.status == OPEN:
+            self.current = incident
+
+    def observe(self, entry: dict[str, Any]) -> None:
+        """An event worth a timeline line (node transition, drain, deploy step, maintenance...)."""
+        self._recent.append(entry)
+        incident = self.current
+        if incident is not None and len(incident.timeline) < TIMELINE_LIMIT:
+            incident.timeline.append(entry)
+
+    def evaluate(self, conditions: dict[str, str], slo_totals: list[int],
+                 budget: float) -> list[Change]:
+        """Feed the outage conditions that hold now, with the SLO counters."""
+        now = self.clock.time()
+        incident = self.current
+        changes: list[Change] = []
+        if incident is None and conditions:
+            incident = self._open(conditions, slo_totals, budget, now)
+            changes.append(Change("opened", incident))
+        elif incident is not None:
+            incident.slo_now, incident.budget_now = list(slo_totals), budget
+            if conditions:
+                self._clear_since = None
+                incident.recovered_at = None
+                for name, cause in conditions.items():
+                    if name not in incident.conditions:
+                        incident.conditions.append(name)
+                        incident.causes.append(cause)
+                        self.observe({"at": now, "kind": "incident.condition", "message": cause})
+            else:
+                if self._clear_since is None:
+                    self._clear_since = now
+                    incident.recovered_at = now
+                    self.observe({"at": now, "kind": "incident.recovered",
+                                  "message": "every outage condition cleared"})
+                if now - self._clear_since >= self.config.resolve_after:
+                    incident.status, incident.resolved_at = RESOLVED, now
+                    self.observe({"at": now, "kind": "incident.resolved", "message":
+                                  f"clear for {self.config.resolve_after:g}s: resolved"})
+                    self.current = None
+                    self._clear_since = None
+                    changes.append(Change("resolved", incident))
+        return changes
+
+    def _open(self, conditions: dict[str, str], slo_totals: list[int], budget: float,
+              now: float) -> Incident:
+        ordered = sorted(conditions, key=lambda c: SEVERITY.index(c) if c in SEVERITY else 99)
+        # The first sign: the earliest unplanned event in the lead-up window.
+        lead_up = [e for e in self._recent if e["at"] >= now - self.config.lookback
+                   and e.get("unplanned")]
+        started = min((e["at"] for e in lead_up), default=now)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+        incident = Incident(
+            id=f"inc-{stamp}-{secrets.token_hex(2)}", title=conditions[ordered[0]],
+            opened_at=now, started_at=started, conditions=ordered,
+            causes=[conditions[c] for c in ordered], slo_open=list(slo_totals),
+            slo_now=list(slo_totals), budget_open=budget, budget_now=budget)
+        incident.timeline = [e for e in self._recent if e["at"] >= now - self.config.lookback]
+        incident.timeline.append({"at": now, "kind": "incident.opened",
+                                  "message": f"incident opened: {incident.title}"})
+        self.incidents[incident.id] = incident
+        self.current = incident
+        self._clear_since = None
+        return incident
+
+    def note(self, incident_id: str, text: str, author: str = "operator") -> dict[str, Any]:
+        incident = self.incidents[incident_id]
+        note = {"at": self.clock.time(), "text": text, "author": author}
+        incident.notes.append(note)
+        incident.timeline.append({"at": note["at"], "kind": "incident.note",
+                                  "message": f"note: {text}"})
+        return note
+
+    def recent(self, limit: int = 20) -> list[Incident]:
+        return sorted(self.incidents.values(), key=lambda i: i.opened_at, reverse=True)[:limit]

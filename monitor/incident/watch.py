@@ -1,0 +1,153 @@
+"""Watches the live gateway for outage conditions and feeds the incident tracker.
+
+Conditions: every node out of rotation; serving nodes below ``min_healthy`` for
+unplanned reasons; the fast burn-rate rule; a deploy that failed or rolled back.
+A whole-fleet maintenance window is planned: it opens no incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Gauge
+
+from gateway.events import Event
+from gateway.maintenance_mode import Phase
+from gateway.node import PLANNED_STATES
+from monitor.incident.tracker import Change, Incident, IncidentTracker
+from monitor.notify import Notice
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("hagw.incidents")
+NAMESPACE = "incidents"
+#: Burn rate and the resolve timer are looked at this often, besides every event.
+TICK = 5.0
+_TIMELINE_KINDS = ("node.", "deploy.", "maintenance.", "queue.", "config.", "gateway.")
+_UNPLANNED = frozenset({"UNHEALTHY", "EJECTED", "WARNING"})
+
+
+class IncidentWatcher:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.tracker = IncidentTracker(gateway.config.incidents, gateway.clock)
+        self._deploy_failed: str | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        registry = gateway.metrics.registry
+        self.opened_total = Counter("hagw_incidents", "Incidents opened", registry=registry)
+        Gauge("hagw_incidents_open", "1 while an incident is open",
+              registry=registry).set_function(lambda: 1.0 if self.tracker.current else 0.0)
+        gateway.events.subscribe(self._on_event)
+
+    async def start(self) -> None:
+        for data in (await self.gw.store.items(NAMESPACE)).values():
+            self.tracker.restore(Incident.from_json(data))
+        self._task = self.gw.spawn(self._loop(), name="incident watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.tracker.current is not None:
+            await self._save(self.tracker.current)
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind.startswith("incident.") or not event.kind.startswith(_TIMELINE_KINDS):
+            return
+        if event.kind == "deploy.step" and event.data.get("ok") is None:
+            return  # "started" lines: the result line says it all
+        entry: dict[str, Any] = {"at": event.at, "kind": event.kind, "message": event.message}
+        if event.node:
+            entry["node"] = event.node
+        if event.kind == "node.transition" and event.data.get("to") in _UNPLANNED:
+            entry["unplanned"] = True
+        self.tracker.observe(entry)
+        if event.kind in ("deploy.rolled_back", "deploy.failed"):
+            self._deploy_failed = event.message
+        if event.kind.startswith(("node.", "deploy.")):
+            self._wake.set()  # look now, not at the next tick
+
+    def conditions(self) -> dict[str, str]:
+        gw = self.gw
+        config = gw.config.incidents
+        found: dict[str, str] = {}
+        planned = gw.maintenance.mode.phase in (Phase.ACTIVE, Phase.RECOVERING)
+        nodes = list(gw.cluster)
+        serving = sum(1 for n in nodes if n.serving)
+        if not planned and nodes:
+            unplanned = [n for n in nodes if not n.serving and n.state not in PLANNED_STATES]
+            if serving == 0:
+                states = ", ".join(f"{n.name} {n.state}" for n in nodes)
+                found["all_nodes_out"] = f"every node is out of rotation ({states})"
+            elif unplanned and gw.cluster.serving_primaries() < gw.cluster.floor:
+                found["below_min_healthy"] = (
+                    f"only {gw.cluster.serving_primaries()} node(s) serving, below "
+                    f"min_healthy={gw.cluster.floor} ("
+                    + ", ".join(f"{n.name} {n.state}" for n in unplanned) + ")")
+        slo = gw.slo
+        hour = slo.window(3600)
+        if hour.total >= config.min_requests:
+            fast, slow = slo.burn_rate(300), slo.burn_rate(3600)
+            if fast > config.fast_burn and slow > config.fast_burn:
+                found["fast_burn"] = (f"error budget burning fast: {slow:.1f}x over 1h and "
+                                      f"{fast:.1f}x over 5m (page above {config.fast_burn:g}x)")
+        if self._deploy_failed is not None:
+            found["deploy_failed"] = self._deploy_failed
+            self._deploy_failed = None
+        return found
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self.evaluate()
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(TICK):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def evaluate(self) -> list[Change]:
+        gw = self.gw
+        changes = self.tracker.evaluate(self.conditions(), list(gw.slo.totals),
+                                        gw.slo.budget_remaining())
+        for change in changes:
+            await self._announce(change)
+        if self.tracker.current is not None or changes:
+            await self._save(self.tracker.current or changes[-1].incident)
+        return changes
+
+    async def _announce(self, change: Change) -> None:
+        incident = change.incident
+        gw = self.gw
+        impact = incident.impact()
+        if change.kind == "opened":
+            self.opened_total.inc()
+            title = f"Incident opened: {incident.title}"
+            text = "; ".join(incident.causes)
+            level = logging.ERROR
+        else:
+            title = f"Incident resolved: {incident.title}"
+            text = (f"{impact['requests_failed']} request(s) failed; "
+                    f"{impact['budget_consumed']:.2%} of the error budget consumed")
+            level = logging.WARNING
+        gw.events.record(f"incident.{change.kind}", f"{incident.id}: {title}", level=level,
+                         incident=incident.id)
+        gw.notifier.publish(Notice(f"incident.{change.kind}", title, text, gw.clock.time(),
+                                   {"id": incident.id, "severity": incident.severity},
+                                   starts=incident.started_at, ends=incident.resolved_at))
+
+    async def _save(self, incident: Incident) -> None:
+        await self.gw.store.put(NAMESPACE, incident.id, incident.to_json())
+
+    async def note(self, incident_id: str, text: str) -> dict[str, Any]:
+        note = self.tracker.note(incident_id, text)
+        await self._save(self.tracker.incidents[incident_id])
+        return note
