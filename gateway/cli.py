@@ -312,6 +312,73 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_incident(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "list":
+        rows = [[i["id"], i["status"], i["severity"], _when(i["opened_at"]),
+                 _when(i["resolved_at"]) if i["resolved_at"] else "-",
+                 str(i["impact"]["requests_failed"]), i["title"]]
+                for i in client.get("/incidents")["incidents"]]
+        print(table(rows, ["ID", "STATUS", "SEVERITY", "OPENED", "RESOLVED", "FAILED", "TITLE"]))
+        return 0
+    if not args.id:
+        print("hagw: this needs an incident id (see hagw incident list)", file=sys.stderr)
+        return 2
+    if args.action == "note":
+        if not args.text:
+            print('hagw: usage: hagw incident note ID "text"', file=sys.stderr)
+            return 2
+        client.post(f"/incidents/{args.id}/notes", {"text": " ".join(args.text)})
+        print(f"{args.id}: note added")
+        return 0
+    if args.action == "report":
+        print(client.get(f"/incidents/{args.id}/report"), end="")
+        return 0
+    incident = client.get(f"/incidents/{args.id}")
+    print(f"{incident['id']} {incident['status'].upper()} ({incident['severity']}): "
+          f"{incident['title']}")
+    for entry in incident["timeline"]:
+        node = f" {entry['node']}:" if entry.get("node") else ""
+        print(f"  {time.strftime('%H:%M:%S', time.gmtime(entry['at']))}{node} "
+              f"{entry['message']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    style = Style()
+    data = client.get("/status.json")
+    colour = {"operational": "32", "degraded": "33", "partial_outage": "31",
+              "major_outage": "31;1", "maintenance": "34"}[data["state"]]
+    slo = data["slo"]
+    print(style.paint(data["state_text"], colour + ";1"))
+    target = slo["target"]
+    avail = "  ".join(f"{w} {v * 100:.3f}%" for w, v in slo["availability"].items())
+    print(f"availability  {avail}  (target {target * 100:.2f}%)")
+    budget = slo["error_budget_remaining"]
+    print(f"error budget  {budget * 100:.1f}% left   burn rate 1h "
+          f"{slo['burn_rate']['1h']:.2f}x")
+    cap = data["capacity"]
+    print(f"nodes         {cap['serving']}/{cap['nodes']} serving (min_healthy "
+          f"{cap['min_healthy']})")
+    print(table(_node_rows(data["nodes"]), ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION",
+                                            "URL", "REASON"], style, colour_col=1))
+    deploy = data.get("deploy")
+    if deploy and deploy["status"] in ("running", "rolling_back", "interrupted"):
+        print(f"deploy        {deploy['id']} to {deploy['version']}: {deploy['status']} "
+              f"({deploy['nodes_done']}/{deploy['nodes']} nodes)")
+    maintenance = data["maintenance"]
+    for window in maintenance["active"]:
+        print(f"maintenance   ACTIVE until {window['end_iso']}: {window['reason']} "
+              f"({window['scope']})")
+    for window in maintenance["upcoming"][:3]:
+        print(f"maintenance   {window['start_iso']} to {window['end_iso']}: "
+              f"{window['reason']} ({window['scope']})")
+    for incident in data["incidents"]["open"]:
+        print(style.paint(f"incident      {incident['id']}: {incident['title']}", "31"))
+    return 0
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     client = _client(args)
     query = f"/events?limit={args.limit}" + (f"&node={args.node}" if args.node else "")
@@ -388,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", default="1h", help="e.g. 45m (default 1h)")
     p.add_argument("--reason")
     p.add_argument("--nodes", help="comma-separated node names; default: the whole fleet")
+    p = command("incident", cmd_incident, "incidents: list, show ID, note ID TEXT, report ID",
+                admin=True)
+    p.add_argument("action", choices=["list", "show", "note", "report"])
+    p.add_argument("id", nargs="?")
+    p.add_argument("text", nargs="*")
+    command("status", cmd_status, "overall state, availability, nodes, deploy and maintenance",
+            admin=True)
     p = command("events", cmd_events, "show recent events", admin=True)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--node")
