@@ -167,6 +167,9 @@ class Metrics:
         self.gateway_errors = Counter(
             "hagw_gateway_errors", "Answers the gateway produced itself, by reason",
             ["reason"], registry=registry)
+        self.admission_refused = Counter(
+            "hagw_admission_refused", "Requests refused at the door: rate_limit (429) or shed "
+            "(503, the gateway's concurrency limit)", ["reason"], registry=registry)
         self.retry_budget_exhausted = Counter(
             "hagw_retry_budget_exhausted", "Retries skipped because the retry budget was spent",
             registry=registry)

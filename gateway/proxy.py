@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.web_exceptions import HTTPException
 
+from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
 from gateway.errors import error_response
 from gateway.headers import BadHeader, new_request_id, request_head, response_headers
 from gateway.node import Node
 from gateway.retry import Retryable, RetryBudget, RetryPolicy
-from gateway.upstream import ConnectionPool, UpstreamConnection, UpstreamError
+from gateway.upstream import ConnectionPool, PoolOverflow, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -88,6 +89,8 @@ class Proxy:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.budget = RetryBudget(0.2, 3)
+        self.admission = Admission(gateway.config.rate_limit, gateway.config.overload,
+                                   gateway.clock)
         #: Checked in order before proxying; the first that answers wins.
         self.local_routes: list[LocalRoute] = []
         #: Called with (status, seconds, failure) for every client request (SLO, warning...).
@@ -108,6 +111,10 @@ class Proxy:
         self.max_body = config.limits.max_body
         self.max_header = config.limits.max_header
         self.body_timeout = config.limits.client_body_timeout
+        self.max_node_requests = config.overload.max_node_requests
+        self.admission.configure(config.rate_limit, config.overload)
+        self._key_header = (config.rate_limit.header if config.rate_limit.key == "header"
+                            else None)
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -115,6 +122,19 @@ class Proxy:
         loop = asyncio.get_running_loop()
         start = loop.time()
         request_id = request.headers.get("X-Request-Id") or new_request_id()
+        admission = self.admission
+        key = admission.client_key(request.remote or "", request.headers.get(self._key_header)
+                                   if self._key_header else None)
+        refused = admission.admit(key)
+        if refused is not None:
+            self.gw.metrics.admission_refused.labels(
+                "shed" if refused.status == 503 else "rate_limit").inc()
+            self.gw.metrics.observe_request(refused.status, loop.time() - start)
+            for observe in self.observers:
+                observe(refused.status, 0.0, "shed" if refused.status == 503 else None)
+            return error_response(refused.status, refused.message, request_id,
+                                  error="overloaded" if refused.status == 503 else None,
+                                  retry_after=refused.retry_after)
         status = 500
         failure: str | None = None
         try:
@@ -135,6 +155,7 @@ class Proxy:
             status, failure = 499, "client_closed"  # nginx's code for a client that hung up
             raise
         finally:
+            admission.done(key)
             elapsed = loop.time() - start
             self.gw.metrics.observe_request(status, elapsed)
             for observe in self.observers:
@@ -257,6 +278,11 @@ class Proxy:
         if node is None:
             raise NoNode()
         ex.tried.append(node)
+        if self.max_node_requests and node.in_flight >= self.max_node_requests:
+            # Envoy's max_requests circuit breaker: nothing was sent, so try another node.
+            raise Retryable(node, "overflow", PoolOverflow(
+                f"{node.name}: {node.in_flight} requests in flight "
+                f"(max_node_requests={self.max_node_requests})"))
         pool = gw.pools[node]
         bound = gw.metrics.node(node.name)
         loop = asyncio.get_running_loop()

@@ -320,7 +320,8 @@ class Gateway:
         cfg = self.config
         self.pools[node] = ConnectionPool(
             node.name, url.host, url.port, connect_timeout=cfg.timeouts.connect,
-            idle_timeout=cfg.timeouts.idle_upstream, clock=self.clock)
+            idle_timeout=cfg.timeouts.idle_upstream, max_connections=cfg.overload.max_connections,
+            max_pending=cfg.overload.max_pending, clock=self.clock)
 
     # -- reload --------------------------------------------------------------------------
 
@@ -353,6 +354,8 @@ class Gateway:
         for pool in self.pools.values():
             pool.connect_timeout = new.timeouts.connect
             pool.idle_timeout = new.timeouts.idle_upstream
+            pool.max_connections = new.overload.max_connections
+            pool.max_pending = new.overload.max_pending
         for node in added:
             self._add_pool(node)
             self.monitor.add(node)

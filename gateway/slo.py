@@ -26,7 +26,7 @@ BURN_WINDOWS = {"5m": 5 * MINUTE, "30m": 30 * MINUTE, "1h": HOUR, "6h": 6 * HOUR
                 "3d": 3 * DAY}
 
 #: Why the gateway answered a request itself; see Proxy. "client_closed": the client left.
-CHARGED_FAILURES = frozenset({"reset", "timeout", "no_node", "upstream"})
+CHARGED_FAILURES = frozenset({"reset", "timeout", "no_node", "upstream", "shed"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,12 +147,15 @@ async def test_sigkill_while_queueing_and_while_replaying_loses_nothing(
         await ready(http, admin)
         data = await summary(http, admin)
         assert data["mode"] == "active"  # the window survived the crash
-        assert data["queue"]["depth"] == len(first_batch)  # every 202 was on disk
+        # Every 202 was on disk. A few more may be: committed, then killed before the 202 went
+        # out, so their clients saw an error (at-least-once, as with any durable queue).
+        assert data["queue"]["depth"] >= len(first_batch)
         async with http.post(f"{admin}/maintenance/{window}/end", headers=auth()) as resp:
             assert resp.status == 200
         await wait_drained(http, admin)
         delivered = [w["body"] for w in await writes(http, node)]
-        assert sorted(delivered) == sorted(first_batch)
+        assert set(first_batch) <= set(delivered)
+        assert len(delivered) == len(set(delivered)) == data["queue"]["depth"]
 
         # 2. Killed in the middle of the replay.
         async with http.post(f"{admin}/maintenance", headers=auth(),
@@ -167,7 +170,7 @@ async def test_sigkill_while_queueing_and_while_replaying_loses_nothing(
         async with http.post(f"{admin}/maintenance/{window}/end", headers=auth()) as resp:
             assert resp.status == 200
         async with asyncio.timeout(30):
-            while len(await writes(http, node)) < len(first_batch) + 80:
+            while len(await writes(http, node)) < len(delivered) + 80:
                 await asyncio.sleep(0.02)
         gateway.kill()
 
@@ -176,12 +179,12 @@ async def test_sigkill_while_queueing_and_while_replaying_loses_nothing(
         await wait_drained(http, admin)
         log = await writes(http, node)
         bodies = [w["body"] for w in log]
-        assert sorted(bodies) == sorted(first_batch + accepted)  # all there, none twice
+        assert sorted(bodies) == sorted(delivered + accepted)  # all there, none twice
         replayed = [b for b in bodies if b.startswith("b-")]
         assert replayed == sorted(replayed, key=lambda b: int(b.split("-")[1]))  # FIFO
         async with http.get(f"{node.url}/_stats") as resp:
             stats = await resp.json()
         # Anything re-sent after the crash carried the same key, so the node dropped it.
-        assert stats["writes"] == len(first_batch) + 300
+        assert stats["writes"] == len(delivered) + 300
         events = json.dumps(await (await http.get(f"{admin}/events?limit=1000")).json())
         assert "queue.replay_finished" in events

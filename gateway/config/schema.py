@@ -135,6 +135,48 @@ class OutlierDetectionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """Per-client token buckets: a client over its rate gets 429 with Retry-After."""
+
+    enabled: bool = False
+    #: Sustained requests per second per client...
+    rate: float = field(default=50.0, metadata=positive)
+    #: ...and the burst a client may send at once.
+    burst: int = field(default=100, metadata=at_least_one)
+    #: Requests in flight per client at once (0: no limit).
+    max_concurrent: int = 0
+    #: How a client is told apart: its address, or a header set by a trusted proxy.
+    key: Literal["ip", "header"] = "ip"
+    header: str = "X-Forwarded-For"
+    #: Peers whose ``header`` is believed (CIDRs). Anyone else is keyed by address.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Clients remembered at once (least recently seen are forgotten first).
+    max_clients: int = field(default=100_000, metadata=at_least_one)
+
+    def validate(self) -> None:
+        import ipaddress
+
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise FieldProblem(f"trusted_proxies.{i}", "expected an address or CIDR like "
+                                                           f"10.0.0.0/8, found {cidr!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadConfig:
+    """Load shedding and Envoy-style circuit breakers."""
+
+    #: Requests in flight through the gateway at once; more get a fast 503 (0: no limit).
+    max_requests: int = 10_000
+    #: Per node: open connections, requests waiting for one, and requests in flight.
+    max_connections: int = 1024
+    max_pending: int = 1024
+    max_node_requests: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownConfig:
     #: How long /readyz reports not-ready before the listener stops accepting.
     grace: Duration = 5.0
@@ -458,6 +500,8 @@ class GatewayConfig:
     warning: WarningConfig = WarningConfig()
     slow_start: SlowStartConfig = SlowStartConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    overload: OverloadConfig = OverloadConfig()
     slo: SloConfig = SloConfig()
     deploy: DeployConfig = DeployConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()

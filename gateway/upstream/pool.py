@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.upstream.connection import ConnectFailure, PoolOverflow, UpstreamConnection
@@ -14,18 +15,21 @@ MAX_IDLE = 256
 
 class ConnectionPool:
     def __init__(self, name: str, host: str, port: int, *, connect_timeout: float,
-                 idle_timeout: float, max_connections: int = 0,
+                 idle_timeout: float, max_connections: int = 0, max_pending: int = 0,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.name = name
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        #: 0 means no cap.
+        #: 0 means no cap. At the cap, up to max_pending requests wait for a connection.
         self.max_connections = max_connections
+        self.max_pending = max_pending
         self.clock = clock
         self._idle: list[UpstreamConnection] = []
         self._all: set[UpstreamConnection] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._connecting = 0
         self.closing = False
 
     @property
@@ -48,25 +52,52 @@ class ConnectionPool:
                 if conn.usable and now - conn.idle_since < self.idle_timeout:
                     return conn
                 conn.close()
-        if self.max_connections and len(self._all) >= self.max_connections:
-            raise PoolOverflow(f"{self.name}: {len(self._all)} connections open, "
-                               f"max_connections={self.max_connections}")
+        if self.max_connections and len(self._all) + self._connecting >= self.max_connections:
+            return await self._wait_for_capacity()
         loop = asyncio.get_running_loop()
+        # Connections being opened count against the cap too, or a burst would overshoot it.
+        self._connecting += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self), self.host, self.port)
         except TimeoutError:
+            self._wake_one()  # the slot this attempt held is free again
             raise ConnectFailure(f"connect to {self.host}:{self.port} timed out after "
                                  f"{self.connect_timeout:g}s") from None
         except OSError as exc:
+            self._wake_one()
             raise ConnectFailure(f"connect to {self.host}:{self.port} failed: "
                                  f"{exc.strerror or exc}") from None
+        finally:
+            self._connecting -= 1
         self._all.add(conn)
         if self.closing:
             conn.close()
             raise ConnectFailure(f"{self.name}: the pool is closing")
         return conn
+
+    async def _wait_for_capacity(self) -> UpstreamConnection:
+        """At max_connections: queue as a pending request (Envoy's max_pending_requests)."""
+        if len(self._waiters) >= self.max_pending:
+            raise PoolOverflow(f"{self.name}: {len(self._all)} connections open and "
+                               f"{len(self._waiters)} requests waiting (max_connections="
+                               f"{self.max_connections}, max_pending={self.max_pending})")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        return await self.acquire()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.reusable and not self.closing and len(self._idle) < MAX_IDLE:
@@ -74,12 +105,16 @@ class ConnectionPool:
             self._idle.append(conn)
         else:
             conn.close()
+        if self._waiters:
+            self._wake_one()
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Called by a connection when its socket is gone."""
         self._all.discard(conn)
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
+        if self._waiters:
+            self._wake_one()
 
     def close(self) -> None:
         """Close idle connections now; busy ones close when their exchange ends."""
