@@ -85,18 +85,24 @@ def status_data(gw: Gateway, *, public: bool) -> dict[str, Any]:
         "state_text": STATES[state],
         "slo": {
             "target": slo.config.target,
-            "availability": {name: slo.availability(seconds)
+            "window_days": slo.config.window / 86400,
+            # None, not 100%, when a window saw no traffic at all.
+            "availability": {name: (counts.availability if counts.total else None)
                              for name, seconds in AVAILABILITY_WINDOWS.items()
-                             if name in ("24h", "7d", "30d")},
+                             if name in ("24h", "7d", "30d")
+                             for counts in (slo.window(seconds),)},
             "error_budget_remaining": slo.budget_remaining(),
         },
         "uptime": [
             {"date": time.strftime("%Y-%m-%d", time.gmtime(start)), "start": start,
              "availability": counts.availability if counts.total else None,
-             "good": counts.good, "bad": counts.bad, "excluded": counts.excluded}
+             # Request counts reveal traffic volume: admin view only.
+             **({} if public else {"good": counts.good, "bad": counts.bad,
+                                   "excluded": counts.excluded})}
             for start, counts in slo.daily()
         ],
         "capacity": {"nodes": len(nodes), "serving": sum(1 for n in nodes if n.serving),
+                     "in_maintenance": sum(1 for n in nodes if n.maintenance is not None),
                      "min_healthy": gw.cluster.floor},
         "maintenance": {
             "mode": gw.maintenance.mode.phase.value,

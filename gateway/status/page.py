@@ -79,9 +79,13 @@ def _uptime_svg(days: list[dict[str, Any]], target: float) -> str:
     bars = []
     for i, day in enumerate(days):
         kind = _bar_class(day["availability"], target)
-        tip = (f"{day['date']}: {_pct(day['availability'])} "
-               f"({day['good'] + day['bad']} requests, {day['bad']} failed)"
-               if day["availability"] is not None else f"{day['date']}: no traffic")
+        if day["availability"] is None:
+            tip = f"{day['date']}: no traffic"
+        elif "good" in day:  # request counts are in the admin view only
+            tip = (f"{day['date']}: {_pct(day['availability'])} "
+                   f"({day['good'] + day['bad']} requests, {day['bad']} failed)")
+        else:
+            tip = f"{day['date']}: {_pct(day['availability'])}"
         bars.append(f'<rect class="day {kind}" data-date="{_e(day["date"])}" '
                     f'x="{i * (width + gap)}" y="0" width="{width}" height="{height}" rx="1.5" '
                     f'fill="{_BAR_COLOURS[kind]}"><title>{_e(tip)}</title></rect>')
@@ -92,12 +96,16 @@ def _uptime_svg(days: list[dict[str, Any]], target: float) -> str:
 
 
 def _uptime_total(days: list[dict[str, Any]]) -> float | None:
+    if days and "good" not in days[0]:
+        # The public view has no counts: the mean of the days that had traffic.
+        known = [d["availability"] for d in days if d["availability"] is not None]
+        return sum(known) / len(known) if known else None
     good = sum(d["good"] for d in days)
     bad = sum(d["bad"] for d in days)
     return good / (good + bad) if good + bad else None
 
 
-def _budget(remaining: float) -> str:
+def _budget(remaining: float, days: float) -> str:
     """The error budget left, as text and a bar; an overspent budget says by how much."""
     shown = max(0.0, min(1.0, remaining))
     kind = "good" if remaining > 0.5 else "warn" if remaining > 0.1 else "bad"
@@ -109,7 +117,7 @@ def _budget(remaining: float) -> str:
            + (f'<rect class="fill {kind}" width="{shown * 100:.2f}%" height="10" rx="5" '
               f'fill="{_BAR_COLOURS[kind]}"/>' if shown > 0 else "")
            + "</svg>")
-    return (f'<div class="budget-row"><span>Error budget remaining (30 days)</span>'
+    return (f'<div class="budget-row"><span>Error budget remaining ({days:g} days)</span>'
             f'<strong id="budget" class="{kind}" data-value="{remaining:.6f}">{text}</strong>'
             f"</div>{bar}")
 
@@ -167,7 +175,7 @@ def _availability(data: dict[str, Any]) -> str:
       <div class="metrics">{metrics}
         <div class="metric target"><span class="label">target</span>
         <span class="value" id="target">{_pct(target, 2)}</span></div></div>
-      {_budget(slo["error_budget_remaining"])}{burn_line}
+      {_budget(slo["error_budget_remaining"], slo.get("window_days", 30))}{burn_line}
       <div class="card-head"><h3>Last {len(days)} days</h3>
         <span class="muted" id="uptime-total">{_pct(overall)} uptime</span></div>
       {_uptime_svg(days, target)}{legend}""")
@@ -235,8 +243,10 @@ def _incidents(data: dict[str, Any]) -> str:
 def _nodes(data: dict[str, Any]) -> str:
     capacity = data["capacity"]
     if data["public"]:
+        held = capacity.get("in_maintenance", 0)
+        planned = f", {held} in planned maintenance" if held else ""
         return _section("Capacity", f'<p id="capacity">{capacity["serving"]} of '
-                                    f'{capacity["nodes"]} servers in service</p>')
+                                    f'{capacity["nodes"]} servers in service{planned}</p>')
     now = data["generated_at"]
     rows = []
     for n in data.get("nodes", []):
