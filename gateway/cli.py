@@ -494,6 +494,9 @@ def main(argv: list[str] | None = None) -> None:
     except AdminError as exc:
         print(f"hagw: {exc}", file=sys.stderr)
         code = 1
+    except OSError as exc:  # e.g. a listen address already in use
+        print(f"hagw: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

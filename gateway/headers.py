@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterable
+from email.utils import formatdate
+from http import HTTPStatus
 
 from multidict import CIMultiDict
 
@@ -91,6 +94,72 @@ def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes
         append(b"Transfer-Encoding: chunked\r\n")
     elif content_length is not None:
         append(b"Content-Length: " + str(content_length).encode() + b"\r\n")
+    append(b"\r\n")
+    return b"".join(out)
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode()
+    return line
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date_header() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n")
+    return _date_cache[1]
+
+
+def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, *,
+                  content_length: int | None, keep_alive: bool, http10: bool,
+                  extra: bytes = b"") -> bytes:
+    """The status line and headers of a complete answer, built straight from the node's raw
+    headers: hop-by-hop and framing headers removed, Via and X-Request-Id added, framed by
+    ``content_length`` (None: no body allowed, as for 204 and 304)."""
+    out = [_status_line(status)]
+    append = out.append
+    drop = _RESPONSE_DROP
+    via = b""
+    has_id = has_date = False
+    for name, value in raw:
+        lower = name.lower()
+        if lower in drop:
+            if lower == b"connection":
+                drop = drop | frozenset(t.strip().lower() for t in value.split(b","))
+            continue
+        if lower == b"via":
+            via = value
+            continue
+        if lower == b"x-request-id":
+            has_id = True
+        elif lower == b"date":
+            has_date = True
+        append(name + b": " + value + b"\r\n")
+    append(b"Via: " + (via + b", " + VIA if via else VIA) + b"\r\n")
+    if not has_id:
+        append(b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n")
+    if not has_date:
+        append(_date_header())
+    if content_length is not None:
+        append(b"Content-Length: " + str(content_length).encode() + b"\r\n")
+    if not keep_alive:
+        append(b"Connection: close\r\n")
+    elif http10:
+        append(b"Connection: keep-alive\r\n")
+    append(extra)
     append(b"\r\n")
     return b"".join(out)
 

@@ -1,16 +1,24 @@
 """Prometheus metrics: one CollectorRegistry per gateway, never the global one.
 
-Hot-path series are bound once per node (``NodeMetrics``) instead of calling
-``.labels()`` per request. Node gauges are read from the cluster at scrape
-time, so they cost nothing per request and vanish with removed nodes.
+The series touched on every request (requests and latency, per class and per
+node) are plain integers and bucket arrays bound once per node, exported by a
+collector at scrape time: no ``.labels()`` lookup and no lock per request. The
+event loop is the only writer and the scrape runs on it, so nothing can tear.
+Node gauges are read from the cluster at scrape time too.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway import __version__
@@ -27,20 +35,84 @@ def code_class(status: int) -> str:
     return CODE_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx"
 
 
+def class_index(status: int) -> int:
+    return status // 100 - 1 if 100 <= status < 600 else 4
+
+
+class HotHistogram:
+    """A latency histogram as a bucket array: observe() is a bisect and two adds."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return out
+
+
 class NodeMetrics:
     """The per-node series the proxy touches on every request, bound once."""
 
-    __slots__ = ("by_class", "duration", "error", "name")
+    __slots__ = ("by_class", "duration", "errors", "name")
 
-    def __init__(self, metrics: Metrics, name: str) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.by_class = {cls: metrics.upstream_requests.labels(name, cls) for cls in CODE_CLASSES}
-        self.error = metrics.upstream_requests.labels(name, "error")
-        self.duration = metrics.upstream_duration.labels(name)
+        self.by_class = [0] * len(CODE_CLASSES)
+        self.errors = 0
+        self.duration = HotHistogram()
 
     def observe(self, status: int, seconds: float) -> None:
-        self.by_class[code_class(status)].inc()
+        self.by_class[class_index(status)] += 1
         self.duration.observe(seconds)
+
+    def error(self) -> None:
+        """An attempt that got no answer at all."""
+        self.errors += 1
+
+
+class HotSeries(Collector):
+    """Exports the hot-path counters and histograms at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        requests = CounterMetricFamily("hagw_requests", "Client requests answered, by status "
+                                       "class", labels=["code_class"])
+        for cls, count in zip(CODE_CLASSES, m.by_class, strict=True):
+            requests.add_metric([cls], float(count))
+        yield requests
+        duration = HistogramMetricFamily(
+            "hagw_request_duration_seconds", "Time from a client request to its response headers")
+        duration.add_metric([], m.duration.buckets(), m.duration.total)
+        yield duration
+        upstream = CounterMetricFamily(
+            "hagw_upstream_requests", "Requests sent to nodes, by node and status class "
+            "(class 'error' when no answer came)", labels=["node", "code_class"])
+        upstream_duration = HistogramMetricFamily(
+            "hagw_upstream_request_duration_seconds", "Time a node took to send response "
+            "headers", labels=["node"])
+        for name, node in m.nodes.items():
+            for cls, count in zip(CODE_CLASSES, node.by_class, strict=True):
+                upstream.add_metric([name, cls], float(count))
+            upstream.add_metric([name, "error"], float(node.errors))
+            upstream_duration.add_metric([name], node.duration.buckets(), node.duration.total)
+        yield upstream
+        yield upstream_duration
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class NodeGauges(Collector):
@@ -133,17 +205,10 @@ class SloGauges(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("hagw_requests", "Client requests answered, by status class",
-                                ["code_class"], registry=registry)
-        self.request_duration = Histogram(
-            "hagw_request_duration_seconds", "Time from a client request to its response headers",
-            buckets=LATENCY_BUCKETS, registry=registry)
-        self.upstream_requests = Counter(
-            "hagw_upstream_requests", "Requests sent to nodes, by node and status class "
-            "(class 'error' when no answer came)", ["node", "code_class"], registry=registry)
-        self.upstream_duration = Histogram(
-            "hagw_upstream_request_duration_seconds", "Time a node took to send response headers",
-            ["node"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.by_class = [0] * len(CODE_CLASSES)
+        self.duration = HotHistogram()
+        self.nodes: dict[str, NodeMetrics] = {}
+        registry.register(HotSeries(self))
         self.retries = Counter("hagw_upstream_retries", "Retries, by the node that failed and why",
                                ["node", "reason"], registry=registry)
         self.ejections = Counter("hagw_upstream_ejections", "Outlier-detection ejections",
@@ -173,18 +238,15 @@ class Metrics:
         self.retry_budget_exhausted = Counter(
             "hagw_retry_budget_exhausted", "Retries skipped because the retry budget was spent",
             registry=registry)
-        self._by_class = {cls: self.requests.labels(cls) for cls in CODE_CLASSES}
-        self._nodes: dict[str, NodeMetrics] = {}
-
     def node(self, name: str) -> NodeMetrics:
-        bound = self._nodes.get(name)
+        bound = self.nodes.get(name)
         if bound is None:
-            bound = self._nodes[name] = NodeMetrics(self, name)
+            bound = self.nodes[name] = NodeMetrics(name)
         return bound
 
     def observe_request(self, status: int, seconds: float) -> None:
-        self._by_class[code_class(status)].inc()
-        self.request_duration.observe(seconds)
+        self.by_class[class_index(status)] += 1
+        self.duration.observe(seconds)
 
     def watch(self, nodes: Callable[[], Iterator[object]], floor: Callable[[], int],
               uptime: NodeUptime, slo: SloTracker) -> None:

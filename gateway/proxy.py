@@ -13,14 +13,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aiohttp import HttpVersion11 as HTTP11
 from aiohttp import web
 from aiohttp.web_exceptions import HTTPException
 
 from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
 from gateway.errors import error_response
-from gateway.headers import BadHeader, new_request_id, request_head, response_headers
+from gateway.headers import (
+    BadHeader,
+    new_request_id,
+    request_head,
+    response_head,
+    response_headers,
+)
 from gateway.node import Node
+from gateway.raw_response import RawResponse
 from gateway.retry import Retryable, RetryBudget, RetryPolicy
 from gateway.upstream import ConnectionPool, PoolOverflow, UpstreamConnection, UpstreamError
 
@@ -75,6 +83,8 @@ class Exchange:
     length: int | None
     chunked: bool
     idempotent: bool
+    #: loop.time() by which the node's response headers must have arrived (retries included).
+    deadline: float = float("inf")
     tried: list[Node] = field(default_factory=list)
     body_consumed: bool = False
     #: Why the gateway answered itself (for metrics): "no_node", "timeout", "upstream"...
@@ -95,9 +105,20 @@ class Proxy:
         self.local_routes: list[LocalRoute] = []
         #: Called with (status, seconds, failure) for every client request (SLO, warning...).
         self.observers: list[Callable[[int, float, str | None], None]] = []
-        #: X-Maintenance-Scheduled for every proxied answer while a window is announced.
-        self.advisory: str | None = None
+        self._advisory: str | None = None
+        self._advisory_line = b""
         self.configure(gateway.config)
+
+    @property
+    def advisory(self) -> str | None:
+        """X-Maintenance-Scheduled for every proxied answer while a window is announced."""
+        return self._advisory
+
+    @advisory.setter
+    def advisory(self, value: str | None) -> None:
+        self._advisory = value
+        self._advisory_line = (b"" if value is None
+                               else f"X-Maintenance-Scheduled: {value}\r\n".encode())
 
     def configure(self, config: GatewayConfig) -> None:
         self.config = config
@@ -195,10 +216,12 @@ class Proxy:
                       self.policy.idempotent(method, "Idempotency-Key" in headers))
         budget = self.budget
         budget.active += 1
+        # One deadline for the whole request, checked by a timer on the wait for the node's
+        # answer (cheaper on every request than an asyncio.timeout scope).
+        ex.deadline = asyncio.get_running_loop().time() + self.request_timeout
         try:
             try:
-                async with asyncio.timeout(self.request_timeout):
-                    conn, node = await self._send(ex)
+                conn, node = await self._send(ex)
             except TimeoutError:
                 ex.failure = "timeout"
                 self.gw.metrics.gateway_errors.labels("timeout").inc()
@@ -289,18 +312,17 @@ class Proxy:
         started = loop.time()
         node.acquire()
         conn: UpstreamConnection | None = None
+        deadline = ex.deadline
+        if self.per_try_timeout is not None:
+            deadline = min(deadline, started + self.per_try_timeout)
         try:
-            conn = await pool.acquire()
-            if self.per_try_timeout is not None:
-                async with asyncio.timeout(self.per_try_timeout):
-                    await self._exchange(ex, conn, node)
-            else:
-                await self._exchange(ex, conn, node)
+            conn = await pool.acquire(ex.deadline)
+            await self._exchange(ex, conn, node, deadline)
         except UpstreamError as exc:
             node.release()
             if conn is not None:
                 conn.abort()
-            bound.error.inc()
+            bound.error()
             if exc.kind != "overflow":
                 gw.outlier.failure(node, exc.kind)
                 gw.monitor.record(node, loop.time() - started, True)
@@ -312,9 +334,9 @@ class Proxy:
             node.release()
             if conn is not None:
                 conn.abort()
-            bound.error.inc()
+            bound.error()
             gw.monitor.record(node, loop.time() - started, True)
-            if self.per_try_timeout is None:
+            if loop.time() >= ex.deadline:
                 raise  # the whole request's deadline: answered 504 by the caller
             gw.outlier.failure(node, "timeout")
             reason = self.policy.timeout_reason(ex.idempotent, ex.replayable)
@@ -340,7 +362,8 @@ class Proxy:
             raise Retryable(node, str(status), conn=conn)
         return conn, node
 
-    async def _exchange(self, ex: Exchange, conn: UpstreamConnection, node: Node) -> None:
+    async def _exchange(self, ex: Exchange, conn: UpstreamConnection, node: Node,
+                        deadline: float) -> None:
         url = node.config.url
         conn.begin(head_only=ex.method == "HEAD")
         head = request_head(
@@ -354,7 +377,7 @@ class Proxy:
         else:
             conn.write(head)
             await self._stream_body(ex, conn)
-        await conn.read_head()
+        await conn.read_head(deadline)
 
     async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
         ex.body_consumed = True
@@ -393,16 +416,26 @@ class Proxy:
         request = ex.request
         assert request is not None
         try:
+            status = conn.status
+            if conn.complete:
+                # The whole answer is here: one prebuilt write (the common, fast case).
+                body = conn.take_buffered()
+                pool.release(conn)
+                if ex.method == "HEAD" or status in (204, 304) or status < 200:
+                    length = _declared_length(conn) if ex.method == "HEAD" else None
+                    body = b""
+                else:
+                    length = len(body)
+                keep_alive = request.keep_alive
+                head = response_head(
+                    status, conn.headers, ex.request_id, content_length=length,
+                    keep_alive=keep_alive, http10=request.version < HTTP11,
+                    extra=self._advisory_line)
+                return RawResponse(status, head + body, keep_alive=keep_alive)
             headers = response_headers(conn.headers, ex.request_id)
             if self.advisory is not None:
                 headers["X-Maintenance-Scheduled"] = self.advisory
-            if conn.complete:
-                body = conn.take_buffered()
-                pool.release(conn)
-                if ex.method == "HEAD":
-                    return _head_response(conn, headers)
-                return web.Response(status=conn.status, body=body, headers=headers)
-            response = web.StreamResponse(status=conn.status, headers=headers)
+            response = web.StreamResponse(status=status, headers=headers)
             declared = _declared_length(conn)
             if declared is not None:
                 response.content_length = declared
@@ -446,9 +479,9 @@ class Proxy:
                           k.lower() == "idempotency-key" for k, _ in headers)))
         budget = self.budget
         budget.active += 1
+        ex.deadline = asyncio.get_running_loop().time() + self.request_timeout
         try:
-            async with asyncio.timeout(self.request_timeout):
-                conn, node = await self._send(ex)
+            conn, node = await self._send(ex)
         finally:
             budget.active -= 1
         pool = self.gw.pools[node]
@@ -480,14 +513,6 @@ def _declared_length(conn: UpstreamConnection) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _head_response(conn: UpstreamConnection, headers: object) -> web.StreamResponse:
-    response = web.Response(status=conn.status, headers=headers)  # type: ignore[arg-type]
-    declared = _declared_length(conn)
-    if declared is not None:
-        response.headers["Content-Length"] = str(declared)
-    return response
 
 
 __all__ = ["HTTPException", "LocalRoute", "Proxy"]

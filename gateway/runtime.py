@@ -179,10 +179,17 @@ class Gateway:
                 self._tg = tg
                 app = self._admin_app()
                 self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-                await self.admin_runner.setup()
-                admin = self.config.admin.listen
-                site = web.TCPSite(self.admin_runner, admin.host, admin.port)
-                await site.start()
+                try:
+                    await self.admin_runner.setup()
+                    admin = self.config.admin.listen
+                    site = web.TCPSite(self.admin_runner, admin.host, admin.port)
+                    await site.start()
+                except BaseException:
+                    # Unwind whatever started (the cleanup contexts entered so far).
+                    for task in list(self._tasks):
+                        task.cancel()
+                    await self.admin_runner.cleanup()
+                    raise
                 self.admin_address = self.admin_runner.addresses[0][:2]
                 self.ready = True
                 self.events.record("gateway.started", f"traffic on {self.traffic_url}, "
@@ -194,6 +201,9 @@ class Gateway:
                     task.cancel()
         except BaseException as exc:
             if not self._started.done():
+                # Start-up failed (say, a port in use): report the cause, not the group.
+                while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                    exc = exc.exceptions[0]
                 self._started.set_exception(exc)
                 return
             raise

@@ -160,5 +160,13 @@ async def test_gateway_availability_agrees_with_the_client(backends: Any, gatewa
 
 def test_metrics_registry_is_per_gateway() -> None:
     a, b = Metrics(), Metrics()
-    a.requests.labels("2xx").inc()
-    assert b.requests.labels("2xx")._value.get() == 0
+    a.observe_request(200, 0.003)
+    a.node("node-1").observe(503, 0.2)
+    assert a.registry.get_sample_value("hagw_requests_total", {"code_class": "2xx"}) == 1.0
+    assert b.registry.get_sample_value("hagw_requests_total", {"code_class": "2xx"}) == 0.0
+    assert a.registry.get_sample_value("hagw_request_duration_seconds_bucket",
+                                       {"le": "0.005"}) == 1.0
+    assert a.registry.get_sample_value("hagw_request_duration_seconds_bucket",
+                                       {"le": "0.0025"}) == 0.0
+    assert a.registry.get_sample_value("hagw_upstream_requests_total",
+                                       {"node": "node-1", "code_class": "5xx"}) == 1.0

@@ -23,6 +23,14 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
+_EXPIRED = object()
+
+
+def _expire(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_EXPIRED)
+
+
 class UpstreamError(Exception):
     """A failure talking to a node. ``sent``: did any request byte reach the socket?"""
 
@@ -78,7 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = True
         self.head_only = False
-        self._head_waiter: asyncio.Future[None] | None = None
+        self._head_waiter: asyncio.Future[object] | None = None
         self._body: deque[bytes] = deque()
         self._body_size = 0
         self._body_waiter: asyncio.Future[None] | None = None
@@ -217,14 +225,22 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed and self._exc is not None:
             raise self._exc
 
-    async def read_head(self) -> None:
-        """Wait for the response status and headers."""
+    async def read_head(self, deadline: float = float("inf")) -> None:
+        """Wait for the response status and headers until ``deadline`` (loop time);
+        TimeoutError after it."""
         if not self.status and self._exc is None:
-            self._head_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._head_waiter = loop.create_future()
+            timer = (loop.call_at(deadline, _expire, waiter) if deadline != float("inf")
+                     else None)
             try:
-                await self._head_waiter
+                await waiter
             finally:
                 self._head_waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is _EXPIRED:
+                raise TimeoutError("no response headers before the deadline")
         if self._exc is not None and not self.status:
             raise self._exc
 

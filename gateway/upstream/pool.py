@@ -40,8 +40,9 @@ class ConnectionPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def acquire(self) -> UpstreamConnection:
-        """A ready connection: the most recently used idle one, or a new one."""
+    async def acquire(self, deadline: float = float("inf")) -> UpstreamConnection:
+        """A ready connection: the most recently used idle one, or a new one. Waiting for
+        capacity (at max_connections) ends at ``deadline`` (loop time)."""
         idle = self._idle
         if idle:
             now = self.clock.monotonic()
@@ -53,7 +54,7 @@ class ConnectionPool:
                     return conn
                 conn.close()
         if self.max_connections and len(self._all) + self._connecting >= self.max_connections:
-            return await self._wait_for_capacity()
+            return await self._wait_for_capacity(deadline)
         loop = asyncio.get_running_loop()
         # Connections being opened count against the cap too, or a burst would overshoot it.
         self._connecting += 1
@@ -77,7 +78,7 @@ class ConnectionPool:
             raise ConnectFailure(f"{self.name}: the pool is closing")
         return conn
 
-    async def _wait_for_capacity(self) -> UpstreamConnection:
+    async def _wait_for_capacity(self, deadline: float) -> UpstreamConnection:
         """At max_connections: queue as a pending request (Envoy's max_pending_requests)."""
         if len(self._waiters) >= self.max_pending:
             raise PoolOverflow(f"{self.name}: {len(self._all)} connections open and "
@@ -86,11 +87,12 @@ class ConnectionPool:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
+            async with asyncio.timeout_at(None if deadline == float("inf") else deadline):
+                await waiter
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-        return await self.acquire()
+        return await self.acquire(deadline)
 
     def _wake_one(self) -> None:
         while self._waiters:
