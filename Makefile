@@ -18,12 +18,12 @@ run: $(STAMP)
 
 ## test: set up .venv and run the whole suite (lint, type checks, tests)
 test: $(STAMP)
-	$(BIN)/ruff check gateway monitor tests
+	$(BIN)/ruff check gateway monitor tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway monitor tests
+	$(BIN)/ruff check gateway monitor tests bench
 	$(BIN)/mypy
 
 ## bench: the performance suite (gateway vs direct, nginx and haproxy)

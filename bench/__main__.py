@@ -9,8 +9,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nodes", choices=NODE_KINDS, default="nginx",
                         help="static nginx nodes (default) or the demo aiohttp nodes")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="throughput/streaming rounds per target, interleaved; the median "
-                             "is reported (default 1)")
+                        help="runs per target in the throughput, latency and streaming "
+                             "scenarios, interleaved; medians are reported (default 3, "
+                             "1 with --quick)")
     parser.add_argument("--connections", type=int, default=50,
                         help="wrk connections in the throughput scenario (default 50)")
     parser.add_argument("--rates", type=_rates, default=None,
@@ -100,7 +103,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         duration=max(1.0, duration),
         warmup=0.0 if quick else 2.0,
-        rounds=max(1, args.rounds or 1),
+        rounds=max(1, args.rounds or (1 if quick else 3)),
         quick=quick,
         scenarios=tuple(s for s in SCENARIOS if s in args.only),
         targets=targets,
@@ -128,6 +131,29 @@ def raise_fd_limit(wanted: int) -> str:
     return f"RLIMIT_NOFILE {soft}{note}"
 
 
+def _load_note() -> str:
+    """Other work on the machine moves every figure; say how busy it was at the start."""
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    busy = " - busy: expect noisy figures, compare ratios" if load > cpus / 2 else ""
+    return f"load average {load:.2f} on {cpus} CPUs at the start{busy}"
+
+
+def _revision() -> str:
+    """The code under test: the commit, and whether the working tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "monitor"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "revision unknown (no git)"
+    if not commit:
+        return "revision unknown (not a git checkout)"
+    return f"gateway code at {commit}" + (" plus uncommitted changes" if dirty.strip() else "")
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # SystemExit unwinds through every ``with``: children stopped, temp dir removed.
     raise SystemExit(128 + signum)
@@ -141,7 +167,7 @@ def run(settings: Settings, tools: Tools) -> tuple[list[Row], list[str]]:
         for scenario in settings.scenarios:
             try:
                 rows += SCENARIO_FUNCTIONS[scenario](fleet, settings)
-            except (OSError, LookupError, RuntimeError) as exc:
+            except (OSError, LookupError, RuntimeError, ValueError) as exc:
                 # One broken scenario must not lose the others' results.
                 progress(f"{scenario} failed: {exc.__class__.__name__}: {exc}")
                 rows.append(failed("-", scenario, f"{exc.__class__.__name__}: {exc}"))
@@ -153,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Ctrl-C must stop the run even when started from a shell that ignores SIGINT for
+    # background jobs (Python would then never raise KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tools = Tools()
     started = time.time()
-    notes = [raise_fd_limit(settings.idle_connections + FD_MARGIN)]
+    notes = [raise_fd_limit(settings.idle_connections + FD_MARGIN), _load_note(),
+             _revision()]
     try:
         rows, fleet_notes = run(settings, tools)
     except KeyboardInterrupt:

@@ -78,6 +78,8 @@ class IdleConnections:
         """How many the server has not closed (a peek that would block means open)."""
         alive = 0
         for sock in self.sockets:
+            # Non-blocking: with a timeout set, recv would first wait for data.
+            sock.setblocking(False)
             try:
                 data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:

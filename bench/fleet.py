@@ -105,6 +105,8 @@ class Fleet:
             child, port = peers.start_haproxy(self.group, _path(self.tools, "haproxy"), nodes)
         else:
             raise Unavailable(f"failed: unknown target {name!r}")
+        # The pid is what a profiler attaches to (py-spy record -p PID).
+        _progress(f"{name} listening on 127.0.0.1:{port} (pid {child.pid})")
         return Target(name, port, child)
 
     def streaming_pair(self) -> tuple[Target, Target]:

@@ -71,21 +71,32 @@ def _find(rows: list[Row], target: str, scenario: str, metric: str) -> Row | Non
     return None
 
 
+def _why_missing(rows: list[Row], target: str, scenario: str, metric: str) -> str:
+    if not any(r.scenario == scenario for r in rows):
+        return f"{scenario} not run"
+    for row in rows:
+        if (row.target, row.scenario) == (target, scenario) and not row.ok:
+            return f"{target}: {row.status}"
+    if not any((r.target, r.scenario) == (target, scenario) for r in rows):
+        return f"{target} not measured in this run"
+    return f"no {scenario} {metric} for {target}"
+
+
 def headlines(rows: list[Row], rates: tuple[int, ...]) -> list[Headline]:
     out: list[Headline] = []
 
     def ratio(name: str, scenario: str, metric: str, top: str, bottom: str) -> None:
         a, b = _find(rows, top, scenario, metric), _find(rows, bottom, scenario, metric)
-        if a is None or b is None or not b.value or a.value is None:
-            missing = top if a is None else bottom
-            out.append(Headline(name, None, "x", f"no {scenario} {metric} for {missing}"))
+        if a is None or b is None or a.value is None or not b.value:
+            missing = top if a is None or a.value is None else bottom
+            out.append(Headline(name, None, "x", _why_missing(rows, missing, scenario, metric)))
         else:
             out.append(Headline(name, a.value / b.value, "x"))
 
     def value(name: str, target: str, scenario: str, metric: str, unit: str) -> None:
         row = _find(rows, target, scenario, metric)
         out.append(Headline(name, row.value if row else None, unit,
-                            "" if row else f"no {scenario} {metric} for {target}"))
+                            "" if row else _why_missing(rows, target, scenario, metric)))
 
     for top, bottom in (("hagw", "direct"), ("hagw", "naive"), ("hagw", "nginx"),
                         ("hagw", "haproxy"), ("naive", "nginx")):

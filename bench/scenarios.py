@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from bench.clients import ClientError, download, open_idle
 from bench.fleet import Fleet, Target, Unavailable
-from bench.load import LoadError, LoadResult, hey, wrk
+from bench.load import LoadError, LoadResult, hey, hey_workers, wrk
 from bench.procfs import RssSampler, rss_kb
 from bench.report import Row, failed, latency_scenario, progress, relate, skipped
 from bench.settings import TARGETS, Settings, format_size
@@ -22,46 +22,77 @@ def _unavailable(name: str, scenario: str, exc: Unavailable) -> Row:
     return Row(name, scenario, "-", None, "", status=exc.status)
 
 
+# -- load runs, interleaved -------------------------------------------------------------------
+
+Run = Callable[[Target, float], LoadResult]
+
+
+def _interleaved(targets: dict[str, Target], settings: Settings, scenario: str, what: str,
+                 run: Run) -> tuple[dict[str, list[LoadResult]], list[Row]]:
+    """Every target once per round, rounds in sequence: a noisy neighbour then slows
+    every target a little rather than one target a lot. The first round warms up first
+    (connection pools, caches); a load generator that fails ends that target's runs."""
+    results: dict[str, list[LoadResult]] = {name: [] for name in targets}
+    failures: list[Row] = []
+    live = dict(targets)
+    for round_no in range(settings.rounds):
+        for name, target in list(live.items()):
+            progress(f"{scenario}: {name}, {what}, round {round_no + 1}/{settings.rounds}")
+            try:
+                if round_no == 0 and settings.warmup > 0:
+                    run(target, settings.warmup)
+                results[name].append(run(target, settings.duration))
+            except LoadError as exc:
+                failures.append(failed(name, scenario, str(exc).splitlines()[0]))
+                del live[name], results[name]
+    return results, failures
+
+
+def _median_note(runs: list[LoadResult], note: str = "") -> str:
+    """Errors, and the spread of the rounds' request rates: a wide range means noise."""
+    parts = [note] if note else []
+    errors = sum(r.errors for r in runs)
+    if errors:
+        parts.append(f"{errors} errors")
+    if len(runs) > 1:
+        rates = [r.rps for r in runs]
+        parts.append(f"median of {len(runs)}, {min(rates):,.0f}-{max(rates):,.0f} req/s")
+    return "; ".join(parts)
+
+
+def _available(fleet: Fleet, names: list[str], scenario: str) -> tuple[dict[str, Target],
+                                                                      list[Row]]:
+    targets: dict[str, Target] = {}
+    rows: list[Row] = []
+    for name in names:
+        try:
+            targets[name] = fleet.target(name)
+        except Unavailable as exc:
+            rows.append(_unavailable(name, scenario, exc))
+    return targets, rows
+
+
 # -- max throughput ----------------------------------------------------------------------------
 
 def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
-    """``wrk -t1 -c50`` against every target, rounds interleaved; medians reported."""
+    """``wrk -t1 -c50`` against every target; medians of the rounds."""
     scenario = "throughput"
     names = [t for t in TARGETS if t in settings.targets]
     wrk_path = fleet.tools.path("wrk")
     if wrk_path is None:
         reason = fleet.tools.missing("wrk") or "wrk not installed"
         return [skipped(n, scenario, reason) for n in names]
-    rows: list[Row] = []
-    targets: dict[str, Target] = {}
-    for name in names:
-        try:
-            targets[name] = fleet.target(name)
-        except Unavailable as exc:
-            rows.append(_unavailable(name, scenario, exc))
-    results: dict[str, list[LoadResult]] = {name: [] for name in targets}
-    for round_no in range(settings.rounds):
-        # Interleaved rounds: a noisy neighbour slows every target, not just one.
-        for name, target in list(targets.items()):
-            progress(f"throughput: {name} (round {round_no + 1}/{settings.rounds}, "
-                     f"wrk -c{settings.connections} {settings.duration:g}s)")
-            try:
-                if settings.warmup > 0:
-                    wrk(wrk_path, target.url(), connections=settings.connections,
-                        duration=settings.warmup)
-                results[name].append(wrk(wrk_path, target.url(),
-                                         connections=settings.connections,
-                                         duration=settings.duration))
-            except LoadError as exc:
-                rows.append(failed(name, scenario, str(exc).splitlines()[0]))
-                del targets[name], results[name]
+    targets, rows = _available(fleet, names, scenario)
+
+    def run(target: Target, seconds: float) -> LoadResult:
+        return wrk(wrk_path, target.url(), connections=settings.connections, duration=seconds)
+
+    results, failures = _interleaved(targets, settings, scenario,
+                                     f"wrk -c{settings.connections} {settings.duration:g}s", run)
+    rows += failures
     for name, runs in results.items():
-        errors = sum(r.errors for r in runs)
-        note = f"{errors} errors" if errors else ""
-        if len(runs) > 1:
-            note = (note + "; " if note else "") + f"median of {len(runs)} rounds"
-        rps = statistics.median(r.rps for r in runs)
-        rows += [Row(name, scenario, "req/s", rps, "req/s", note=note),
+        rows += [Row(name, scenario, "req/s", statistics.median(r.rps for r in runs), "req/s",
+                     note=_median_note(runs)),
                  Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs), "ms"),
                  Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs), "ms")]
     relate(rows, "direct")
@@ -72,7 +103,7 @@ def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
 
 def latency(fleet: Fleet, settings: Settings) -> list[Row]:
     """hagw and direct at each fixed rate; the p99 the gateway adds over direct."""
-    names = [t for t in ("direct", "hagw") if t in settings.targets]
+    names: list[str] = [t for t in ("direct", "hagw") if t in settings.targets]
     hey_path = fleet.tools.path("hey")
     rows: list[Row] = []
     for rate in settings.rates:
@@ -81,28 +112,25 @@ def latency(fleet: Fleet, settings: Settings) -> list[Row]:
             reason = fleet.tools.missing("hey") or "hey not installed"
             rows += [skipped(n, scenario, reason) for n in names]
             continue
-        measured: list[Row] = []
-        for name in names:
-            try:
-                target = fleet.target(name)
-            except Unavailable as exc:
-                measured.append(_unavailable(name, scenario, exc))
-                continue
-            progress(f"latency: {name} at {rate} req/s for {settings.duration:g}s (hey)")
-            try:
-                result = hey(hey_path, target.url(), rate=rate, duration=settings.duration)
-            except LoadError as exc:
-                measured.append(failed(name, scenario, str(exc).splitlines()[0]))
-                continue
-            notes = []
-            if result.rps < 0.95 * rate:
-                notes.append(f"could not hold {rate} req/s")
-            if result.errors:
-                notes.append(f"{result.errors} errors")
-            measured += [Row(name, scenario, "achieved", result.rps, "req/s",
-                             note="; ".join(notes)),
-                         Row(name, scenario, "p50", result.p50_ms, "ms"),
-                         Row(name, scenario, "p99", result.p99_ms, "ms")]
+        targets, measured = _available(fleet, names, scenario)
+        workers = hey_workers(rate)
+        shape = f"hey -c {workers} -q {rate / workers:g}"
+
+        def run(target: Target, seconds: float, rate: int = rate) -> LoadResult:
+            return hey(hey_path, target.url(), rate=rate, duration=seconds)
+
+        results, failures = _interleaved(targets, settings, scenario,
+                                         f"{shape} {settings.duration:g}s", run)
+        measured += failures
+        for name, runs in results.items():
+            achieved = statistics.median(r.rps for r in runs)
+            note = shape + (f"; could not hold {rate} req/s" if achieved < 0.95 * rate else "")
+            measured += [Row(name, scenario, "achieved", achieved, "req/s",
+                             note=_median_note(runs, note)),
+                         Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs),
+                             "ms"),
+                         Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs),
+                             "ms")]
         relate(measured, "direct", metrics=("p50", "p99"))
         p99 = {r.target: r.value for r in measured
                if r.metric == "p99" and r.ok and r.value is not None}
@@ -110,7 +138,7 @@ def latency(fleet: Fleet, settings: Settings) -> list[Row]:
             measured.append(Row("hagw", scenario, "p99 added", p99["hagw"] - p99["direct"],
                                 "ms", reference="direct",
                                 note="hagw p99 minus direct p99 (hey: 0.1 ms resolution)"))
-        rows += measured
+        rows += _ordered(measured, names)
     return rows
 
 
@@ -143,13 +171,13 @@ def _idle_rows(target: Target, settings: Settings, scenario: str) -> list[Row]:
     pid = target.child.pid
     before = rss_kb(pid)
     idle = open_idle(target.port, wanted, time_limit=30 + wanted / 100)
+    opened = idle.opened
     try:
         time.sleep(settings.settle)
         after = rss_kb(pid)
         alive = idle.still_open()
     finally:
         idle.close()
-    opened = idle.opened
     note = f"opened in {idle.seconds:.1f}s"
     if opened < wanted:
         note = f"only {opened} of {wanted} opened: {idle.stopped_by}"
@@ -185,9 +213,10 @@ def streaming(fleet: Fleet, settings: Settings) -> list[Row]:
     before_kb = rss_kb(gateway.child.pid)
     peak_kb = before_kb
     try:
-        for _ in range(settings.rounds):
+        for round_no in range(settings.rounds):
             for target in (direct, gateway):
-                progress(f"streaming: {format_size(size)} from {target.name}")
+                progress(f"streaming: {target.name}, {format_size(size)}, "
+                         f"round {round_no + 1}/{settings.rounds}")
                 if target is gateway:
                     with RssSampler(gateway.child.pid) as sampler:
                         got = download(target.port, path, expect=size, time_limit=limit)
@@ -197,7 +226,8 @@ def streaming(fleet: Fleet, settings: Settings) -> list[Row]:
                 speeds[target.name].append(got.mb_per_s)
     except (OSError, ClientError) as exc:
         return [failed("direct", scenario, str(exc)), failed("hagw", scenario, str(exc))]
-    label = f"{format_size(size)} body"
+    label = f"{format_size(size)} from a demo aiohttp node" + (
+        f"; median of {settings.rounds}" if settings.rounds > 1 else "")
     rows = [Row("direct", scenario, "MB/s", statistics.median(speeds["direct"]), "MB/s",
                 note=label),
             Row("hagw", scenario, "MB/s", statistics.median(speeds["hagw"]), "MB/s",

@@ -37,9 +37,9 @@ def format_size(size: int) -> str:
 class Settings:
     #: Seconds each measured load run lasts.
     duration: float
-    #: Seconds of unmeasured load before each throughput run (pools, caches, JIT-free warm-up).
+    #: Seconds of unmeasured load before a target's first run (connection pools, caches).
     warmup: float
-    #: Throughput runs per target, interleaved; the median is reported.
+    #: Load runs per target, interleaved with the other targets'; medians are reported.
     rounds: int
     quick: bool
     scenarios: tuple[str, ...]

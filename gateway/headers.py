@@ -10,8 +10,6 @@ from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
-from multidict import CIMultiDict
-
 #: Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -162,28 +160,3 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
     append(extra)
     append(b"\r\n")
     return b"".join(out)
-
-
-def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:
-    """The node's response headers as sent to the client: hop-by-hop and framing removed."""
-    drop = _RESPONSE_DROP
-    for name, value in raw:
-        if name.lower() == b"connection":
-            drop = drop | frozenset(t.strip().lower() for t in value.split(b","))
-    headers: CIMultiDict[str] = CIMultiDict()
-    via = ""
-    has_id = False
-    for name, value in raw:
-        lower = name.lower()
-        if lower in drop:
-            continue
-        if lower == b"via":
-            via = value.decode("latin-1")
-            continue
-        if lower == b"x-request-id":
-            has_id = True
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
-    headers["Via"] = f"{via}, 1.1 hagw" if via else "1.1 hagw"
-    if not has_id:
-        headers["X-Request-Id"] = request_id
-    return headers

@@ -73,8 +73,11 @@ class MaintenanceMode:
 
     # -- the LocalRoute ------------------------------------------------------------------
 
-    async def route(self, request: web.BaseRequest,
-                    request_id: str) -> tuple[web.StreamResponse, str | None] | None:
+    def matches(self, request: web.BaseRequest) -> bool:
+        return self.phase is not Phase.NORMAL or request.path.startswith(self._ticket_prefix)
+
+    async def answer(self, request: web.BaseRequest,
+                     request_id: str) -> tuple[web.StreamResponse, str | None] | None:
         if request.path.startswith(self._ticket_prefix):
             return await self._ticket(request, request.path[len(self._ticket_prefix):],
                                       request_id), None

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import HttpVersion11 as HTTP11
 from aiohttp import web
-from aiohttp.web_exceptions import HTTPException
 
 from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
@@ -25,7 +24,6 @@ from gateway.headers import (
     new_request_id,
     request_head,
     response_head,
-    response_headers,
 )
 from gateway.node import Node
 from gateway.raw_response import RawResponse
@@ -38,14 +36,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("hagw.proxy")
 access_log = logging.getLogger("hagw.access")
 
-#: Responses whose body is fully here when the headers arrive are sent in one piece.
 _CHUNK_END = b"0\r\n\r\n"
+#: Above this much unsent answer, wait for the client before reading more from the node.
+_CLIENT_HIGH_WATER = 1024 * 1024
 
-#: Something the traffic listener answers itself instead of proxying (status page, maintenance
-#: mode, queue tickets): returns the response and how it counts for the SLO (see gateway.slo),
-#: or None to let the request through.
-LocalRoute = Callable[[web.BaseRequest, str],
-                      Awaitable[tuple[web.StreamResponse, str | None] | None]]
+class LocalRoute(Protocol):
+    """Something the traffic listener answers itself instead of proxying (the public status
+    page, maintenance mode, queue tickets)."""
+
+    def matches(self, request: web.BaseRequest) -> bool:
+        """A cheap synchronous check, made on every request."""
+
+    async def answer(self, request: web.BaseRequest,
+                     request_id: str) -> tuple[web.StreamResponse, str | None] | None:
+        """The response and how it counts for the SLO (see gateway.slo), or None to let the
+        request through after all."""
 
 
 class NoNode(Exception):
@@ -106,6 +111,8 @@ class Proxy:
         #: Called with (status, seconds, failure) for every client request (SLO, warning...).
         self.observers: list[Callable[[int, float, str | None], None]] = []
         self._advisory: str | None = None
+        #: The running loop, looked up once (on 3.11 every lookup is a getpid() syscall).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._advisory_line = b""
         self.configure(gateway.config)
 
@@ -137,10 +144,15 @@ class Proxy:
         self._key_header = (config.rate_limit.header if config.rate_limit.key == "header"
                             else None)
 
+    def _now(self) -> float:
+        return (self.loop or asyncio.get_running_loop()).time()
+
     # -- entry point ------------------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
         start = loop.time()
         request_id = request.headers.get("X-Request-Id") or new_request_id()
         admission = self.admission
@@ -160,7 +172,9 @@ class Proxy:
         failure: str | None = None
         try:
             for route in self.local_routes:
-                local = await route(request, request_id)
+                if not route.matches(request):
+                    continue
+                local = await route.answer(request, request_id)
                 if local is not None:
                     response, failure = local
                     status = response.status
@@ -218,7 +232,7 @@ class Proxy:
         budget.active += 1
         # One deadline for the whole request, checked by a timer on the wait for the node's
         # answer (cheaper on every request than an asyncio.timeout scope).
-        ex.deadline = asyncio.get_running_loop().time() + self.request_timeout
+        ex.deadline = self._now() + self.request_timeout
         try:
             try:
                 conn, node = await self._send(ex)
@@ -308,7 +322,7 @@ class Proxy:
                 f"(max_node_requests={self.max_node_requests})"))
         pool = gw.pools[node]
         bound = gw.metrics.node(node.name)
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         started = loop.time()
         node.acquire()
         conn: UpstreamConnection | None = None
@@ -432,24 +446,7 @@ class Proxy:
                     keep_alive=keep_alive, http10=request.version < HTTP11,
                     extra=self._advisory_line)
                 return RawResponse(status, head + body, keep_alive=keep_alive)
-            headers = response_headers(conn.headers, ex.request_id)
-            if self.advisory is not None:
-                headers["X-Maintenance-Scheduled"] = self.advisory
-            response = web.StreamResponse(status=status, headers=headers)
-            declared = _declared_length(conn)
-            if declared is not None:
-                response.content_length = declared
-            await response.prepare(request)
-            timeout = self.stream_idle
-            while True:
-                async with asyncio.timeout(timeout):
-                    chunk = await conn.read_chunk()
-                if not chunk:
-                    break
-                await response.write(chunk)
-            await response.write_eof()
-            pool.release(conn)
-            return response
+            return await self._stream(ex, request, conn, pool)
         except (UpstreamError, TimeoutError) as exc:
             # Too late for an error status: cut the client connection so it sees a failure.
             conn.abort()
@@ -465,6 +462,44 @@ class Proxy:
             node.release()
 
 
+    async def _stream(self, ex: Exchange, request: web.BaseRequest, conn: UpstreamConnection,
+                      pool: ConnectionPool) -> web.StreamResponse:
+        """A body still arriving: forward it as it comes, written straight to the client's
+        transport, whatever has arrived coalesced into one write, with flow control both
+        ways (the node is paused while the client is slow)."""
+        declared = _declared_length(conn)
+        keep_alive = request.keep_alive
+        http10 = request.version < HTTP11
+        chunked = declared is None and not http10
+        if declared is None and http10:
+            keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
+        head = response_head(conn.status, conn.headers, ex.request_id, content_length=declared,
+                             keep_alive=keep_alive, http10=http10, extra=self._advisory_line
+                             + (b"Transfer-Encoding: chunked\r\n" if chunked else b""))
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        transport.write(head)
+        loop = self.loop or asyncio.get_running_loop()
+        sent = 0
+        while chunk := await conn.read_chunk(loop.time() + self.stream_idle):
+            more = conn.take_buffered()
+            if more:
+                chunk += more
+            if transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            sent += len(chunk)
+            if transport.get_write_buffer_size() > _CLIENT_HIGH_WATER:
+                await request.writer.drain()
+        if chunked:
+            transport.write(_CHUNK_END)
+        pool.release(conn)
+        return RawResponse.already_sent(conn.status, sent, keep_alive=keep_alive)
+
     # -- replaying queued writes ------------------------------------------------------
 
     async def forward(self, method: str, target: str, headers: list[tuple[str, str]],
@@ -479,7 +514,7 @@ class Proxy:
                           k.lower() == "idempotency-key" for k, _ in headers)))
         budget = self.budget
         budget.active += 1
-        ex.deadline = asyncio.get_running_loop().time() + self.request_timeout
+        ex.deadline = self._now() + self.request_timeout
         try:
             conn, node = await self._send(ex)
         finally:
@@ -515,4 +550,4 @@ def _declared_length(conn: UpstreamConnection) -> int | None:
     return None
 
 
-__all__ = ["HTTPException", "LocalRoute", "Proxy"]
+__all__ = ["LocalRoute", "Proxy"]

@@ -22,6 +22,14 @@ class RawResponse(web.StreamResponse):
         self._data = data
         self._keep_alive = keep_alive
 
+    @classmethod
+    def already_sent(cls, status: int, length: int, *, keep_alive: bool) -> RawResponse:
+        """For an answer the proxy streamed itself: aiohttp has nothing left to write."""
+        response = cls(status, b"", keep_alive=keep_alive)
+        response._eof_sent = True
+        response._body_length = length
+        return response
+
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self._eof_sent:
             return None

@@ -66,8 +66,8 @@ class Gateway:
         self.deploys = DeployOrchestrator(self)
         self.maintenance = MaintenanceManager(self)
         # The public status page answers even during maintenance, so it comes first.
-        self.proxy.local_routes.append(PublicStatus(self).route)
-        self.proxy.local_routes.append(self.maintenance.mode.route)
+        self.proxy.local_routes.append(PublicStatus(self))
+        self.proxy.local_routes.append(self.maintenance.mode)
         self.incidents = IncidentWatcher(self)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)

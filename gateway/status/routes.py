@@ -53,10 +53,14 @@ class PublicStatus:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
 
-    async def route(self, request: web.BaseRequest,
-                    request_id: str) -> tuple[web.StreamResponse, str | None] | None:
+    def matches(self, request: web.BaseRequest) -> bool:
         config = self.gw.config.status
-        if not config.public or request.method not in ("GET", "HEAD"):
+        return config.public and request.path.startswith(config.path)
+
+    async def answer(self, request: web.BaseRequest,
+                     request_id: str) -> tuple[web.StreamResponse, str | None] | None:
+        config = self.gw.config.status
+        if request.method not in ("GET", "HEAD"):
             return None
         if request.path == config.path:
             return html_response(self.gw, public=True), None

@@ -65,12 +65,14 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body", "_body_size", "_body_waiter", "_drain_waiter", "_exc", "_head_waiter",
         "_headers", "_interim", "_paused", "_write_paused", "closed", "complete", "exchanges",
-        "head_only", "headers", "idle_since", "keep_alive", "parser", "pool", "status",
+        "head_only", "headers", "idle_since", "keep_alive", "loop", "parser", "pool", "status",
         "transport",
     )
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
+        # Created by create_connection, so inside the running loop; looked up once.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -89,7 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[object] | None = None
         self._body: deque[bytes] = deque()
         self._body_size = 0
-        self._body_waiter: asyncio.Future[None] | None = None
+        self._body_waiter: asyncio.Future[object] | None = None
         self._exc: BaseException | None = None
         self._interim = False
         self._paused = False
@@ -217,7 +219,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait while the node is not reading what we send (flow control for big bodies)."""
         if self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self.loop.create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -229,7 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Wait for the response status and headers until ``deadline`` (loop time);
         TimeoutError after it."""
         if not self.status and self._exc is None:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             waiter = self._head_waiter = loop.create_future()
             timer = (loop.call_at(deadline, _expire, waiter) if deadline != float("inf")
                      else None)
@@ -260,18 +262,26 @@ class UpstreamConnection(asyncio.Protocol):
         self._resume()
         return data
 
-    async def read_chunk(self) -> bytes:
-        """The next part of the body; b"" once the body is complete."""
+    async def read_chunk(self, deadline: float = float("inf")) -> bytes:
+        """The next part of the body; b"" once the body is complete. TimeoutError if nothing
+        arrives before ``deadline`` (loop time)."""
         while not self._body:
             if self.complete:
                 return b""
             if self._exc is not None:
                 raise self._exc
-            self._body_waiter = asyncio.get_running_loop().create_future()
+            loop = self.loop
+            waiter = self._body_waiter = loop.create_future()
+            timer = (loop.call_at(deadline, _expire, waiter) if deadline != float("inf")
+                     else None)
             try:
-                await self._body_waiter
+                await waiter
             finally:
                 self._body_waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is _EXPIRED:
+                raise TimeoutError("the node's body stalled")
         chunk = self._body.popleft()
         self._body_size -= len(chunk)
         self._resume()
