@@ -483,16 +483,16 @@ class Proxy:
         loop = self.loop or asyncio.get_running_loop()
         sent = 0
         while chunk := await conn.read_chunk(loop.time() + self.stream_idle):
-            more = conn.take_buffered()
-            if more:
-                chunk += more
+            # Whatever else arrived meanwhile goes out in the same (vectored) write.
+            parts = [chunk, *conn.take_chunks()]
+            size = sum(map(len, parts))
             if transport.is_closing():
                 raise ConnectionResetError("the client went away")
             if chunked:
-                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                transport.writelines((b"%x\r\n" % size, *parts, b"\r\n"))
             else:
-                transport.write(chunk)
-            sent += len(chunk)
+                transport.writelines(parts)
+            sent += size
             if transport.get_write_buffer_size() > _CLIENT_HIGH_WATER:
                 await request.writer.drain()
         if chunked:

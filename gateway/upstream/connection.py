@@ -262,6 +262,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._resume()
         return data
 
+    def take_chunks(self) -> list[bytes]:
+        """Every body part received so far, as they came (no copying)."""
+        chunks = list(self._body)
+        self._body.clear()
+        self._body_size = 0
+        self._resume()
+        return chunks
+
     async def read_chunk(self, deadline: float = float("inf")) -> bytes:
         """The next part of the body; b"" once the body is complete. TimeoutError if nothing
         arrives before ``deadline`` (loop time)."""
