@@ -32,6 +32,8 @@ class LoadResult:
     p99_ms: float
     #: Socket errors, timeouts and non-2xx/3xx answers.
     errors: int
+    #: CPU time the target process tree used per request, when measured.
+    cpu_us: float | None = None
 
 
 def wrk(path: str, url: str, *, connections: int, duration: float,

@@ -2,8 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from types import TracebackType
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` and every live descendant (nginx's and
+    haproxy's workers are children of the process we started)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(entry)
+        children.setdefault(int(fields[1]), []).append(child)
+        times[child] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo += children.get(current, [])
+    return total
 
 
 def rss_kb(pid: int) -> int:

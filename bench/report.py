@@ -101,6 +101,8 @@ def headlines(rows: list[Row], rates: tuple[int, ...]) -> list[Headline]:
     for top, bottom in (("hagw", "direct"), ("hagw", "naive"), ("hagw", "nginx"),
                         ("hagw", "haproxy"), ("naive", "nginx")):
         ratio(f"throughput {top}/{bottom}", "throughput", "req/s", top, bottom)
+    value("hagw CPU per request", "hagw", "throughput", "CPU/request", "us")
+    ratio("CPU per request naive/hagw", "throughput", "CPU/request", "naive", "hagw")
     for rate in rates:
         scenario = latency_scenario(rate)
         value(f"p99 added by hagw at {rate} req/s", "hagw", scenario, "p99 added", "ms")

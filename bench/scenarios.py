@@ -3,6 +3,7 @@ run: a missing tool or a failed start becomes a skipped or failed row."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from bench.clients import ClientError, download, open_idle
 from bench.fleet import Fleet, Target, Unavailable
 from bench.load import LoadError, LoadResult, hey, hey_workers, wrk
-from bench.procfs import RssSampler, rss_kb
+from bench.procfs import RssSampler, cpu_seconds, rss_kb
 from bench.report import Row, failed, latency_scenario, progress, relate, skipped
 from bench.settings import TARGETS, Settings, format_size
 
@@ -85,7 +86,14 @@ def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
     targets, rows = _available(fleet, names, scenario)
 
     def run(target: Target, seconds: float) -> LoadResult:
-        return wrk(wrk_path, target.url(), connections=settings.connections, duration=seconds)
+        # CPU per request is steadier than req/s on a shared machine: neighbours steal
+        # time, but they do not make each request cost more cycles (much).
+        before = cpu_seconds(target.child.pid)
+        result = wrk(wrk_path, target.url(), connections=settings.connections,
+                     duration=seconds)
+        used = cpu_seconds(target.child.pid) - before
+        cpu_us = used / result.requests * 1e6 if result.requests else None
+        return dataclasses.replace(result, cpu_us=cpu_us)
 
     results, failures = _interleaved(targets, settings, scenario,
                                      f"wrk -c{settings.connections} {settings.duration:g}s", run)
@@ -95,6 +103,10 @@ def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
                      note=_median_note(runs)),
                  Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs), "ms"),
                  Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs), "ms")]
+        cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+        if cpu and name != "direct":  # direct's process is one node, not a proxy
+            rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
+                            note="user+system CPU of the proxy's processes per request"))
     relate(rows, "direct")
     return _ordered(rows, names)
 

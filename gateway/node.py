@@ -72,6 +72,8 @@ class Node:
                  slow_start: SlowStartConfig, warning: WarningConfig,
                  listener: Listener | None = None, boot: bool = True) -> None:
         self.name = config.name
+        #: What a request without a Host header gets (built once).
+        self.host_header = f"{config.url.host}:{config.url.port}".encode()
         self.clock = clock
         self.listener = listener
         self.config = config

@@ -331,7 +331,11 @@ class Proxy:
             deadline = min(deadline, started + self.per_try_timeout)
         try:
             conn = await pool.acquire(ex.deadline)
-            await self._exchange(ex, conn, node, deadline)
+            # The request goes out in one write when its body is buffered; only a streamed
+            # body needs awaiting (one coroutine frame less on the common path).
+            if self._send_request(ex, conn, node):
+                await self._stream_body(ex, conn)
+            await conn.read_head(deadline)
         except UpstreamError as exc:
             node.release()
             if conn is not None:
@@ -376,22 +380,23 @@ class Proxy:
             raise Retryable(node, str(status), conn=conn)
         return conn, node
 
-    async def _exchange(self, ex: Exchange, conn: UpstreamConnection, node: Node,
-                        deadline: float) -> None:
-        url = node.config.url
+    def _send_request(self, ex: Exchange, conn: UpstreamConnection, node: Node) -> bool:
+        """Write the request head (and a buffered body); True if a body must be streamed."""
         conn.begin(head_only=ex.method == "HEAD")
         head = request_head(
             ex.method, ex.target, ex.raw_headers, client_ip=ex.client_ip, scheme=ex.scheme,
-            node_host=f"{url.host}:{url.port}".encode(), request_id=ex.request_id,
+            node_host=node.host_header, request_id=ex.request_id,
             content_length=ex.length if not ex.chunked else None, chunked=ex.chunked)
-        if ex.body is not None:
-            conn.write(head + ex.body if len(ex.body) < 65536 else head)
-            if len(ex.body) >= 65536:
-                conn.write(ex.body)
+        body = ex.body
+        if body is None:
+            conn.write(head)
+            return True
+        if len(body) < 65536:
+            conn.write(head + body if body else head)
         else:
             conn.write(head)
-            await self._stream_body(ex, conn)
-        await conn.read_head(deadline)
+            conn.write(body)
+        return False
 
     async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
         ex.body_consumed = True
