@@ -52,6 +52,8 @@ async def read_json(request: web.Request, *, required: bool = False) -> dict[str
         data = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput("the body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadInput(f"expected a JSON object, found {type(data).__name__}")
     return data
@@ -157,12 +159,14 @@ async def undrain_node(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     node = node_or_404(request)
     data = await read_json(request)
-    if node.drain_source not in (None, "operator") and not field(data, "force", bool, False):
+    force = field(data, "force", bool, False)
+    reason = field(data, "reason", str) or "undrained by operator"
+    if node.drain_source not in (None, "operator") and not force:
         raise web.HTTPConflict(text=json.dumps({
             "error": "conflict", "message": f"{node.name} is held by a {node.drain_source} "
                                             f"({node.drain_reason}); pass force=true to override"}),
             content_type="application/json")
-    await gw.undrain(node, field(data, "reason", str) or "undrained by operator")
+    await gw.undrain(node, reason)
     return json_response(node.snapshot())
 
 
@@ -202,6 +206,7 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/nodes/{name}/undrain", undrain_node)
     app.router.add_get("/events", events)
     app.router.add_post("/reload", reload_config)
+    from gateway import openapi
     from gateway.status import routes as status_routes
     from monitor.deploy import api as deploy_api
     from monitor.incident import api as incident_api
@@ -211,4 +216,5 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     maintenance_api.add_routes(app)
     incident_api.add_routes(app)
     status_routes.add_routes(app)
+    openapi.add_routes(app)
     return app

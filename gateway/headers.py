@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
 HOP_BY_HOP = frozenset({
@@ -44,24 +45,40 @@ def _connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[
     return frozenset(tokens)
 
 
+def origin_form(target: str) -> tuple[str, bytes]:
+    """An absolute-form target (``http://host/path?q``) as origin-form plus its authority.
+
+    A gateway forwards origin-form, and the Host a node sees must be the target's authority
+    (RFC 9112 §3.2.2), never a Host header that the target contradicts. Origin-form and
+    ``*`` come back unchanged with an empty authority.
+    """
+    if target.startswith("/") or target == "*":
+        return target, b""
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    authority = parts.netloc.rpartition("@")[2]  # never forward userinfo
+    return (f"{path}?{parts.query}" if parts.query else path), authority.encode("latin-1",
+                                                                                "replace")
+
+
 def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes], ...], *,
                  client_ip: str, scheme: str, node_host: bytes, request_id: str,
                  content_length: int | None, chunked: bool) -> bytes:
     """The request line and headers sent to a node, framed as the gateway sends the body."""
+    target, authority = origin_form(target)
     out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1", "replace")]
     append = out.append
     forwarded_for = forwarded_proto = forwarded_host = via = b""
     host = b""
-    drop = _REQUEST_MANAGED
+    # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1), wherever the
+    # Connection header sits among the others.
+    drop = _REQUEST_MANAGED | (_connection_tokens(raw_headers) - {b"host"})
     for name, value in raw_headers:
         lower = name.lower()
         if b"\r" in value or b"\n" in value or b"\0" in value:
             raise BadHeader(f"header {name.decode('latin-1')!r} contains CR, LF or NUL")
         if lower in drop:
-            if lower == b"connection":
-                # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-                drop = drop | _connection_tokens(raw_headers) - {b"host"}
-            elif lower == b"x-forwarded-for":
+            if lower == b"x-forwarded-for":
                 forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
             elif lower == b"x-forwarded-proto":
                 forwarded_proto = value if not forwarded_proto else forwarded_proto + b", " + value
@@ -71,9 +88,14 @@ def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes
                 via = value if not via else via + b", " + value
             continue
         if lower == b"host":
+            if authority:
+                continue  # replaced by the absolute-form target's authority below
             host = value
         append(name + b": " + value + b"\r\n")
-    if not host:
+    if authority:
+        host = authority
+        append(b"Host: " + host + b"\r\n")
+    elif not host:
         host = node_host
         append(b"Host: " + host + b"\r\n")
     client = client_ip.encode()
@@ -129,14 +151,13 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
     ``content_length`` (None: no body allowed, as for 204 and 304)."""
     out = [_status_line(status)]
     append = out.append
-    drop = _RESPONSE_DROP
+    # Headers named in Connection are hop-by-hop too, wherever Connection sits.
+    drop = _RESPONSE_DROP | _connection_tokens(raw)
     via = b""
     has_id = has_date = False
     for name, value in raw:
         lower = name.lower()
         if lower in drop:
-            if lower == b"connection":
-                drop = drop | frozenset(t.strip().lower() for t in value.split(b","))
             continue
         if lower == b"via":
             via = value

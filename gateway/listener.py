@@ -15,8 +15,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger("hagw.listener")
@@ -38,12 +39,27 @@ class GuardedRequestHandler(RequestHandler):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
+            self._fail_streaming_body(self._messages[-1][0])
         # Headers are complete once aiohttp queued a message or is handling one.
         if self._messages or self._request_in_progress or self._upgraded:
             self._disarm()
         elif self._header_deadline is None and data:
             self._arm()
+
+    def _fail_streaming_body(self, error: _ErrInfo) -> None:
+        """llhttp reports a framing error inside a body that is already streaming (a bad
+        chunk size after a good chunk) as a new bad message and leaves that body waiting
+        for bytes that never come: the request would hold its node until
+        client_body_timeout and end in 408. Fail the body now, so it ends in 400."""
+        bodies = [payload for _msg, payload in list(self._messages)[:-1]]
+        if self._current_request is not None:
+            bodies.append(self._current_request.content)
+        for body in bodies:
+            if not body.is_eof() and body.exception() is None:
+                body.set_exception(error.exc)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
@@ -86,7 +102,33 @@ class GuardedRequestHandler(RequestHandler):
         return response
 
 
+def _refusal(status: int, error: str, message: str) -> web.Response:
+    response = web.Response(status=status, content_type="application/json",
+                            body=json.dumps({"error": error, "message": message}).encode())
+    if status == 405:
+        response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    response.force_close()
+    return response
+
+
+def screen(request: BaseRequest) -> web.Response | None:
+    """Requests a reverse proxy must refuse before routing, whatever the parser let through."""
+    version = request.version
+    if version not in (HttpVersion10, HttpVersion11):
+        return _refusal(505, "http_version_not_supported",
+                        f"HTTP/{version.major}.{version.minor} is not supported; use HTTP/1.1")
+    if request.method == "CONNECT":
+        return _refusal(405, "method_not_allowed",
+                        "CONNECT is not supported: this is a gateway, not a forward proxy")
+    if version == HttpVersion10 and "Transfer-Encoding" in request.headers:
+        # RFC 9112 §6.1: treat as faulty framing, and close the connection afterwards.
+        return _refusal(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
+    return None
+
+
 class GuardedServer(web.Server):
+    """The proxy's handler calls ``screen`` first (no extra coroutine per request)."""
+
     def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.header_timeout = header_timeout

@@ -25,6 +25,7 @@ from gateway.headers import (
     request_head,
     response_head,
 )
+from gateway.listener import screen
 from gateway.node import Node
 from gateway.raw_response import RawResponse
 from gateway.retry import Retryable, RetryBudget, RetryPolicy
@@ -154,6 +155,10 @@ class Proxy:
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
         start = loop.time()
+        refused_early = screen(request)
+        if refused_early is not None:
+            log.info("refused a request from %s: %s", request.remote, refused_early.text)
+            return refused_early
         request_id = request.headers.get("X-Request-Id") or new_request_id()
         admission = self.admission
         key = admission.client_key(request.remote or "", request.headers.get(self._key_header)

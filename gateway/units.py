@@ -32,7 +32,7 @@ def parse_duration(value: object) -> float:
             break
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
-    if pos == 0 or pos != len(text):
+    if pos == 0 or pos != len(text) or not math.isfinite(total):
         raise ValueError(f"expected a duration like 500ms, 2s or 45m, found {value!r}")
     return total
 
@@ -45,7 +45,9 @@ def parse_size(value: object) -> int:
         match = _SIZE.fullmatch(value.strip())
         if match:
             unit = (match.group(2) or "B").lower()
-            return int(float(match.group(1)) * _SIZE_UNITS[unit])
+            size = float(match.group(1)) * _SIZE_UNITS[unit]
+            if math.isfinite(size):
+                return int(size)
     raise ValueError(f"expected a size like 16KB or 10MB, found {value!r}")
 
 

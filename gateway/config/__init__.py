@@ -24,7 +24,8 @@ def parse_config(text: str, file: str = "<config>",
     data = expand_env(data, builder, env)
     # A node's health block overrides single keys of the top-level one.
     base_health = data.get("health") or {}
-    for node in data.get("nodes") or []:
+    nodes = data.get("nodes")
+    for node in nodes if isinstance(nodes, list) else []:
         if isinstance(node, dict) and isinstance(node.get("health"), dict) \
                 and isinstance(base_health, dict):
             node["health"] = {**base_health, **node["health"]}

@@ -227,7 +227,7 @@ class HealthCheckConfig:
         if self.body_match is not None:
             try:
                 re.compile(self.body_match)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise FieldProblem("body_match", f"expected a regular expression: {exc}") from None
 
 
@@ -372,6 +372,16 @@ class WindowConfig:
     reason: str = "planned maintenance"
     #: Node names; empty means the whole fleet (maintenance mode).
     nodes: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        import datetime as dt
+
+        try:
+            dt.datetime.fromtimestamp(self.start, dt.UTC)
+            dt.datetime.fromtimestamp(self.start + self.duration, dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            raise FieldProblem("duration", "expected a window that ends by the year 9999, "
+                                           f"found {self.duration:g}s") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from gateway.admin import GATEWAY, BadInput, field, json_response, read_json
@@ -13,9 +15,9 @@ def _find(request: web.Request) -> Incident:
     gw = request.app[GATEWAY]
     incident = gw.incidents.tracker.incidents.get(request.match_info["id"])
     if incident is None:
-        raise web.HTTPNotFound(text=f'{{"error": "not_found", "message": "no incident '
-                                    f'{request.match_info["id"]!r}"}}',
-                               content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({
+            "error": "not_found", "message": f"no incident {request.match_info['id']!r}"}),
+            content_type="application/json")
     return incident
 
 

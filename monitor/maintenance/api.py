@@ -28,7 +28,9 @@ async def create(request: web.Request) -> web.Response:
                 raw, bool) else parse_duration(raw)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    nodes = data.get("nodes") or []
+    nodes = data.get("nodes")
+    if nodes is None:
+        nodes = []
     if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
         raise BadInput("nodes: expected a list of node names")
     reason = field(data, "reason", str) or "planned maintenance"

@@ -82,8 +82,13 @@ class Schedule:
 
     def add(self, start: float, duration: float, reason: str, nodes: tuple[str, ...] = (),
             source: str = "api", window_id: str | None = None) -> Window:
-        if duration <= 0:
+        if not duration > 0:  # NaN too
             raise ValueError("expected a duration above zero")
+        try:
+            iso(start), iso(start + duration)
+        except (OverflowError, ValueError, OSError):
+            raise ValueError("expected a window that starts and ends between the years 1 "
+                             "and 9999") from None
         now = self.clock.time()
         if start + duration <= now:
             raise ValueError(f"the window ends in the past ({iso(start + duration)})")
