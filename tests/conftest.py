@@ -29,7 +29,7 @@ TOKEN = "test-token"
 
 def require_tool(name: str) -> str:
     """The path of a system tool; skip (or fail under CI=true) when it is missing."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
         if os.environ.get("CI") == "true":

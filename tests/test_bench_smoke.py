@@ -5,8 +5,6 @@ CI machines are shared and noisy, and the suite reports ratios for people to rea
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +17,11 @@ from bench.processes import ProcessGroup
 from bench.scenarios import throughput
 from bench.settings import TARGETS, Settings
 from bench.tools import Tools
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW_KEYS = {"target", "scenario", "metric", "value", "unit", "ratio", "reference", "status",
             "note"}
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; skip when it is missing, but fail under CI=true (.ci/run installs it)."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if path is None:
-        message = f"{name} is not installed (.ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def test_quick_throughput_run_writes_results(tmp_path: Path) -> None:
