@@ -18,17 +18,26 @@ run: $(STAMP)
 
 ## test: set up .venv and run the whole suite (lint, type checks, tests)
 test: $(STAMP)
-	$(BIN)/ruff check gateway monitor tests bench
+	$(BIN)/ruff check gateway monitor tests bench chaos
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway monitor tests bench
+	$(BIN)/ruff check gateway monitor tests bench chaos
 	$(BIN)/mypy
 
 ## bench: the performance suite (gateway vs direct, nginx and haproxy)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## chaos: fault injection under load (node crash, hang, latency, errors, resets, deploys,
+## gateway SIGKILL mid-window and mid-replay); prints the table and writes chaos/results/
+chaos: $(STAMP)
+	$(BIN)/python -m chaos
+
+## soak: 10 minutes of load with periodic faults; RSS must stay flat, no write lost
+soak: $(STAMP)
+	$(BIN)/python -m chaos --soak --minutes 10
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,6 +58,11 @@ class NoNode(Exception):
     pass
 
 
+class TryTimeout(TimeoutError):
+    """One attempt got no answer within ``retries.per_try_timeout`` (the request's own
+    deadline had not passed); the message names the node and says why no retry followed."""
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -92,6 +97,12 @@ class Exchange:
     #: loop.time() by which the node's response headers must have arrived (retries included).
     deadline: float = float("inf")
     tried: list[Node] = field(default_factory=list)
+    #: A replayed write goes back to the node that got it before, if that node serves:
+    #: a backend that remembers Idempotency-Keys per node then drops the repeat.
+    prefer: str | None = None
+    #: Awaited with the chosen node just before the first byte is sent (the replay
+    #: records where the entry goes, durably, before it goes).
+    before_send: Callable[[Node], Awaitable[None]] | None = None
     body_consumed: bool = False
     #: Why the gateway answered itself (for metrics): "no_node", "timeout", "upstream"...
     failure: str | None = None
@@ -241,6 +252,10 @@ class Proxy:
         try:
             try:
                 conn, node = await self._send(ex)
+            except TryTimeout as exc:
+                ex.failure = "timeout"
+                self.gw.metrics.gateway_errors.labels("timeout").inc()
+                return ex, error_response(504, str(exc), request_id)
             except TimeoutError:
                 ex.failure = "timeout"
                 self.gw.metrics.gateway_errors.labels("timeout").inc()
@@ -263,6 +278,12 @@ class Proxy:
                 self.gw.metrics.gateway_errors.labels(exc.kind).inc()
                 if exc.kind == "overflow":
                     return ex, error_response(503, str(exc), request_id, retry_after=1)
+                if not exc.sent:
+                    # Nothing reached a node (every try failed to connect): a 503 with
+                    # Retry-After tells the client that retrying later is safe, even for a
+                    # write. The nodes' addresses stay out of the answer.
+                    return ex, error_response(503, "no node could be reached", request_id,
+                                              retry_after=1)
                 return ex, error_response(502, str(exc), request_id)
         finally:
             budget.active -= 1
@@ -316,7 +337,12 @@ class Proxy:
 
     async def _attempt(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
         gw = self.gw
-        node = gw.cluster.pick(ex.tried)
+        node = None
+        if ex.prefer is not None and not ex.tried:
+            preferred = gw.cluster.get(ex.prefer)
+            node = preferred if preferred is not None and preferred.serving else None
+        if node is None:
+            node = gw.cluster.pick(ex.tried)
         if node is None:
             raise NoNode()
         ex.tried.append(node)
@@ -335,12 +361,21 @@ class Proxy:
         if self.per_try_timeout is not None:
             deadline = min(deadline, started + self.per_try_timeout)
         try:
+            if ex.before_send is not None:
+                await ex.before_send(node)
             conn = await pool.acquire(ex.deadline)
             # The request goes out in one write when its body is buffered; only a streamed
             # body needs awaiting (one coroutine frame less on the common path).
             if self._send_request(ex, conn, node):
                 await self._stream_body(ex, conn)
             await conn.read_head(deadline)
+            if ex.idempotent and ex.replayable and not conn.complete:
+                # A small answer is read whole before anything reaches the client, so a node
+                # that breaks mid-body is retried like one that broke before answering (not
+                # under the per-try timeout, which is about the node answering at all).
+                declared = _declared_length(conn)
+                if declared is not None and declared <= self.retry_buffer:
+                    await conn.wait_complete(loop.time() + self.stream_idle)
         except UpstreamError as exc:
             node.release()
             if conn is not None:
@@ -363,9 +398,14 @@ class Proxy:
                 raise  # the whole request's deadline: answered 504 by the caller
             gw.outlier.failure(node, "timeout")
             reason = self.policy.timeout_reason(ex.idempotent, ex.replayable)
+            per_try = self.per_try_timeout
+            late = (f"no answer from {node.name} within retries.per_try_timeout ({per_try:g}s)"
+                    if per_try is not None and loop.time() - started >= per_try
+                    else f"{node.name}: {exc}")
             if reason is not None:
-                raise Retryable(node, reason, exc) from exc
-            raise
+                raise Retryable(node, reason, TryTimeout(late)) from exc
+            raise TryTimeout(f"{late}; not retried: a {ex.method} that reached a node is "
+                             "retried only with an Idempotency-Key") from exc
         except BaseException:
             node.release()
             if conn is not None:
@@ -460,6 +500,9 @@ class Proxy:
         except (UpstreamError, TimeoutError) as exc:
             # Too late for an error status: cut the client connection so it sees a failure.
             conn.abort()
+            # Still the node's failure: outlier detection and the warning detector count it.
+            self.gw.outlier.failure(node, "reset")
+            self.gw.monitor.record(node, 0.0, True)
             log.warning("node %s failed mid-response (%s); closing the client connection",
                         node.name, exc)
             if request.transport is not None:
@@ -514,14 +557,16 @@ class Proxy:
 
     async def forward(self, method: str, target: str, headers: list[tuple[str, str]],
                       body: bytes, request_id: str,
-                      max_answer: int = 10 * 1024 * 1024) -> tuple[int, list[tuple[str, str]],
-                                                                   bytes]:
+                      max_answer: int = 10 * 1024 * 1024, *, prefer: str | None = None,
+                      before_send: Callable[[Node], Awaitable[None]] | None = None,
+                      ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Send a stored request through the same routing, retries and pools as live traffic,
         and return the node's whole answer. Raises UpstreamError, NoNode or TimeoutError."""
         raw = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
         ex = Exchange(None, request_id, method, target, raw, "", "http", body, len(body),
                       False, self.policy.idempotent(method, any(
-                          k.lower() == "idempotency-key" for k, _ in headers)))
+                          k.lower() == "idempotency-key" for k, _ in headers)),
+                      prefer=prefer, before_send=before_send)
         budget = self.budget
         budget.active += 1
         ex.deadline = self._now() + self.request_timeout

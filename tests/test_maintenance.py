@@ -428,3 +428,20 @@ async def test_windows_survive_a_restart_and_config_windows_load(
     async with Gateway(config) as again:
         states = {w.reason: w.status for w in again.maintenance.schedule.windows.values()}
         assert states == {"from config": SCHEDULED, "api": CANCELLED}
+
+
+async def test_a_write_recovered_after_a_crash_goes_back_to_the_node_it_was_sent_to(
+        backends: Any, gateway: Any, tmp_path: Path) -> None:
+    nodes = await backends(3)
+    queue = SqliteQueue(tmp_path / "state0", capacity=10)  # the state_dir gateway() uses
+    await queue.open()
+    for i in range(5):
+        entry = await queue.enqueue(Entry(f"t{i}", time.time(), "POST", "/orders", [],
+                                          b"w%d" % i, f"k{i}"))
+        await queue.mark_replaying(entry, "node-3")  # sent to node-3, then the gateway died
+    await queue.close()
+    gw = await gateway([b.url for b in nodes], maintenance=QUEUE)
+    await wait_for(lambda: gw.maintenance.queue.depth == 0, timeout=10)
+    # node-3 may already hold them (same keys): only node-3 can drop the repeats.
+    assert [w["body"] for w in nodes[2].info.writes] == [f"w{i}" for i in range(5)]
+    assert nodes[0].info.writes == [] and nodes[1].info.writes == []

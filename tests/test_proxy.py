@@ -317,11 +317,13 @@ async def test_oversized_headers_and_bodies(backends: Any, gateway: Any, http: A
 
 
 async def test_gateway_errors_carry_json_and_the_request_id(gateway: Any, http: Any) -> None:
-    gw = await gateway([dead_url()], health={"enabled": False}, panic_threshold=0)
+    dead = dead_url()
+    gw = await gateway([dead], health={"enabled": False}, panic_threshold=0)
     async with http.get(f"{gw.traffic_url}/x", headers={"X-Request-Id": "r-1"}) as resp:
-        assert resp.status == 502
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
         body = await resp.json()
-        assert body["request_id"] == "r-1" and body["error"] == "bad_gateway"
+        assert body["request_id"] == "r-1" and body["error"] == "unavailable"
+        assert dead.rsplit(":", 1)[1] not in body["message"]  # no internal address
 
 
 async def test_request_timeout_is_504(backends: Any, gateway: Any, http: Any) -> None:
@@ -347,3 +349,27 @@ async def test_every_method_is_proxied(backends: Any, gateway: Any, http: Any) -
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"):
         status, body = await fetch(http, f"{gw.traffic_url}/echo?q=1", method, data=b"abc")
         assert status == 200 and body["method"] == method and body["path"] == "/echo?q=1"
+
+
+async def test_a_small_answer_cut_mid_body_is_retried_when_idempotent(
+        backends: Any, gateway: Any, http: Any) -> None:
+    nodes = await backends(2)
+    nodes[0].fault(reset_rate=1.0)  # headers and 100 of 1000 bytes, then the connection is cut
+    gw = await gateway([b.url for b in nodes], health={"enabled": False},
+                       outlier_detection={"enabled": False})
+    for i in range(6):
+        status, body = await fetch(http, f"{gw.traffic_url}/item/{i}")
+        assert status == 200 and isinstance(body, dict) and body["node"] == "node-2"
+    assert gw.metrics.retries.labels("node-1", "reset")._value.get() >= 3
+
+
+async def test_a_per_try_timeout_names_the_node_and_why_a_post_is_not_retried(
+        backends: Any, gateway: Any, http: Any) -> None:
+    nodes = await backends(1)
+    nodes[0].fault(latency_ms=1000)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       retries={"per_try_timeout": "200ms"})
+    status, body = await fetch(http, f"{gw.traffic_url}/orders", "POST", json={"n": 1})
+    assert status == 504 and isinstance(body, dict)
+    assert "no answer from node-1 within retries.per_try_timeout (0.2s)" in body["message"]
+    assert "Idempotency-Key" in body["message"]

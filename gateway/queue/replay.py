@@ -25,6 +25,7 @@ from gateway.queue.store import DONE, FAILED, Entry, QueueStore
 from gateway.upstream import UpstreamError
 
 if TYPE_CHECKING:
+    from gateway.node import Node
     from gateway.runtime import Gateway
 
 log = logging.getLogger("hagw.replay")
@@ -141,12 +142,24 @@ class Replayer:
 
     async def _attempt(self, entry: Entry) -> None:
         await self._wait_for_a_node()
-        await self.store.mark_replaying(entry)
         headers = [(k, v) for k, v in entry.headers if k.lower() != "idempotency-key"]
         headers.append(("Idempotency-Key", entry.idempotency_key))
+        first = True
+
+        async def before_send(node: Node) -> None:
+            # Durable before the first byte goes out, with the node it goes to: after a
+            # crash the entry is re-sent there first, so a per-node key store dedupes it.
+            nonlocal first
+            if first:
+                await self.store.mark_replaying(entry, node.name)
+                first = False
+            elif entry.node != node.name:
+                await self.store.sent_to(entry, node.name)
+
         try:
             status, answer, body = await self.gw.proxy.forward(
-                entry.method, entry.target, headers, entry.body, request_id=entry.ticket)
+                entry.method, entry.target, headers, entry.body, request_id=entry.ticket,
+                prefer=entry.node, before_send=before_send)
         except (UpstreamError, TimeoutError, NoNode) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             await self.store.retry_later(entry, time.time(), error)

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS entries (
     result_headers TEXT,
     result_body BLOB,
     error TEXT,
-    finished REAL
+    finished REAL,
+    node TEXT
 );
 CREATE INDEX IF NOT EXISTS entries_by_status ON entries(status, seq);
 """
@@ -70,6 +71,8 @@ class Entry:
     result_body: bytes | None = None
     error: str | None = None
     finished: float | None = None
+    #: The node it was last sent to (a re-send after a crash goes there first).
+    node: str | None = None
     #: Place in line when it was accepted (1 = next); not stored.
     position: int = 0
 
@@ -96,7 +99,8 @@ class QueueStore(Protocol):
     async def close(self) -> None: ...
     async def enqueue(self, entry: Entry) -> Entry: ...
     async def next_batch(self, limit: int, now: float) -> list[Entry]: ...
-    async def mark_replaying(self, entry: Entry) -> None: ...
+    async def mark_replaying(self, entry: Entry, node: str | None = None) -> None: ...
+    async def sent_to(self, entry: Entry, node: str) -> None: ...
     async def finish(self, entry: Entry) -> None: ...
     async def retry_later(self, entry: Entry, at: float, error: str) -> None: ...
     async def get(self, ticket: str) -> Entry | None: ...
@@ -108,7 +112,8 @@ class QueueStore(Protocol):
 
 
 _COLUMNS = ("seq, ticket, created, method, target, headers, body, idempotency_key, status, "
-            "attempts, next_attempt, result_status, result_headers, result_body, error, finished")
+            "attempts, next_attempt, result_status, result_headers, result_body, error, finished, "
+            "node")
 
 
 def _row(row: sqlite3.Row) -> Entry:
@@ -122,7 +127,7 @@ def _row(row: sqlite3.Row) -> Entry:
         result_headers=None if result_headers is None else [
             (k, v) for k, v in json.loads(result_headers)],
         result_body=None if row["result_body"] is None else bytes(row["result_body"]),
-        error=row["error"], finished=row["finished"])
+        error=row["error"], finished=row["finished"], node=row["node"])
 
 
 class SqliteQueue:
@@ -152,6 +157,10 @@ class SqliteQueue:
     async def open(self) -> None:
         self._db = await self._run(lambda: open_sqlite(self.path, SCHEMA))
         self._db.row_factory = sqlite3.Row
+        columns = await self._run(lambda: [r[1] for r in self.db.execute(
+            "PRAGMA table_info(entries)").fetchall()])
+        if "node" not in columns:  # a queue written before entries remembered their node
+            await self._execute("ALTER TABLE entries ADD COLUMN node TEXT", ())
         stats = await self.stats()
         self._depth = stats.depth
         self._wake = asyncio.Event()
@@ -233,12 +242,19 @@ class SqliteQueue:
             (QUEUED, limit)).fetchall())
         return [_row(r) for r in rows]
 
-    async def mark_replaying(self, entry: Entry) -> None:
-        """Committed before dispatch: after a crash, this entry is re-sent (same key)."""
+    async def mark_replaying(self, entry: Entry, node: str | None = None) -> None:
+        """Committed before dispatch: after a crash, this entry is re-sent (same key), to
+        ``node`` first."""
         entry.status = REPLAYING
         entry.attempts += 1
-        await self._execute("UPDATE entries SET status = ?, attempts = ? WHERE seq = ?",
-                            (REPLAYING, entry.attempts, entry.seq))
+        entry.node = node or entry.node
+        await self._execute("UPDATE entries SET status = ?, attempts = ?, node = ? "
+                            "WHERE seq = ?", (REPLAYING, entry.attempts, entry.node, entry.seq))
+
+    async def sent_to(self, entry: Entry, node: str) -> None:
+        """A retry within one attempt went to another node: re-send there after a crash."""
+        entry.node = node
+        await self._execute("UPDATE entries SET node = ? WHERE seq = ?", (node, entry.seq))
 
     async def finish(self, entry: Entry) -> None:
         entry.finished = time.time()

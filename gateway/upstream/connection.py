@@ -295,6 +295,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._resume()
         return chunk
 
+    async def wait_complete(self, deadline: float = float("inf")) -> None:
+        """Wait until the whole body is buffered (nothing consumed); raises if the node fails
+        first. For a small answer the proxy can still retry: the client has seen nothing."""
+        while not self.complete:
+            if self._exc is not None:
+                raise self._exc
+            waiter = self._body_waiter = self.loop.create_future()
+            try:
+                await self._wait(waiter, deadline, "the node's body stalled")
+            finally:
+                self._body_waiter = None
+
     def _resume(self) -> None:
         if self._paused and self._body_size < LOW_WATER and self.transport is not None:
             self._paused = False

@@ -1,0 +1,178 @@
+"""Every process the suite starts, and the guarantee that none outlives it.
+
+Children run in their own session (a Ctrl-C in the terminal reaches only the
+driver, which then stops them in order) and get PR_SET_PDEATHSIG, so even a
+driver killed with SIGKILL leaves nothing behind. Nodes that the deploy action
+starts are not our children; they are adopted by pid and recognised by a marker
+(the run directory) in their command line before anything is signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return preexec
+
+
+_PREEXEC = _die_with_parent()
+
+
+class StartError(RuntimeError):
+    """A process did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class ProcessGroup:
+    """Owns the children of one run (and the nodes adopted from the deploy action)."""
+
+    def __init__(self, marker: str) -> None:
+        #: Appears in the command line of every process this run may signal.
+        self.marker = marker
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: Sequence[str], log: Path,
+              cwd: Path | None = None) -> Child:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=cwd,
+                                     start_new_session=True, preexec_fn=_PREEXEC)
+        child = Child(name, popen, log)
+        self.children.append(child)
+        return child
+
+    def owns(self, pid: int) -> bool:
+        """Ours to signal: a child, or a process whose command line carries our marker."""
+        return any(c.pid == pid for c in self.children) or self.marker in cmdline(pid)
+
+    def signal(self, pid: int, sig: signal.Signals) -> bool:
+        if not self.owns(pid):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        return True
+
+    def kill_and_wait(self, pid: int, timeout: float = 10.0) -> None:
+        """SIGKILL ``pid`` and wait until it is gone (reaped if it is our child)."""
+        self.signal(pid, signal.SIGKILL)
+        child = next((c for c in self.children if c.pid == pid), None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def reap(self) -> None:
+        """Forget children that have exited (their zombies are collected)."""
+        for child in list(self.children):
+            if child.popen.poll() is not None:
+                self.children.remove(child)
+
+    def stop_all(self, extra_pids: Sequence[int] = ()) -> None:
+        """SIGKILL every child and every adopted pid; a stopped process dies too."""
+        for pid in extra_pids:
+            if pid_alive(pid) and self.owns(pid):
+                self.kill_and_wait(pid, timeout=5)
+        for child in reversed(list(self.children)):
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(5)
+        self.children.clear()
+        # Anything else carrying our marker: a deploy action the gateway started and then
+        # lost when it was SIGKILLed, or a node such an action started.
+        for pid in marked_pids(self.marker):
+            self.kill_and_wait(pid, timeout=5)
+
+
+def marked_pids(marker: str) -> list[int]:
+    own = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != own and marker in cmdline(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+        return True
+    return False

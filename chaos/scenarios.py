@@ -1,0 +1,507 @@
+"""The scenarios. Each one: warm up under load, inject one fault, keep the load on,
+recover, verify. Every scenario gets a fresh fleet, gateway and state directory.
+
+The checks are the suite's figures of merit: no failed idempotent request for a
+single-node crash, hang, warning or deploy; non-idempotent failures only for
+requests in flight on the crashed node; and no lost accepted write, anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from chaos import netem
+from chaos.analysis import (
+    Check,
+    Tally,
+    no_duplicated_writes,
+    no_failed_gets,
+    no_failed_posts,
+    no_lost_writes,
+    posts_fail_only_in_flight,
+)
+from chaos.report import ScenarioResult
+from chaos.settings import Settings
+from chaos.stage import Stage
+
+VICTIM = "node-2"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    run: Callable[[Stage], Awaitable[None]]
+    #: Needs a test host in a network namespace with tc netem.
+    netns: bool = False
+
+
+class Skip(Exception):
+    pass
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def _correctness(stage: Stage, t: Tally) -> None:
+    stage.checks += [no_lost_writes(t), no_duplicated_writes(t)]
+
+
+async def _back_in_rotation(stage: Stage, names: list[str]) -> Check:
+    began = time.monotonic()
+    ok = await stage.watch.wait(lambda nodes: all(nodes.get(n, {}).get("serving")
+                                                  for n in names), stage.settings.wait_timeout)
+    took = time.monotonic() - began
+    stage.mark(f"{', '.join(names)} back in rotation" if ok else "still out of rotation")
+    states = {n: stage.watch.latest.get(n, {}).get("state") for n in names}
+    return Check("back in rotation after recovery", ok,
+                 f"{took:.1f}s after the fault ended" if ok else f"states: {states}")
+
+
+async def _fault_phase(stage: Stage, node: str, label: str, on: dict[str, Any],
+                       off: dict[str, Any]) -> None:
+    """A /_fault setting on one node for the fault phase, then its reset and recovery.
+    A request the faulty node cut (or left unanswered) counts as in flight on it."""
+    target = stage.node(node)
+    await stage.fleet.fault(target, **on)
+    start = stage.mark(f"{node}: {label}")
+    await stage.hold(stage.settings.duration)
+    await stage.fleet.fault(target, **off)
+    restored = stage.mark(f"{node}: fault removed")
+    stage.node_window(f"{node} {label}", node, start, restored)
+    seen = stage.watch.states_between(node, start, restored)
+    stage.notes.append(f"{node} states during the fault: {' -> '.join(seen) or 'unchanged'}")
+    stage.checks.append(await _back_in_rotation(stage, [node]))
+    await stage.hold(stage.settings.recovery)
+
+
+# -- single-node faults ---------------------------------------------------------------------
+
+async def node_kill(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    victim = stage.node(VICTIM)
+    at = await stage.fleet.kill(victim)
+    stage.mark(f"SIGKILL {VICTIM}")
+    await stage.hold(stage.settings.duration)
+    await stage.fleet.start(victim)
+    restarted = stage.mark(f"{VICTIM} restarted (new process, empty memory)")
+    stage.node_window(f"{VICTIM} SIGKILL", VICTIM, at, restarted)
+    stage.checks.append(await _back_in_rotation(stage, [VICTIM]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), posts_fail_only_in_flight(t)]
+    _correctness(stage, t)
+
+
+async def node_hang(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    victim = stage.node(VICTIM)
+    at = stage.fleet.freeze(victim)
+    stage.mark(f"SIGSTOP {VICTIM} (hung: connections accepted, never answered)")
+    await stage.hold(stage.settings.duration)
+    thawed = stage.fleet.thaw(victim)
+    stage.mark(f"SIGCONT {VICTIM}")
+    stage.node_window(f"{VICTIM} SIGSTOP", VICTIM, at, thawed)
+    stage.checks.append(await _back_in_rotation(stage, [VICTIM]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), posts_fail_only_in_flight(t)]
+    _correctness(stage, t)
+
+
+async def latency(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    await _fault_phase(stage, VICTIM, "+300 ms latency", {"latency_ms": 300},
+                       {"latency_ms": 0})
+    t = await stage.finish()
+    _correctness(stage, t)
+
+
+async def error_burst(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    await _fault_phase(stage, VICTIM, "every request answered 503",
+                       {"error_rate": 1.0, "error_status": 503}, {"error_rate": 0.0})
+    t = await stage.finish()
+    stage.notes.append("a node's own 503 to a POST is passed through: the write was not "
+                       "applied and the client may retry it")
+    _correctness(stage, t)
+
+
+async def resets(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    await _fault_phase(stage, VICTIM, "20% of connections cut mid-response",
+                       {"reset_rate": 0.2}, {"reset_rate": 0.0})
+    t = await stage.finish()
+    _correctness(stage, t)
+
+
+async def drip(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    await _fault_phase(stage, VICTIM, "answers drip at 2000 B/s", {"drip_bps": 2000},
+                       {"drip_bps": 0})
+    t = await stage.finish()
+    _correctness(stage, t)
+
+
+async def warn(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    victim = stage.node(VICTIM)
+    await stage.fleet.fault(victim, health="warn")
+    start = stage.mark(f"{VICTIM}: /health reports warn")
+    drained = await stage.watch.wait_node(VICTIM, stage.settings.wait_timeout,
+                                          state="WARNING", serving=False)
+    stage.mark(f"{VICTIM} WARNING, drained" if drained else f"{VICTIM} not drained")
+    stage.checks.append(Check("warn node taken out of rotation", drained,
+                              f"{time.monotonic() - start:.2f}s after the warn" if drained
+                              else f"state {stage.watch.latest.get(VICTIM)}"))
+    await stage.hold(stage.settings.duration)
+    await stage.fleet.fault(victim, health="ok")
+    stage.mark(f"{VICTIM}: /health reports ok")
+    stage.checks.append(await _back_in_rotation(stage, [VICTIM]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), no_failed_posts(t)]
+    _correctness(stage, t)
+
+
+# -- whole-fleet faults and deploys ---------------------------------------------------------
+
+async def all_down(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    nodes = stage.fleet.nodes
+    killed = await asyncio.gather(*(stage.fleet.kill(n) for n in nodes))
+    down = min(killed)
+    stage.mark("SIGKILL every node")
+    await stage.hold(stage.settings.duration)
+    await asyncio.gather(*(stage.fleet.start(n) for n in nodes))
+    up = stage.mark("every node restarted")
+    for n in nodes:
+        stage.node_window(f"{n.name} SIGKILL", n.name, down, up, note=False)
+    stage.checks.append(await _back_in_rotation(stage, [n.name for n in nodes]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    first_ok = min((o.done for o in stage.load.outcomes
+                    if o.method == "POST" and o.sent >= up and o.accepted), default=None)
+    if first_ok is not None:
+        stage.notes.append(f"first accepted write {first_ok - up:.2f}s after the restart")
+    during = Counter(o.failure for o in stage.load.outcomes if o.failure and down <= o.sent <= up)
+    stage.notes.insert(0, f"while every node was down: {sum(during.values())} failed, "
+                       + ", ".join(f"{n} {kind}" for kind, n in during.most_common()))
+    _correctness(stage, t)
+
+
+async def _wait_deploy(stage: Stage, deploy_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + stage.settings.wait_timeout * 2
+    record: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        record = await stage.admin.get(f"/deploys/{deploy_id}")
+        if record["status"] not in ("running", "rolling_back"):
+            return record
+        await asyncio.sleep(0.2)
+    return record
+
+
+async def _versions(stage: Stage) -> dict[str, str]:
+    nodes = (await stage.admin.get("/nodes"))["nodes"]
+    return {n["name"]: n.get("version") or "?" for n in nodes}
+
+
+async def deploy(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    status, body = await stage.admin.post("/deploys", {"version": "v2"})
+    if status != 202:
+        raise RuntimeError(f"POST /deploys answered {status}: {body}")
+    stage.mark(f"deploy {body['id']} to v2 started ({body['nodes']} nodes)")
+    record = await _wait_deploy(stage, body["id"])
+    stage.mark(f"deploy {record['status']}")
+    stage.checks.append(Check("deploy succeeded", record["status"] == "succeeded",
+                              record.get("reason") or record["status"]))
+    versions = await _versions(stage)
+    stage.checks.append(Check("every node on v2", set(versions.values()) == {"v2"},
+                              str(versions)))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), no_failed_posts(t)]
+    _correctness(stage, t)
+
+
+# -- the gateway itself SIGKILLed ----------------------------------------------------------
+
+async def _maintenance(stage: Stage) -> dict[str, Any]:
+    return dict(await stage.admin.get("/maintenance"))
+
+
+async def gateway_kill_maintenance(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    status, window = await stage.admin.post("/maintenance", {"duration": "1h",
+                                                             "reason": "chaos: whole fleet"})
+    if status != 201:
+        raise RuntimeError(f"POST /maintenance answered {status}: {window}")
+    stage.mark(f"maintenance window {window['id']} started (whole fleet)")
+    await stage.hold(stage.settings.duration / 2)
+    await stage.restart_gateway()
+    summary = await _maintenance(stage)
+    stage.checks.append(Check("window survived the SIGKILL", summary["mode"] == "active",
+                              f"mode {summary['mode']}, {summary['queue']['depth']} queued"))
+    await stage.hold(stage.settings.duration / 2)
+    depth = (await _maintenance(stage))["queue"]["depth"]
+    await stage.admin.post(f"/maintenance/{window['id']}/end")
+    stage.mark(f"window ended with {depth} writes queued: verify, then replay")
+    # Kill it again in the middle of the replay: entries being sent must be re-sent once.
+    replay_killed = False
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    while time.monotonic() < deadline:
+        summary = await _maintenance(stage)
+        if summary["mode"] == "replaying" and summary["queue"]["done"] >= min(50, depth // 4):
+            stage.mark(f"replaying: {summary['queue']['done']} done, "
+                       f"{summary['queue']['depth']} waiting")
+            await stage.restart_gateway()
+            replay_killed = True
+            break
+        if summary["mode"] == "normal":
+            break
+        await asyncio.sleep(0.02)
+    if not replay_killed:
+        stage.notes.append("the replay finished before it could be interrupted")
+    # Live writes keep arriving and queue behind the replay (FIFO): watch whether the
+    # replay keeps up with them while the load is on.
+    began, done_before = time.monotonic(), int((await _maintenance(stage))["queue"]["done"])
+    phase_end = began + stage.settings.recovery * 2
+    while time.monotonic() < phase_end:
+        summary = await _maintenance(stage)
+        if summary["mode"] == "normal":
+            break
+        await asyncio.sleep(0.5)
+    replayed = int(summary["queue"]["done"]) - done_before
+    rate = replayed / max(0.1, time.monotonic() - began)
+    under_load = summary["mode"] == "normal"
+    stage.mark("replay caught up under load" if under_load else
+               f"still {summary['mode']} under load, {summary['queue']['depth']} waiting")
+    offered = stage.settings.rate * 0.3
+    stage.notes.append(f"replay ran at {rate:.0f} writes/s under load, against "
+                       f"{offered:.0f} writes/s offered: " + (
+                           "it caught up while the load was on" if under_load else
+                           "it caught up only after the load stopped"))
+    await stage.hold(stage.settings.recovery if under_load else 0)
+    await stage.stop_load()
+    drained = await _queue_drained(stage, stage.settings.wait_timeout * 3)
+    summary = await _maintenance(stage)
+    stage.mark(f"queue drained: {summary['queue']['done']} replayed, "
+               f"{summary['queue']['failed']} failed" if drained else "queue not drained")
+    stage.checks.append(Check("every queued write replayed after the window",
+                              drained and summary["queue"]["failed"] == 0,
+                              f"mode {summary['mode']}, {summary['queue']['done']} replayed, "
+                              f"depth {summary['queue']['depth']}, failed "
+                              f"{summary['queue']['failed']}"))
+    t = await stage.count()
+    _correctness(stage, t)
+
+
+async def _queue_drained(stage: Stage, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summary = await _maintenance(stage)
+        if summary["mode"] == "normal" and summary["queue"]["depth"] == 0:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def gateway_kill_drain(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    reason = "chaos: disk swap"
+    status, body = await stage.admin.post(f"/nodes/{VICTIM}/drain", {"reason": reason})
+    if status != 200:
+        raise RuntimeError(f"drain answered {status}: {body}")
+    stage.mark(f"operator drained {VICTIM}")
+    await stage.hold(stage.settings.duration / 2)
+    await stage.restart_gateway()
+    node = (await stage.admin.get(f"/nodes/{VICTIM}"))
+    restored = (node["state"] == "DRAINING" and (node.get("drain") or {}).get("source")
+                == "operator" and reason in node["reason"])
+    stage.checks.append(Check("operator drain restored after restart", restored,
+                              f"{node['state']}: {node['reason']}"))
+    before = (await stage.fleet.stats(stage.node(VICTIM)))["requests"]
+    await stage.hold(stage.settings.duration / 2)
+    after = (await stage.fleet.stats(stage.node(VICTIM)))["requests"]
+    stage.checks.append(Check("drained node gets no traffic after the restart", after == before,
+                              f"{after - before} requests reached {VICTIM} while drained"))
+    await stage.admin.post(f"/nodes/{VICTIM}/undrain", {"reason": "chaos: done"})
+    stage.mark(f"operator undrained {VICTIM}")
+    stage.checks.append(await _back_in_rotation(stage, [VICTIM]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    _correctness(stage, t)
+
+
+async def gateway_kill_deploy(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    status, body = await stage.admin.post("/deploys", {"version": "v2"})
+    if status != 202:
+        raise RuntimeError(f"POST /deploys answered {status}: {body}")
+    deploy_id = body["id"]
+    stage.mark(f"deploy {deploy_id} to v2 started")
+    # Kill the gateway while a node's action runs (the redeploy goes on without it).
+    step = "?"
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    while time.monotonic() < deadline:
+        record = await stage.admin.get(f"/deploys/{deploy_id}")
+        steps = [(name, s) for name, run in record["nodes"].items() for s in run["steps"]
+                 if not s.get("ended")]
+        if steps and steps[0][1]["kind"] == "action":
+            step = f"{steps[0][0]} {steps[0][1]['kind']}"
+            break
+        await asyncio.sleep(0.02)
+    stage.mark(f"mid-deploy ({step})")
+    await stage.restart_gateway()
+    record = await stage.admin.get(f"/deploys/{deploy_id}")
+    stage.checks.append(Check("deploy reported interrupted after restart",
+                              record["status"] == "interrupted", record["status"]))
+    held = [n["name"] for n in (await stage.admin.get("/nodes"))["nodes"]
+            if (n.get("drain") or {}).get("source") == "deploy"]
+    stage.notes.append(f"held out of rotation after the restart: {', '.join(held) or 'none'}")
+    status, body = await stage.admin.post(f"/deploys/{deploy_id}/resume")
+    stage.mark(f"resume answered {status}")
+    record = await _wait_deploy(stage, deploy_id)
+    stage.mark(f"deploy {record['status']}")
+    stage.checks.append(Check("resumed deploy succeeded", record["status"] == "succeeded",
+                              record.get("reason") or record["status"]))
+    versions = await _versions(stage)
+    stage.checks.append(Check("every node on v2", set(versions.values()) == {"v2"},
+                              str(versions)))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    _correctness(stage, t)
+
+
+# -- the network: netem on a test host in a namespace ---------------------------------------
+
+NETNS_NODE = "node-3"
+
+
+def _host(stage: Stage) -> netem.NetnsHost:
+    assert stage.netns is not None, "netem scenarios run with a test host"
+    return stage.netns
+
+
+async def netem_loss(stage: Stage) -> None:
+    host = _host(stage)
+    await stage.open()
+    await stage.warm_up()
+    host.netem("loss", "20%")
+    start = stage.mark(f"netem: 20% packet loss both ways between the gateway and {NETNS_NODE}")
+    await stage.hold(stage.settings.duration)
+    host.clear()
+    restored = stage.mark("netem removed")
+    stage.notes.append(f"{NETNS_NODE} states during the loss: "
+                       f"{' -> '.join(stage.watch.states_between(NETNS_NODE, start, restored))}")
+    stage.checks.append(await _back_in_rotation(stage, [NETNS_NODE]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    _correctness(stage, t)
+
+
+async def netem_partition(stage: Stage) -> None:
+    host = _host(stage)
+    await stage.open()
+    await stage.warm_up()
+    host.netem("loss", "100%")
+    start = stage.mark(f"netem: partition (100% loss) between the gateway and {NETNS_NODE}")
+    await stage.hold(stage.settings.duration)
+    host.clear()
+    restored = stage.mark("partition healed")
+    stage.node_window(f"{NETNS_NODE} partition", NETNS_NODE, start, restored)
+    stage.checks.append(await _back_in_rotation(stage, [NETNS_NODE]))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks.append(posts_fail_only_in_flight(t))
+    _correctness(stage, t)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("node-kill", "one node SIGKILLed, later restarted", node_kill),
+    Scenario("node-hang", "one node SIGSTOPped (hung), later SIGCONT", node_hang),
+    Scenario("latency", "+300 ms on one node", latency),
+    Scenario("error-burst", "one node answers 503 to everything for a while", error_burst),
+    Scenario("reset", "one node cuts 20% of connections mid-response", resets),
+    Scenario("drip", "one node drips its answers at 2000 B/s", drip),
+    Scenario("all-down", "every node SIGKILLed, then restarted", all_down),
+    Scenario("warn", "one node reports warn on /health, later ok", warn),
+    Scenario("deploy", "rolling deploy to v2 under load (demo-redeploy)", deploy),
+    Scenario("gateway-kill-maintenance", "gateway SIGKILLed in a whole-fleet window with "
+             "queued writes, and again mid-replay", gateway_kill_maintenance),
+    Scenario("gateway-kill-drain", "gateway SIGKILLed with an operator drain in place",
+             gateway_kill_drain),
+    Scenario("gateway-kill-deploy", "gateway SIGKILLed mid-deploy, then the deploy resumed",
+             gateway_kill_deploy),
+    Scenario("netem-loss", "20% packet loss to one node (tc netem, network namespace)",
+             netem_loss, netns=True),
+    Scenario("netem-partition", "a partition between the gateway and one node (tc netem)",
+             netem_partition, netns=True),
+)
+NAMES = tuple(s.name for s in SCENARIOS)
+
+
+async def run_scenario(scenario: Scenario, settings: Settings, http: aiohttp.ClientSession,
+                       root: Path) -> ScenarioResult:
+    """Run one scenario in its own world; an error becomes an ``error`` result, never a
+    leftover process."""
+    began, load_before = time.monotonic(), os.getloadavg()[0]
+    result = ScenarioResult(scenario.name, scenario.title, "error")
+    stage: Stage | None = None
+    host: netem.NetnsHost | None = None
+    try:
+        if scenario.netns:
+            reason = await asyncio.to_thread(netem.unsupported)
+            if reason is not None:
+                raise Skip(reason)
+            host = netem.NetnsHost(1)
+            await asyncio.to_thread(host.create)
+        stage = Stage(settings, scenario.name, http, root, netns=host)
+        await scenario.run(stage)
+        if stage.tally is None:
+            raise RuntimeError("the scenario ended without counting (stage.finish)")
+        result.tally = stage.tally
+        result.status = "passed" if all(c.passed for c in stage.checks) else "failed"
+    except Skip as exc:
+        result.status, result.reason = "skipped", str(exc)
+    except Exception as exc:
+        # The table gets one line; the whole story (log tails included) goes to a file.
+        result.status = "error"
+        lines = str(exc).strip().splitlines() or [""]
+        result.reason = f"{type(exc).__name__}: {lines[0]}"
+        if stage is not None:
+            (stage.workdir / "error.txt").write_text(f"{exc}\n\n{traceback.format_exc()}")
+            result.reason += f" (details in {stage.workdir / 'error.txt'})"
+    finally:
+        if stage is not None:
+            await stage.close()
+            result.checks, result.notes = stage.checks, stage.notes
+            result.timeline = stage.timeline
+        if host is not None:
+            await asyncio.to_thread(host.destroy)
+        result.seconds = time.monotonic() - began
+        result.loadavg = (load_before, os.getloadavg()[0])
+    return result
+

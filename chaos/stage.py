@@ -1,0 +1,155 @@
+"""One scenario's world: its directory, node processes, gateway process, rotation
+watch, load and ledger, plus the timeline and fault windows the analysis needs.
+
+``close`` stops every process the stage started (and every node a deploy started
+for it) whatever happened, so a scenario that fails or is interrupted leaves
+nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from chaos.analysis import GATEWAY_LOSS, NODE_LOSS, Check, FaultWindow, Tally, tally
+from chaos.fleet import Fleet, Node
+from chaos.gateway import GatewayProcess
+from chaos.ledger import Ledger
+from chaos.load import LoadConfig, MixedLoad
+from chaos.netem import NetnsHost
+from chaos.processes import ProcessGroup
+from chaos.settings import Settings
+from chaos.watch import RotationWatch
+
+
+class Stage:
+    def __init__(self, settings: Settings, name: str, http: aiohttp.ClientSession,
+                 root: Path, *, nodes: int = 3, netns: NetnsHost | None = None) -> None:
+        self.settings = settings
+        self.name = name
+        self.http = http
+        #: The test host (network namespace) of the netem scenarios.
+        self.netns = netns
+        self.workdir = root / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The directory is in every command line this stage starts (pidfiles, the config,
+        # the ledger): it is how cleanup recognises processes that are not our children.
+        self.procs = ProcessGroup(marker=f"{self.workdir}{os.sep}")
+        self.ledger = Ledger(self.workdir / "ledger")
+        self.fleet = Fleet(self.procs, self.workdir, http, self.ledger)
+        for i in range(nodes):
+            if netns is not None and i == nodes - 1:
+                self.fleet.add(f"node-{i + 1}", host=netns.node_ip, netns=netns.ns,
+                               port=18080)
+            else:
+                self.fleet.add(f"node-{i + 1}")
+        deploy_command = [sys.executable, "-m", "chaos.deploy_hook", "--ledger",
+                          str(self.ledger.hook_dir), "--run-dir", str(self.fleet.run_dir),
+                          "{node}", "{url}", "{version}"]
+        self.gateway = GatewayProcess(self.procs, self.workdir, http, self.fleet.nodes,
+                                      deploy_command)
+        self.admin = self.gateway.admin
+        self.watch = RotationWatch(self.admin)
+        tag = f"{name}-{time.strftime('%H%M%S')}"
+        self.load = MixedLoad(self.gateway.traffic_url, tag, LoadConfig(rate=settings.rate))
+        self.t0 = time.monotonic()
+        self.timeline: list[tuple[float, str]] = []
+        self.windows: list[FaultWindow] = []
+        self.notes: list[str] = []
+        self.checks: list[Check] = []
+        self.tally: Tally | None = None
+        self._load_running = False
+
+    # -- the world ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.fleet.start_all()
+        self.mark(f"{len(self.fleet.nodes)} nodes up")
+        await self.gateway.start()
+        self.load.base = self.gateway.traffic_url
+        self.watch.start()
+        if not await self.watch.wait(lambda nodes: len(nodes) == len(self.fleet.nodes) and all(
+                n["serving"] for n in nodes.values()), self.settings.wait_timeout):
+            raise RuntimeError(f"not every node came into rotation: {self.watch.latest}")
+        self.mark("gateway up, every node serving")
+
+    async def start_load(self) -> None:
+        await self.load.start()
+        self._load_running = True
+        self.mark(f"load started at {self.settings.rate:g} req/s")
+
+    async def warm_up(self) -> None:
+        await self.start_load()
+        await self.hold(self.settings.warmup)
+
+    async def hold(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def mark(self, text: str) -> float:
+        now = time.monotonic()
+        self.timeline.append((round(now - self.t0, 2), text))
+        return now
+
+    def node(self, name: str) -> Node:
+        return self.fleet.get(name)
+
+    # -- fault windows -----------------------------------------------------------------
+
+    def node_window(self, label: str, node: str, start: float, restored: float,
+                    signatures: tuple[str, ...] = NODE_LOSS, *, note: bool = True) -> None:
+        """Requests could be in flight on ``node`` from the fault until the gateway took it
+        out of rotation (or the fault ended), plus the per-try timeout and slack."""
+        left = self.watch.left_rotation(node, start)
+        end = min(left, restored) if left is not None else restored
+        self.windows.append(FaultWindow(label, start, end + self.settings.slack, signatures))
+        if not note:
+            return
+        if left is not None:
+            self.notes.append(f"{node} out of rotation {left - start:.2f}s after the fault")
+        else:
+            self.notes.append(f"{node} stayed in rotation")
+
+    # -- restarting the gateway --------------------------------------------------------
+
+    async def restart_gateway(self) -> tuple[float, float]:
+        """SIGKILL the gateway, start it again on the same state; returns (killed, ready)."""
+        killed = await self.gateway.kill()
+        self.mark(f"gateway SIGKILLed (pid {self.gateway.pid})")
+        self.watch.forget()
+        await asyncio.sleep(0.5)  # down for a moment: clients see refused connections
+        await self.gateway.start()
+        ready = self.mark(f"gateway restarted (pid {self.gateway.pid}), ready")
+        self.windows.append(FaultWindow("gateway SIGKILL", killed, ready + 1.0,
+                                        GATEWAY_LOSS))
+        await self.watch.wait(lambda nodes: len(nodes) == len(self.fleet.nodes), 10)
+        return killed, ready
+
+    # -- the end -----------------------------------------------------------------------
+
+    async def stop_load(self) -> None:
+        """Stop sending and wait for the requests still in flight."""
+        await self.load.stop()
+        self._load_running = False
+        self.mark(f"load stopped ({self.load.sent} requests)")
+
+    async def count(self) -> Tally:
+        """Read every write log (live nodes and saved snapshots) and count."""
+        await self.fleet.collect()
+        self.tally = tally(self.load, self.ledger, self.windows)
+        return self.tally
+
+    async def finish(self) -> Tally:
+        await self.stop_load()
+        return await self.count()
+
+    async def close(self) -> None:
+        if self._load_running:
+            await self.load.abort()
+        await self.watch.stop()
+        self.fleet.thaw_all()
+        await asyncio.to_thread(self.procs.stop_all, self.fleet.pids())
