@@ -25,7 +25,9 @@ from types import TracebackType
 _PR_SET_PDEATHSIG = 1
 
 
-def _libc_prctl() -> Callable[[], None] | None:
+def die_with_parent_hook(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send ``sig`` to the child when its parent dies
+    (Linux's PR_SET_PDEATHSIG); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -34,12 +36,12 @@ def _libc_prctl() -> Callable[[], None] | None:
         return None
 
     def die_with_parent() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
 
     return die_with_parent
 
 
-_DIE_WITH_PARENT = _libc_prctl()
+_DIE_WITH_PARENT = die_with_parent_hook()
 
 
 class StartError(RuntimeError):
