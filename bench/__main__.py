@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="idle connections in the memory scenario (default 10000)")
     parser.add_argument("--stream-size", type=_size, default=None,
                         help="body size of the streaming scenario (default 1GB, 16MB quick)")
+    parser.add_argument("--queued-writes", type=int, default=None,
+                        help="writes queued in the maintenance scenario (default 50000, "
+                             "2000 with --quick)")
+    parser.add_argument("--replay-concurrency", type=int, default=1,
+                        help="maintenance.replay_concurrency (default 1: strict order)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="write the JSON here (default bench/results/<time>.json "
                              "and latest.json)")
@@ -113,6 +118,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         idle_connections=args.idle_connections or (500 if quick else 10_000),
         stream_size=args.stream_size or (16 * 1024**2 if quick else 1024**3),
         json_path=args.json,
+        queued_writes=args.queued_writes or (2000 if quick else 50_000),
+        replay_concurrency=max(1, args.replay_concurrency),
     )
 
 

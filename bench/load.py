@@ -36,11 +36,11 @@ class LoadResult:
     cpu_us: float | None = None
 
 
-def wrk(path: str, url: str, *, connections: int, duration: float,
-        threads: int = 1) -> LoadResult:
+def wrk(path: str, url: str, *, connections: int, duration: float, threads: int = 1,
+        headers: tuple[str, ...] = ()) -> LoadResult:
     seconds = max(1, math.ceil(duration))
     argv = [path, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "--timeout", "5s", url]
+            "--timeout", "5s", *(arg for h in headers for arg in ("-H", h)), url]
     done = run_bounded(argv, timeout=seconds + GRACE)
     if done.returncode != 0:
         raise LoadError(f"wrk exited with {done.returncode}: {done.stderr.strip()[:300]}")
@@ -80,16 +80,34 @@ def hey_workers(rate: int) -> int:
     return max(1, math.ceil(rate / PER_WORKER_QPS))
 
 
-def hey(path: str, url: str, *, rate: int, duration: float) -> LoadResult:
+def hey(path: str, url: str, *, rate: int, duration: float,
+        headers: tuple[str, ...] = ()) -> LoadResult:
     """``rate`` requests per second in total: ``-c`` workers of ``-q`` requests/s each."""
     workers = hey_workers(rate)
     seconds = max(1, math.ceil(duration))
     argv = [path, "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:g}",
-            "-t", "10", url]
+            "-t", "10", *(arg for h in headers for arg in ("-H", h)), url]
     done = run_bounded(argv, timeout=seconds + GRACE)
     if done.returncode != 0:
         raise LoadError(f"hey exited with {done.returncode}: {done.stderr.strip()[:300]}")
     return parse_hey(done.stdout)
+
+
+def hey_count(path: str, url: str, *, requests: int, connections: int, method: str,
+              body: str, timeout: float) -> tuple[float, dict[int, int], int]:
+    """Send exactly ``requests`` requests as fast as ``connections`` allow: (seconds,
+    answers by status, requests with no answer)."""
+    argv = [path, "-n", str(requests), "-c", str(connections), "-m", method, "-d", body,
+            "-T", "application/json", "-t", "20", url]
+    done = run_bounded(argv, timeout=timeout)
+    if done.returncode != 0:
+        raise LoadError(f"hey exited with {done.returncode}: {done.stderr.strip()[:300]}")
+    total = _search(r"Total:\s+([\d.]+) secs", done.stdout, "Total")
+    head, _, error_part = done.stdout.partition("Error distribution:")
+    statuses = {int(code): int(n) for code, n in
+                re.findall(r"^\s+\[(\d{3})\]\s+(\d+) responses", head, re.M)}
+    failed = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", error_part, re.M))
+    return total, statuses, failed
 
 
 def parse_hey(text: str) -> LoadResult:

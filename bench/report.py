@@ -111,6 +111,13 @@ def headlines(rows: list[Row], rates: tuple[int, ...]) -> list[Headline]:
     ratio("idle memory per connection hagw/naive", "idle-memory", "per 10k conns", "hagw",
           "naive")
     ratio("streaming throughput hagw/direct", "streaming", "MB/s", "hagw", "direct")
+    value("polite client p99 while one client floods", "hagw", "fairness",
+          "polite p99 in flood", "ms")
+    value("polite client p99 alone", "hagw", "fairness", "polite p99 alone", "ms")
+    value("maintenance: replay time of the queued writes", "hagw", "maintenance",
+          "replay time", "s")
+    value("maintenance: replay time vs the 120s reference", "hagw", "maintenance",
+          "vs 120s reference", "x")
     value("hagw peak RSS while streaming", "hagw", "streaming", "peak RSS", "MB")
     return out
 

@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 
 from bench.clients import ClientError, download, open_idle
+from bench.fairness import fairness
 from bench.fleet import Fleet, Target, Unavailable
 from bench.load import LoadError, LoadResult, hey, hey_workers, wrk
+from bench.maintenance import maintenance
 from bench.procfs import RssSampler, cpu_seconds, rss_kb
 from bench.report import Row, failed, latency_scenario, progress, relate, skipped
 from bench.settings import TARGETS, Settings, format_size
@@ -263,4 +265,6 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[Fleet, Settings], list[Row]]] = {
     "latency": latency,
     "memory": memory,
     "streaming": streaming,
+    "fairness": fairness,
+    "maintenance": maintenance,
 }

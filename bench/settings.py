@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = ("throughput", "latency", "memory", "streaming")
+SCENARIOS = ("throughput", "latency", "memory", "streaming", "fairness", "maintenance")
 TARGETS = ("direct", "hagw", "naive", "nginx", "haproxy")
 #: Targets that need a system proxy; ``--skip-peers`` leaves them out.
 PEERS = ("nginx", "haproxy")
@@ -52,6 +52,9 @@ class Settings:
     idle_connections: int
     stream_size: int
     json_path: Path | None
+    #: Writes queued in the maintenance scenario, and how many replay at once.
+    queued_writes: int = 50_000
+    replay_concurrency: int = 1
 
     @property
     def settle(self) -> float:
@@ -64,4 +67,5 @@ class Settings:
                 "targets": list(self.targets), "nodes": self.nodes,
                 "connections": self.connections, "rates": list(self.rates),
                 "idle_connections": self.idle_connections,
-                "stream_size_bytes": self.stream_size}
+                "stream_size_bytes": self.stream_size, "queued_writes": self.queued_writes,
+                "replay_concurrency": self.replay_concurrency}

@@ -157,6 +157,11 @@ class SqliteQueue:
     async def open(self) -> None:
         self._db = await self._run(lambda: open_sqlite(self.path, SCHEMA))
         self._db.row_factory = sqlite3.Row
+        # Accepting a write is fsynced (synchronous=FULL, see _insert). Later status changes
+        # (replaying, done) are not: WAL with synchronous=NORMAL keeps them through a
+        # process crash, and a power loss can at worst roll back the last few, whose
+        # writes are then re-sent with their Idempotency-Key. That keeps replay off fsync.
+        await self._run(lambda: self.db.execute("PRAGMA synchronous=NORMAL"))
         columns = await self._run(lambda: [r[1] for r in self.db.execute(
             "PRAGMA table_info(entries)").fetchall()])
         if "node" not in columns:  # a queue written before entries remembered their node
@@ -214,6 +219,15 @@ class SqliteQueue:
 
     def _insert(self, entries: list[Entry]) -> list[int]:
         db = self.db
+        db.execute("PRAGMA synchronous=FULL")  # a 202 promises the write is on disk
+        try:
+            seqs = self._insert_batch(db, entries)
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        return seqs
+
+    @staticmethod
+    def _insert_batch(db: sqlite3.Connection, entries: list[Entry]) -> list[int]:
         seqs = []
         with db:
             db.execute("BEGIN IMMEDIATE")
