@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hagw.replay")
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
+#: Entries marked, replayed and recorded together (two store writes per batch).
+REPLAY_BATCH = 256
 
 
 class Transient(Exception):
@@ -86,30 +88,54 @@ class Replayer:
     async def _run(self) -> None:
         config = self.gw.config.maintenance
         while True:
-            batch = await self.store.next_batch(max(64, config.replay_concurrency * 8),
-                                                time.time())
+            batch = await self.store.next_batch(REPLAY_BATCH, time.time())
             if not batch:
                 break
+            await self._wait_for_a_node()
+            # One write marks the whole batch as being replayed, each entry with the node
+            # it is planned for, before any of it is sent; one write records the results.
+            # A crash in between re-sends the batch with the same keys, to the same nodes.
+            for entry in batch:
+                entry.node = self._plan(entry)
+            await self.store.mark_replaying_many(batch)
+            finished: list[Entry] = []
             if config.replay_concurrency == 1:
                 for entry in batch:
-                    await self._replay(entry)  # strictly one after another
+                    await self._replay(entry, finished)  # strictly one after another
             else:
                 limit = asyncio.Semaphore(config.replay_concurrency)
 
-                async def one(entry: Entry, limit: asyncio.Semaphore = limit) -> None:
+                async def one(entry: Entry, limit: asyncio.Semaphore = limit,
+                              finished: list[Entry] = finished) -> None:
                     async with limit:
-                        await self._replay(entry)
+                        await self._replay(entry, finished)
 
                 # The semaphore is fair (FIFO), so entries are dispatched in arrival order.
                 async with asyncio.TaskGroup() as tg:
                     for entry in batch:
                         tg.create_task(one(entry))
+            await self.store.finish_many(finished)
+            for entry in finished:
+                for observer in self.on_finish:
+                    observer(entry)
         for fn in self.on_idle:
             fn()
 
-    async def _replay(self, entry: Entry) -> None:
+    def _plan(self, entry: Entry) -> str | None:
+        """The node an entry goes to first: where it went before a crash, if that node
+        serves (a per-node key store then drops the repeat), else the balancer's pick."""
+        cluster = self.gw.cluster
+        if entry.node is not None:
+            node = cluster.get(entry.node)
+            if node is not None and node.serving:
+                return entry.node
+        picked = cluster.pick()
+        return picked.name if picked is not None else None
+
+    async def _replay(self, entry: Entry, finished: list[Entry]) -> None:
         try:
             await self._replay_with_retries(entry)
+            finished.append(entry)
         except Exception as exc:
             # A bug or a store error must not stop the replay or strand the entry: it goes
             # back in line and the replay carries on after a pause.
@@ -119,7 +145,9 @@ class Replayer:
 
     async def _replay_with_retries(self, entry: Entry) -> None:
         config = self.gw.config.maintenance
-        remaining = max(1, config.max_attempts - entry.attempts)
+        # The batch mark counted the first attempt already.
+        remaining = max(1, config.max_attempts - entry.attempts + 1)
+        fresh = True
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(remaining),
@@ -127,27 +155,27 @@ class Replayer:
                                                  max=config.retry_max),
                     retry=retry_if_exception_type(Transient), reraise=True):
                 with attempt:
-                    await self._attempt(entry)
+                    first_try, fresh = fresh, False
+                    await self._attempt(entry, first_try)
         except Transient as exc:
             entry.status, entry.error = FAILED, str(exc)
             log.warning("queued write %s failed after %d attempts: %s", entry.ticket,
                         entry.attempts, exc)
-        await self.store.finish(entry)
+        entry.finished = time.time()
         self._recent.append(time.monotonic())
         for future in self._waiters.pop(entry.ticket, []):
             if not future.done():
                 future.set_result(entry)
-        for fn in self.on_finish:
-            fn(entry)
 
-    async def _attempt(self, entry: Entry) -> None:
+    async def _attempt(self, entry: Entry, fresh: bool) -> None:
+        """One try; ``fresh``: the batch mark already recorded it (and its planned node)."""
         await self._wait_for_a_node()
         headers = [(k, v) for k, v in entry.headers if k.lower() != "idempotency-key"]
         headers.append(("Idempotency-Key", entry.idempotency_key))
-        first = True
+        first = not fresh
 
         async def before_send(node: Node) -> None:
-            # Durable before the first byte goes out, with the node it goes to: after a
+            # On record before the first byte goes out, with the node it goes to: after a
             # crash the entry is re-sent there first, so a per-node key store dedupes it.
             nonlocal first
             if first:

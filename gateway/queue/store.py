@@ -100,6 +100,8 @@ class QueueStore(Protocol):
     async def enqueue(self, entry: Entry) -> Entry: ...
     async def next_batch(self, limit: int, now: float) -> list[Entry]: ...
     async def mark_replaying(self, entry: Entry, node: str | None = None) -> None: ...
+    async def mark_replaying_many(self, entries: list[Entry]) -> None: ...
+    async def finish_many(self, entries: list[Entry]) -> None: ...
     async def sent_to(self, entry: Entry, node: str) -> None: ...
     async def finish(self, entry: Entry) -> None: ...
     async def retry_later(self, entry: Entry, at: float, error: str) -> None: ...
@@ -269,6 +271,37 @@ class SqliteQueue:
         """A retry within one attempt went to another node: re-send there after a crash."""
         entry.node = node
         await self._execute("UPDATE entries SET node = ? WHERE seq = ?", (node, entry.seq))
+
+    async def mark_replaying_many(self, entries: list[Entry]) -> None:
+        """One transaction for a batch about to be replayed (planned node included)."""
+        for entry in entries:
+            entry.status = REPLAYING
+            entry.attempts += 1
+        rows = [(REPLAYING, e.attempts, e.node, e.seq) for e in entries]
+
+        def write() -> None:
+            with self.db:
+                self.db.executemany("UPDATE entries SET status = ?, attempts = ?, node = ? "
+                                    "WHERE seq = ?", rows)
+
+        await self._run(write)
+
+    async def finish_many(self, entries: list[Entry]) -> None:
+        """Record a batch's outcomes (done or failed) in one transaction."""
+        if not entries:
+            return
+        rows = [(e.status, e.result_status,
+                 None if e.result_headers is None else json.dumps(e.result_headers),
+                 e.result_body, e.error, e.finished or time.time(), e.seq) for e in entries]
+
+        def write() -> None:
+            with self.db:
+                self.db.executemany(
+                    "UPDATE entries SET status = ?, result_status = ?, result_headers = ?, "
+                    "result_body = ?, error = ?, finished = ? WHERE seq = ?", rows)
+
+        await self._run(write)
+        self._depth = max(0, self._depth - len(entries))
 
     async def finish(self, entry: Entry) -> None:
         entry.finished = time.time()
