@@ -42,6 +42,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
 
 
+def error_json(status: int, error: str, message: str) -> web.Response:
+    """The admin API's error shape: {"error": <code>, "message": <why>}."""
+    return json_response({"error": error, "message": message}, status=status)
+
+
 async def read_json(request: web.Request, *, required: bool = False) -> dict[str, Any]:
     """The request's JSON object body; a missing body is {} unless required."""
     if not request.can_read_body:

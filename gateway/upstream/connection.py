@@ -283,13 +283,7 @@ class UpstreamConnection(asyncio.Protocol):
         while not self._body:
             if self.complete:
                 return b""
-            if self._exc is not None:
-                raise self._exc
-            waiter = self._body_waiter = self.loop.create_future()
-            try:
-                await self._wait(waiter, deadline, "the node's body stalled")
-            finally:
-                self._body_waiter = None
+            await self._more_body(deadline)
         chunk = self._body.popleft()
         self._body_size -= len(chunk)
         self._resume()
@@ -299,13 +293,17 @@ class UpstreamConnection(asyncio.Protocol):
         """Wait until the whole body is buffered (nothing consumed); raises if the node fails
         first. For a small answer the proxy can still retry: the client has seen nothing."""
         while not self.complete:
-            if self._exc is not None:
-                raise self._exc
-            waiter = self._body_waiter = self.loop.create_future()
-            try:
-                await self._wait(waiter, deadline, "the node's body stalled")
-            finally:
-                self._body_waiter = None
+            await self._more_body(deadline)
+
+    async def _more_body(self, deadline: float) -> None:
+        """Until more of the body (or its end, or a failure) arrives."""
+        if self._exc is not None:
+            raise self._exc
+        waiter = self._body_waiter = self.loop.create_future()
+        try:
+            await self._wait(waiter, deadline, "the node's body stalled")
+        finally:
+            self._body_waiter = None
 
     def _resume(self) -> None:
         if self._paused and self._body_size < LOW_WATER and self.transport is not None:

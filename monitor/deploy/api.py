@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin import GATEWAY, BadInput, field, json_response, read_json
+from gateway.admin import GATEWAY, BadInput, error_json, field, json_response, read_json
 from monitor.deploy.runner import DeployConflict, DeployNotFound, DeployRefused
-
-
-def _error(status: int, error: str, message: str) -> web.Response:
-    return json_response({"error": error, "message": message}, status=status)
 
 
 async def create(request: web.Request) -> web.Response:
@@ -22,9 +18,9 @@ async def create(request: web.Request) -> web.Response:
         record = await gw.deploys.begin(version.strip(), force=bool(field(data, "force", bool)),
                                         force_reason=field(data, "reason", str) or "")
     except DeployConflict as exc:
-        return _error(409, "conflict", str(exc))
+        return error_json(409, "conflict", str(exc))
     except DeployRefused as exc:
-        return _error(422, "refused", str(exc))
+        return error_json(422, "refused", str(exc))
     return json_response({**record.summary(), "location": f"/deploys/{record.id}"}, status=202)
 
 
@@ -39,12 +35,12 @@ async def get_deploy(request: web.Request) -> web.Response:
     if deploy_id == "current":
         history = gw.deploys.history()
         if not history:
-            return _error(404, "not_found", "no deploy has run yet")
+            return error_json(404, "not_found", "no deploy has run yet")
         return json_response(history[0].to_json())
     try:
         return json_response(gw.deploys.get(deploy_id).to_json())
     except DeployNotFound:
-        return _error(404, "not_found", f"no deploy {deploy_id!r}")
+        return error_json(404, "not_found", f"no deploy {deploy_id!r}")
 
 
 async def abort(request: web.Request) -> web.Response:
@@ -54,9 +50,9 @@ async def abort(request: web.Request) -> web.Response:
         record = await gw.deploys.abort(request.match_info["id"], field(data, "reason", str)
                                         or "aborted by operator")
     except DeployNotFound:
-        return _error(404, "not_found", f"no deploy {request.match_info['id']!r}")
+        return error_json(404, "not_found", f"no deploy {request.match_info['id']!r}")
     except DeployConflict as exc:
-        return _error(409, "conflict", str(exc))
+        return error_json(409, "conflict", str(exc))
     return json_response(record.summary())
 
 
@@ -65,9 +61,9 @@ async def resume(request: web.Request) -> web.Response:
     try:
         record = await gw.deploys.resume(request.match_info["id"])
     except DeployNotFound:
-        return _error(404, "not_found", f"no deploy {request.match_info['id']!r}")
+        return error_json(404, "not_found", f"no deploy {request.match_info['id']!r}")
     except DeployConflict as exc:
-        return _error(409, "conflict", str(exc))
+        return error_json(409, "conflict", str(exc))
     return json_response(record.summary())
 
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin import GATEWAY, BadInput, field, json_response, read_json
+from gateway.admin import GATEWAY, BadInput, error_json, field, json_response, read_json
 from gateway.config.schema import parse_instant
 from gateway.units import parse_duration
-
-
-def _error(status: int, error: str, message: str) -> web.Response:
-    return json_response({"error": error, "message": message}, status=status)
 
 
 async def create(request: web.Request) -> web.Response:
@@ -49,11 +45,11 @@ async def cancel(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     window_id = request.match_info["id"]
     if window_id not in gw.maintenance.schedule.windows:
-        return _error(404, "not_found", f"no maintenance window {window_id!r}")
+        return error_json(404, "not_found", f"no maintenance window {window_id!r}")
     try:
         window = await gw.maintenance.cancel(window_id)
     except ValueError as exc:
-        return _error(409, "conflict", str(exc))
+        return error_json(409, "conflict", str(exc))
     return json_response(window.to_json())
 
 
@@ -63,14 +59,14 @@ async def end(request: web.Request) -> web.Response:
     if window_id == "current":
         current = gw.maintenance.current()
         if current is None:
-            return _error(409, "conflict", "no maintenance window is active")
+            return error_json(409, "conflict", "no maintenance window is active")
         window_id = current.id
     if window_id not in gw.maintenance.schedule.windows:
-        return _error(404, "not_found", f"no maintenance window {window_id!r}")
+        return error_json(404, "not_found", f"no maintenance window {window_id!r}")
     try:
         window = await gw.maintenance.end(window_id)
     except ValueError as exc:
-        return _error(409, "conflict", str(exc))
+        return error_json(409, "conflict", str(exc))
     return json_response(window.to_json())
 
 
