@@ -92,6 +92,7 @@ hagw demo is up: {len(config.nodes)} demo nodes behind the gateway.
   traffic   {gateway.traffic_url}/
   admin     {gateway.admin_url}/nodes{token_note}
   metrics   {gateway.admin_url}/metrics
+  status    {gateway.admin_url}/status
   events    {gateway.admin_url}/events
 
 Try:  curl -s {gateway.traffic_url}/          (repeat: the node rotates)
