@@ -19,12 +19,7 @@ from aiohttp import web
 from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
 from gateway.errors import error_response
-from gateway.headers import (
-    BadHeader,
-    new_request_id,
-    request_head,
-    response_head,
-)
+from gateway.headers import BadHeader, new_request_id, request_head, response_head
 from gateway.listener import screen
 from gateway.node import Node
 from gateway.raw_response import RawResponse
@@ -40,6 +35,7 @@ access_log = logging.getLogger("hagw.access")
 _CHUNK_END = b"0\r\n\r\n"
 #: Above this much unsent answer, wait for the client before reading more from the node.
 _CLIENT_HIGH_WATER = 1024 * 1024
+
 
 class LocalRoute(Protocol):
     """Something the traffic listener answers itself instead of proxying (the public status
