@@ -120,42 +120,29 @@ async def node_hang(stage: Stage) -> None:
     _correctness(stage, t)
 
 
-async def latency(stage: Stage) -> None:
-    await stage.open()
-    await stage.warm_up()
-    await _fault_phase(stage, VICTIM, "+300 ms latency", {"latency_ms": 300},
-                       {"latency_ms": 0})
-    t = await stage.finish()
-    _correctness(stage, t)
+def _setting_fault(label: str, on: dict[str, Any], off: dict[str, Any],
+                   note: str = "") -> Callable[[Stage], Awaitable[None]]:
+    """A scenario that only flips one /_fault setting on the victim for the fault phase."""
+    async def run(stage: Stage) -> None:
+        await stage.open()
+        await stage.warm_up()
+        await _fault_phase(stage, VICTIM, label, on, off)
+        t = await stage.finish()
+        if note:
+            stage.notes.append(note)
+        _correctness(stage, t)
+    return run
 
 
-async def error_burst(stage: Stage) -> None:
-    await stage.open()
-    await stage.warm_up()
-    await _fault_phase(stage, VICTIM, "every request answered 503",
-                       {"error_rate": 1.0, "error_status": 503}, {"error_rate": 0.0})
-    t = await stage.finish()
-    stage.notes.append("a node's own 503 to a POST is passed through: the write was not "
-                       "applied and the client may retry it")
-    _correctness(stage, t)
-
-
-async def resets(stage: Stage) -> None:
-    await stage.open()
-    await stage.warm_up()
-    await _fault_phase(stage, VICTIM, "20% of connections cut mid-response",
-                       {"reset_rate": 0.2}, {"reset_rate": 0.0})
-    t = await stage.finish()
-    _correctness(stage, t)
-
-
-async def drip(stage: Stage) -> None:
-    await stage.open()
-    await stage.warm_up()
-    await _fault_phase(stage, VICTIM, "answers drip at 2000 B/s", {"drip_bps": 2000},
-                       {"drip_bps": 0})
-    t = await stage.finish()
-    _correctness(stage, t)
+latency = _setting_fault("+300 ms latency", {"latency_ms": 300}, {"latency_ms": 0})
+error_burst = _setting_fault(
+    "every request answered 503", {"error_rate": 1.0, "error_status": 503},
+    {"error_rate": 0.0},
+    note="a node's own 503 to a POST is passed through: the write was not applied and "
+         "the client may retry it")
+resets = _setting_fault("20% of connections cut mid-response", {"reset_rate": 0.2},
+                        {"reset_rate": 0.0})
+drip = _setting_fault("answers drip at 2000 B/s", {"drip_bps": 2000}, {"drip_bps": 0})
 
 
 async def warn(stage: Stage) -> None:
