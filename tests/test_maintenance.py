@@ -430,6 +430,27 @@ async def test_windows_survive_a_restart_and_config_windows_load(
         assert states == {"from config": SCHEDULED, "api": CANCELLED}
 
 
+async def test_replay_results_are_forgotten_after_result_ttl(
+        backends: Any, gateway: Any, tmp_path: Path) -> None:
+    nodes = await backends(1)
+    queue = SqliteQueue(tmp_path / "state0", capacity=10)  # the state_dir gateway() uses
+    await queue.open()
+    done = []
+    for ticket, age in (("old", 2 * HOUR), ("fresh", 60.0)):
+        entry = await queue.enqueue(Entry(ticket, time.time(), "POST", "/orders", [], b"",
+                                          ticket))
+        entry.status, entry.result_status, entry.finished = DONE, 201, time.time() - age
+        done.append(entry)
+    await queue.finish_many(done)
+    await queue.close()
+    gw = await gateway([b.url for b in nodes], maintenance={**QUEUE, "result_ttl": "1h"})
+    async with asyncio.timeout(5):  # the schedule loop purges at start, then periodically
+        while await gw.maintenance.queue.get("old") is not None:
+            await asyncio.sleep(0.01)
+    assert await gw.maintenance.purge_results() == 0
+    assert (await gw.maintenance.queue.get("fresh")).result_status == 201  # type: ignore[union-attr]
+
+
 async def test_a_write_recovered_after_a_crash_goes_back_to_the_node_it_was_sent_to(
         backends: Any, gateway: Any, tmp_path: Path) -> None:
     nodes = await backends(3)

@@ -117,10 +117,16 @@ class MaintenanceManager:
     # -- the schedule loop ---------------------------------------------------------------
 
     async def _loop(self) -> None:
+        next_purge = 0.0
         while True:
             await self.tick()
+            if time.monotonic() >= next_purge:
+                await self.purge_results()
+                next_purge = time.monotonic() + PURGE_EVERY
+            wait = next_purge - time.monotonic()
             deadline = self.schedule.next_deadline()
-            wait = None if deadline is None else max(0.05, deadline - self.clock.time())
+            if deadline is not None:
+                wait = max(0.05, min(wait, deadline - self.clock.time()))
             self._changed.clear()
             try:
                 async with asyncio.timeout(wait):
@@ -143,6 +149,15 @@ class MaintenanceManager:
         if done:
             self._update_advisory()
         return done
+
+    async def purge_results(self) -> int:
+        """Forget replay results older than ``result_ttl``. Wall time from ``time.time()``,
+        not ``self.clock``: the store stamps ``finished`` with it."""
+        ttl = self.gw.config.maintenance.result_ttl
+        purged = await self.queue.purge(time.time() - ttl)
+        if purged:
+            log.info("forgot %d replay result(s) older than %gs", purged, ttl)
+        return purged
 
     def _announce(self, window: Window, key: str) -> None:
         title, text = self.schedule.describe(window, key)
