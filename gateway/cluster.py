@@ -8,6 +8,7 @@ synchronous methods.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Collection, Iterator
@@ -123,6 +124,26 @@ class Cluster:
         return sum(1 for _ in self)
 
     # -- change notification and the capacity floor -------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait for a node change that makes ``predicate`` true: event-driven and bounded.
+        It only reads state, so the no-await rule for changing state still holds."""
+        changed = asyncio.Event()
+
+        def listener(_node: Node) -> None:
+            changed.set()
+
+        self.on_change.append(listener)
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    changed.clear()
+                    await changed.wait()
+            return True
+        except TimeoutError:
+            return predicate()
+        finally:
+            self.on_change.remove(listener)
 
     def _on_node(self, node: Node, transition: Transition | None) -> None:
         self.version += 1

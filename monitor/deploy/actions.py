@@ -19,8 +19,8 @@ import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from gateway.config.schema import DeployConfig
+from monitor.deploy.record import OUTPUT_LIMIT
 
-OUTPUT_LIMIT = 20_000
 #: After the command exits, how long to keep reading output a background child may hold open.
 _OUTPUT_GRACE = 1.0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gateway.clock import Clock
 from gateway.config.schema import DeployConfig
-from monitor.deploy.record import DeployRecord, NodeRun, Status, StepRecord
+from monitor.deploy.record import OUTPUT_LIMIT, DeployRecord, NodeRun, Status, StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,8 @@ class Deploy:
             run = self.record.nodes[name]
             if run.steps and run.steps[-1].ended is None:
                 last = run.steps[-1]
-                last.ended, last.ok, last.detail, last.output = now, ok, detail, output[-20000:]
+                last.ended, last.ok, last.detail = now, ok, detail
+                last.output = output[-OUTPUT_LIMIT:]
             if ok and step.kind == "verify" and run.out_since is not None:
                 run.out_seconds += now - run.out_since
                 run.out_since = None
@@ -199,6 +200,6 @@ class Deploy:
     @property
     def in_flight_batch(self) -> list[str]:
         """Nodes the deploy holds right now (drained or being redeployed)."""
-        if self.record.status not in (Status.RUNNING, Status.ROLLING_BACK, Status.INTERRUPTED):
+        if not self.record.active:
             return []
         return self._current_batch()

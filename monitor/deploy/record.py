@@ -24,6 +24,8 @@ class Status(enum.StrEnum):
 
 
 ACTIVE = frozenset({Status.RUNNING, Status.ROLLING_BACK, Status.INTERRUPTED})
+#: Characters of an action's output kept with its step (the tail: errors come last).
+OUTPUT_LIMIT = 20_000
 
 
 @dataclass

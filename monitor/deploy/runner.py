@@ -13,7 +13,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -70,9 +69,7 @@ class DeployOrchestrator:
         self.current: Deploy | None = None
         self.metrics = DeployMetrics(gateway)
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        gateway.cluster.on_change.append(lambda _node: self._changed.set())
 
     @property
     def config(self) -> Any:
@@ -155,10 +152,10 @@ class DeployOrchestrator:
             self.gw.events.record("deploy.refused", f"deploy to {version} refused: {refused}",
                                   level=logging.WARNING)
             raise DeployRefused(refused)
-        if force:
-            plan.record.reason = ""
-            budget_note = self.gate(plan.record.batches[0], forced=False)
-            plan.record.force_reason = force_reason or (budget_note or "forced")
+        if force:  # record what the gate would have refused, when no reason was given
+            plan.record.force_reason = (force_reason
+                                        or self.gate(plan.record.batches[0], forced=False)
+                                        or "forced")
         self.current = plan
         self.records[plan.record.id] = plan.record
         await self._save(plan.record)
@@ -288,7 +285,7 @@ class DeployOrchestrator:
     async def _gate(self, record: DeployRecord, batch: list[str]) -> tuple[bool, str, str]:
         # Mid-deploy the fleet may be short for a moment; wait for it, bounded.
         reason = self.gate(batch, forced=record.forced)
-        if reason is not None and not await self._wait_until(
+        if reason is not None and not await self.gw.cluster.wait_until(
                 lambda: self.gate(batch, forced=record.forced) is None, self.config.node_timeout):
             return False, reason, ""
         return True, "", ""
@@ -329,7 +326,7 @@ class DeployOrchestrator:
         def verified() -> bool:
             return node.probe is Probe.HEALTHY and (expected is None or node.version == expected)
 
-        ok = await self._wait_until(verified, self.config.node_timeout)
+        ok = await self.gw.cluster.wait_until(verified, self.config.node_timeout)
         node.expect_version(None)
         if not ok:
             node.drain(f"deploy {record.id}: {node.name} failed verification", "deploy")
@@ -344,7 +341,7 @@ class DeployOrchestrator:
         def bad_node() -> Node | None:
             return next((n for n in nodes if n.state in _BAD_DURING_BAKE), None)
 
-        await self._wait_until(lambda: bad_node() is not None, bake)
+        await self.gw.cluster.wait_until(lambda: bad_node() is not None, bake)
         node = bad_node()
         if node is not None:
             return False, f"{node.name} went {node.state} while baking: {node.reason}", ""
@@ -354,14 +351,3 @@ class DeployOrchestrator:
             return False, (f"the gateway's error ratio rose to {bad / (good + bad):.2%} "
                            f"while baking (max {self.config.max_5xx_ratio:.2%})"), ""
         return True, f"baked {bake:g}s: {good} good, {bad} bad", ""
-
-    async def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait for a cluster change that makes ``predicate`` true; event-driven, bounded."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            return predicate()
-        return True

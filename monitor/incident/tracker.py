@@ -149,16 +149,15 @@ class IncidentTracker:
               now: float) -> Incident:
         ordered = sorted(conditions, key=lambda c: SEVERITY.index(c) if c in SEVERITY else 99)
         # The first sign: the earliest unplanned event in the lead-up window.
-        lead_up = [e for e in self._recent if e["at"] >= now - self.config.lookback
-                   and e.get("unplanned")]
-        started = min((e["at"] for e in lead_up), default=now)
+        recent = [e for e in self._recent if e["at"] >= now - self.config.lookback]
+        started = min((e["at"] for e in recent if e.get("unplanned")), default=now)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
         incident = Incident(
             id=f"inc-{stamp}-{secrets.token_hex(2)}", title=conditions[ordered[0]],
             opened_at=now, started_at=started, conditions=ordered,
             causes=[conditions[c] for c in ordered], slo_open=list(slo_totals),
             slo_now=list(slo_totals), budget_open=budget, budget_now=budget)
-        incident.timeline = [e for e in self._recent if e["at"] >= now - self.config.lookback]
+        incident.timeline = recent
         incident.timeline.append({"at": now, "kind": "incident.opened",
                                   "message": f"incident opened: {incident.title}"})
         self.incidents[incident.id] = incident

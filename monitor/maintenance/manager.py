@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
@@ -22,7 +23,7 @@ from gateway.maintenance_mode import MaintenanceMode, Phase
 from gateway.queue.replay import Replayer
 from gateway.queue.store import DONE, Entry, SqliteQueue
 from monitor.maintenance.schedule import ACTIVE, Due, Schedule, Window, iso
-from monitor.notify import Delivery, Notice, NotifierHub
+from monitor.notify import Notice, NotifierHub
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -201,7 +202,7 @@ class MaintenanceManager:
         """Verification first (bounded), then the replay, then normal traffic."""
         cluster = self.gw.cluster
         timeout = self.gw.config.maintenance.verify_timeout
-        verified = await self._wait_until(lambda: cluster.serving_primaries() >= max(
+        verified = await cluster.wait_until(lambda: cluster.serving_primaries() >= max(
             1, cluster.floor), timeout)
         if not verified:
             log.warning("nodes not verified %gs after the window; replaying to whatever "
@@ -214,20 +215,6 @@ class MaintenanceManager:
         else:
             self.mode.phase = Phase.NORMAL
             self.mode.window = None
-
-    async def _wait_until(self, predicate: Any, timeout: float) -> bool:
-        changed = asyncio.Event()
-        self.gw.cluster.on_change.append(lambda _n: changed.set())
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    changed.clear()
-                    await changed.wait()
-            return True
-        except TimeoutError:
-            return bool(predicate())
-        finally:
-            self.gw.cluster.on_change.pop()
 
     def _replay_idle(self) -> None:
         if self.queue.depth == 0 and self.mode.phase is Phase.REPLAYING:
@@ -311,12 +298,7 @@ class MaintenanceManager:
                       "replaying": stats.replaying, "done": stats.done, "failed": stats.failed,
                       "oldest_age_seconds": self.oldest_age(),
                       "replay_rate": self.replayer.rate()},
-            "announcements": [_delivery_json(d) for d in self.notifier.deliveries
+            "announcements": [asdict(d) for d in self.notifier.deliveries
                               if d.event.startswith("maintenance.")],
         }
 
-
-def _delivery_json(delivery: Delivery) -> dict[str, Any]:
-    return {"notifier": delivery.notifier, "event": delivery.event, "title": delivery.title,
-            "at": delivery.at, "status": delivery.status, "attempts": delivery.attempts,
-            "error": delivery.error, "delivered_at": delivery.delivered_at}
