@@ -20,7 +20,7 @@ _REQUEST_MANAGED = HOP_BY_HOP | {
     b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
     b"x-forwarded-host", b"via", b"x-request-id",
 }
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 VIA = b"1.1 hagw"
 _BAD = (b"\r", b"\n", b"\0")
 
@@ -37,7 +37,7 @@ def new_request_id() -> str:
     return f"{_prefix}-{next(_counter):x}"
 
 
-def _connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
     for name, value in raw_headers:
         if name.lower() == b"connection":
@@ -72,7 +72,7 @@ def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes
     host = b""
     # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1), wherever the
     # Connection header sits among the others.
-    drop = _REQUEST_MANAGED | (_connection_tokens(raw_headers) - {b"host"})
+    drop = _REQUEST_MANAGED | (connection_tokens(raw_headers) - {b"host"})
     for name, value in raw_headers:
         lower = name.lower()
         if b"\r" in value or b"\n" in value or b"\0" in value:
@@ -152,7 +152,7 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
     out = [_status_line(status)]
     append = out.append
     # Headers named in Connection are hop-by-hop too, wherever Connection sits.
-    drop = _RESPONSE_DROP | _connection_tokens(raw)
+    drop = RESPONSE_DROP | connection_tokens(raw)
     via = b""
     has_id = has_date = False
     for name, value in raw:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.config.schema import MaintenanceConfig, RouteMatch
 from gateway.errors import error_response
-from gateway.headers import HOP_BY_HOP
+from gateway.headers import HOP_BY_HOP, RESPONSE_DROP, connection_tokens
 from gateway.queue.replay import Replayer
 from gateway.queue.store import DONE, FAILED, QUEUED, Entry, QueueFull, QueueStore
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 MAINTENANCE = "maintenance"  # how these answers count for the SLO (see gateway.slo)
-_NOT_STORED = HOP_BY_HOP | {b"content-length", b"expect", b"x-forwarded-for"}
+_NOT_STORED = HOP_BY_HOP | {b"content-length", b"expect", b"x-forwarded-for", b"x-request-id"}
 
 
 class Phase(enum.StrEnum):
@@ -190,12 +190,9 @@ class MaintenanceMode:
 
 def _stored_headers(request: web.BaseRequest, request_id: str) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones, with the client recorded in XFF."""
-    drop = set(_NOT_STORED)
-    for name, value in request.raw_headers:
-        if name.lower() == b"connection":
-            drop |= {t.strip().lower() for t in value.split(b",")}
+    drop = _NOT_STORED | connection_tokens(request.raw_headers)
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
-               if k.lower() not in drop and k.lower() != b"x-request-id"]
+               if k.lower() not in drop]
     forwarded = request.headers.get("X-Forwarded-For")
     client = request.remote or ""
     headers.append(("X-Forwarded-For", f"{forwarded}, {client}" if forwarded else client))
@@ -218,7 +215,7 @@ def _result_json(entry: Entry) -> dict[str, Any]:
 
 def _result_response(entry: Entry, request_id: str) -> web.Response:
     keep = {k: v for k, v in entry.result_headers or []
-            if k.lower().encode() not in HOP_BY_HOP | {b"content-length"}}
+            if k.lower().encode() not in RESPONSE_DROP}
     keep["X-Request-Id"] = request_id
     keep["X-Queue-Ticket"] = entry.ticket
     return web.Response(status=entry.result_status or 200, body=entry.result_body or b"",
