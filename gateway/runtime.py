@@ -388,6 +388,7 @@ class Gateway:
         if pool is not None:
             pool.close()
         self.cluster.forget(node)
+        self.uptime.forget(node.name)
 
     # -- operator actions ----------------------------------------------------------------
 

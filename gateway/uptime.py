@@ -50,8 +50,16 @@ class NodeUptime:
         self._current[node.name] = (category, now)
 
     def forget(self, name: str) -> None:
-        self._current.pop(name, None)
-        self._state.pop(name, None)
+        """A node left the config: close its open intervals so its counters stop (and never
+        go down); its history stays for the counters' sake until the process restarts."""
+        now = self.clock.monotonic()
+        current = self._current.pop(name, None)
+        if current is not None:
+            self._add(name, current[0], now - current[1])
+        state = self._state.pop(name, None)
+        if state is not None:
+            per_state = self.state_seconds.setdefault(name, {})
+            per_state[state[0]] = per_state.get(state[0], 0.0) + now - state[1]
 
     def states(self) -> dict[str, dict[str, float]]:
         """Seconds per node and state, the current state's open interval included."""

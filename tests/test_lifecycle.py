@@ -46,6 +46,9 @@ async def test_reload_adds_and_removes_nodes_and_refuses_bad_configs(
     response = await slow
     assert response.status == 200 and (await response.json())["node"] == "node-1"
     await wait_for(lambda: all(n is not node1 for n in gw.cluster.nodes.values()))
+    stopped = gw.uptime.totals()["node-1"]
+    await asyncio.sleep(0.05)
+    assert gw.uptime.totals()["node-1"] == stopped  # a removed node's counters stop
     node3 = gw.cluster.get("node-3")
     await wait_for(lambda: node3.serving)
     seen = set()

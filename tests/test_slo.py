@@ -127,6 +127,11 @@ def test_uptime_splits_planned_and_unplanned() -> None:
     assert totals["serving"] == pytest.approx(20)
     assert totals["planned"] == pytest.approx(7)
     assert totals["unplanned"] == pytest.approx(3)
+    states = uptime.states()["node-1"]
+    uptime.forget("node-1")  # removed from the config: the counters stop, and keep their value
+    clock.advance(60)
+    assert uptime.totals()["node-1"] == pytest.approx(totals)
+    assert uptime.states()["node-1"] == pytest.approx(states)
 
 
 async def test_gateway_availability_agrees_with_the_client(backends: Any, gateway: Any,
