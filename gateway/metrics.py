@@ -31,10 +31,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-def code_class(status: int) -> str:
-    return CODE_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx"
-
-
 def class_index(status: int) -> int:
     return status // 100 - 1 if 100 <= status < 600 else 4
 
@@ -176,6 +172,9 @@ class SloGauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         slo = self._tracker
+        # One scan per distinct window length (1h and 30d serve two gauges each).
+        counts = {seconds: slo.window(seconds) for seconds in
+                  {*AVAILABILITY_WINDOWS.values(), *BURN_WINDOWS.values(), slo.config.window}}
         requests = CounterMetricFamily(
             "hagw_slo_requests", "Client requests by how they count for the SLO (excluded: "
             "planned maintenance, clients that hung up)", labels=["result"])
@@ -187,15 +186,15 @@ class SloGauges(Collector):
         availability = GaugeMetricFamily("hagw_sli_availability_ratio",
                                          "Good / (good + bad) over the window", labels=["window"])
         for name, seconds in AVAILABILITY_WINDOWS.items():
-            availability.add_metric([name], slo.availability(seconds))
+            availability.add_metric([name], counts[seconds].availability)
         yield availability
         yield GaugeMetricFamily("hagw_error_budget_remaining_ratio",
                                 "Share of the SLO window's error budget left",
-                                value=slo.budget_remaining())
+                                value=slo.budget_left(counts[slo.config.window]))
         burn = GaugeMetricFamily("hagw_burn_rate", "Error ratio over the window divided by the "
                                  "allowed error ratio", labels=["window"])
         for name, seconds in BURN_WINDOWS.items():
-            burn.add_metric([name], slo.burn_rate(seconds))
+            burn.add_metric([name], slo.burn(counts[seconds]))
         yield burn
 
     def describe(self) -> Iterator[Metric]:

@@ -153,8 +153,10 @@ class SloTracker:
         return self.window(seconds).availability
 
     def burn_rate(self, seconds: float) -> float:
+        return self.burn(self.window(seconds))
+
+    def burn(self, counts: Counts) -> float:
         """How fast the budget burns: 1.0 spends exactly the budget over the SLO window."""
-        counts = self.window(seconds)
         if not counts.total:
             return 0.0
         return (counts.bad / counts.total) / self.allowed_error
@@ -164,8 +166,11 @@ class SloTracker:
         return max(1e-12, 1.0 - self.config.target)
 
     def budget_remaining(self) -> float:
-        """Share of the SLO window's error budget left (negative once overspent)."""
-        counts = self.window(self.config.window)
+        return self.budget_left(self.window(self.config.window))
+
+    def budget_left(self, counts: Counts) -> float:
+        """Share of the error budget ``counts`` (the SLO window's) leave (negative once
+        overspent)."""
         if not counts.total:
             return 1.0
         return 1.0 - counts.bad / (counts.total * self.allowed_error)
@@ -180,18 +185,6 @@ class SloTracker:
             bucket = self.days.data.get(start, [0, 0, 0])
             out.append((start, Counts(*bucket)))
         return out
-
-    def summary(self) -> dict[str, object]:
-        windows = {name: self.window(sec) for name, sec in AVAILABILITY_WINDOWS.items()}
-        return {
-            "target": self.config.target,
-            "window": self.config.window,
-            "availability": {k: v.availability for k, v in windows.items()},
-            "requests": {k: {"good": v.good, "bad": v.bad, "excluded": v.excluded}
-                         for k, v in windows.items()},
-            "error_budget_remaining": self.budget_remaining(),
-            "burn_rate": {k: self.burn_rate(v) for k, v in BURN_WINDOWS.items()},
-        }
 
     # -- persistence ----------------------------------------------------------------------
 

@@ -88,11 +88,3 @@ class NodeUptime:
             for category, seconds in cats.items():
                 if category in CATEGORIES:
                     self._add(name, category, float(seconds))
-
-    def share(self, name: str) -> float:
-        """Share of its time a node spent serving (1.0 with no history)."""
-        cats = self.totals().get(name)
-        if not cats:
-            return 1.0
-        total = sum(cats.values())
-        return cats[SERVING] / total if total else 1.0

@@ -39,7 +39,7 @@ def overall_state(gw: Gateway) -> str:
     unplanned = any(not n.serving and n.state not in PLANNED_STATES for n in nodes)
     warning = any(n.warning is not None for n in nodes)
     hour = gw.slo.window(3600)
-    burning = hour.total >= 100 and gw.slo.burn_rate(3600) > 1.0
+    burning = hour.total >= 100 and gw.slo.burn(hour) > 1.0
     if unplanned or warning or burning or gw.cluster.panic or \
             gw.maintenance.mode.phase is Phase.REPLAYING:
         return "degraded"
