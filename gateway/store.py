@@ -39,31 +39,39 @@ def open_sqlite(path: Path, schema: str) -> sqlite3.Connection:
     return db
 
 
-class StateStore:
-    def __init__(self, state_dir: str | Path, name: str = "state.db") -> None:
-        self.path = Path(state_dir) / name
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagw-store")
+class SqliteFile:
+    """One SQLite file, used only from its own thread (SQLite calls must not block the
+    loop). The state store and the write queue are each one."""
+
+    def __init__(self, path: Path, thread_name: str, what: str) -> None:
+        self.path = path
+        self._what = what
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._db: sqlite3.Connection | None = None
-
-    async def open(self, extra_schema: str = "") -> None:
-        self._db = await self.run(lambda: open_sqlite(self.path, _SCHEMA + extra_schema))
-
-    async def close(self) -> None:
-        if self._db is not None:
-            db = self._db
-            self._db = None
-            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
-        self._pool.shutdown(wait=True)
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise RuntimeError("the state store is not open")
+            raise RuntimeError(f"the {self._what} is not open")
         return self._db
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the store's own thread (SQLite calls must not block the loop)."""
+        """Run ``fn`` on the file's own thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self.run(db.close)
+        self._pool.shutdown(wait=True)
+
+
+class StateStore(SqliteFile):
+    def __init__(self, state_dir: str | Path, name: str = "state.db") -> None:
+        super().__init__(Path(state_dir) / name, "hagw-store", "state store")
+
+    async def open(self, extra_schema: str = "") -> None:
+        self._db = await self.run(lambda: open_sqlite(self.path, _SCHEMA + extra_schema))
 
     async def put(self, namespace: str, key: str, value: Any) -> None:
         text = json.dumps(value, separators=(",", ":"))

@@ -14,16 +14,13 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from gateway.store import open_sqlite
+from gateway.store import SqliteFile, open_sqlite
 
-T = TypeVar("T")
 QUEUED, REPLAYING, DONE, FAILED = "queued", "replaying", "done", "failed"
 
 SCHEMA = """
@@ -132,12 +129,10 @@ def _row(row: sqlite3.Row) -> Entry:
         error=row["error"], finished=row["finished"], node=row["node"])
 
 
-class SqliteQueue:
+class SqliteQueue(SqliteFile):
     def __init__(self, state_dir: str | Path, capacity: int, name: str = "queue.db") -> None:
-        self.path = Path(state_dir) / name
+        super().__init__(Path(state_dir) / name, "hagw-queue", "queue")
         self.capacity = capacity
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hagw-queue")
-        self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[Entry, asyncio.Future[Entry]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -147,24 +142,15 @@ class SqliteQueue:
     def __repr__(self) -> str:
         return f"<SqliteQueue {self.path} depth={self._depth}>"
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the queue is not open")
-        return self._db
-
     async def open(self) -> None:
-        self._db = await self._run(lambda: open_sqlite(self.path, SCHEMA))
+        self._db = await self.run(lambda: open_sqlite(self.path, SCHEMA))
         self._db.row_factory = sqlite3.Row
         # Accepting a write is fsynced (synchronous=FULL, see _insert). Later status changes
         # (replaying, done) are not: WAL with synchronous=NORMAL keeps them through a
         # process crash, and a power loss can at worst roll back the last few, whose
         # writes are then re-sent with their Idempotency-Key. That keeps replay off fsync.
-        await self._run(lambda: self.db.execute("PRAGMA synchronous=NORMAL"))
-        columns = await self._run(lambda: [r[1] for r in self.db.execute(
+        await self.run(lambda: self.db.execute("PRAGMA synchronous=NORMAL"))
+        columns = await self.run(lambda: [r[1] for r in self.db.execute(
             "PRAGMA table_info(entries)").fetchall()])
         if "node" not in columns:  # a queue written before entries remembered their node
             await self._execute("ALTER TABLE entries ADD COLUMN node TEXT", ())
@@ -178,10 +164,7 @@ class SqliteQueue:
         if self._writer is not None and self._wake is not None:
             self._wake.set()
             await self._writer
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
-        self._pool.shutdown(wait=True)
+        await super().close()
 
     # -- writes: group commit -----------------------------------------------------------
 
@@ -205,7 +188,7 @@ class SqliteQueue:
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    seqs = await self._run(partial(self._insert, [e for e, _ in batch]))
+                    seqs = await self.run(partial(self._insert, [e for e, _ in batch]))
                 except Exception as exc:  # the writers get the error, not a false 202
                     for _, future in batch:
                         if not future.done():
@@ -248,12 +231,12 @@ class SqliteQueue:
             with self.db:
                 self.db.execute(sql, args)
 
-        await self._run(write)
+        await self.run(write)
 
     # -- replay side ----------------------------------------------------------------------
 
     async def next_batch(self, limit: int, now: float) -> list[Entry]:
-        rows = await self._run(lambda: self.db.execute(
+        rows = await self.run(lambda: self.db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE status = ? ORDER BY seq LIMIT ?",
             (QUEUED, limit)).fetchall())
         return [_row(r) for r in rows]
@@ -261,11 +244,8 @@ class SqliteQueue:
     async def mark_replaying(self, entry: Entry, node: str | None = None) -> None:
         """Committed before dispatch: after a crash, this entry is re-sent (same key), to
         ``node`` first."""
-        entry.status = REPLAYING
-        entry.attempts += 1
         entry.node = node or entry.node
-        await self._execute("UPDATE entries SET status = ?, attempts = ?, node = ? "
-                            "WHERE seq = ?", (REPLAYING, entry.attempts, entry.node, entry.seq))
+        await self.mark_replaying_many([entry])
 
     async def sent_to(self, entry: Entry, node: str) -> None:
         """A retry within one attempt went to another node: re-send there after a crash."""
@@ -284,7 +264,7 @@ class SqliteQueue:
                 self.db.executemany("UPDATE entries SET status = ?, attempts = ?, node = ? "
                                     "WHERE seq = ?", rows)
 
-        await self._run(write)
+        await self.run(write)
 
     async def finish_many(self, entries: list[Entry]) -> None:
         """Record a batch's outcomes (done or failed) in one transaction."""
@@ -300,18 +280,12 @@ class SqliteQueue:
                     "UPDATE entries SET status = ?, result_status = ?, result_headers = ?, "
                     "result_body = ?, error = ?, finished = ? WHERE seq = ?", rows)
 
-        await self._run(write)
+        await self.run(write)
         self._depth = max(0, self._depth - len(entries))
 
     async def finish(self, entry: Entry) -> None:
         entry.finished = time.time()
-        await self._execute(
-            "UPDATE entries SET status = ?, result_status = ?, result_headers = ?, "
-            "result_body = ?, error = ?, finished = ? WHERE seq = ?",
-            (entry.status, entry.result_status,
-             None if entry.result_headers is None else json.dumps(entry.result_headers),
-             entry.result_body, entry.error, entry.finished, entry.seq))
-        self._depth = max(0, self._depth - 1)
+        await self.finish_many([entry])
 
     async def retry_later(self, entry: Entry, at: float, error: str) -> None:
         entry.status, entry.next_attempt, entry.error = QUEUED, at, error
@@ -325,25 +299,25 @@ class SqliteQueue:
                 return self.db.execute("UPDATE entries SET status = ? WHERE status = ?",
                                        (QUEUED, REPLAYING)).rowcount
 
-        return int(await self._run(reset))
+        return int(await self.run(reset))
 
     # -- reads ---------------------------------------------------------------------------
 
     async def pending_index(self) -> list[tuple[int, float]]:
         """(seq, created) of every entry not yet replayed, in arrival order."""
-        rows = await self._run(lambda: self.db.execute(
+        rows = await self.run(lambda: self.db.execute(
             "SELECT seq, created FROM entries WHERE status IN (?, ?) ORDER BY seq",
             (QUEUED, REPLAYING)).fetchall())
         return [(int(r[0]), float(r[1])) for r in rows]
 
     async def get(self, ticket: str) -> Entry | None:
-        row = await self._run(lambda: self.db.execute(
+        row = await self.run(lambda: self.db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE ticket = ?", (ticket,)).fetchone())
         return None if row is None else _row(row)
 
     async def position(self, entry: Entry) -> int:
         """1 for the next entry to replay."""
-        count = await self._run(lambda: self.db.execute(
+        count = await self.run(lambda: self.db.execute(
             "SELECT COUNT(*) FROM entries WHERE status IN (?, ?) AND seq < ?",
             (QUEUED, REPLAYING, entry.seq)).fetchone()[0])
         return int(count) + 1
@@ -357,7 +331,7 @@ class SqliteQueue:
             return QueueStats(int(counts.get(QUEUED, 0)), int(counts.get(REPLAYING, 0)),
                               int(counts.get(DONE, 0)), int(counts.get(FAILED, 0)), oldest)
 
-        stats: QueueStats = await self._run(read)
+        stats: QueueStats = await self.run(read)
         return stats
 
     @property
@@ -372,4 +346,4 @@ class SqliteQueue:
                 return self.db.execute("DELETE FROM entries WHERE status IN (?, ?) AND "
                                        "finished < ?", (DONE, FAILED, before)).rowcount
 
-        return int(await self._run(delete))
+        return int(await self.run(delete))
