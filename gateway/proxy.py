@@ -240,6 +240,48 @@ class Proxy:
         ex = Exchange(request, request_id, method, request.raw_path, request.raw_headers,
                       request.remote or "", request.scheme, body, length, chunked,
                       self.policy.idempotent(method, "Idempotency-Key" in headers))
+        try:
+            conn, node = await self._send(ex)
+        except TryTimeout as exc:
+            ex.failure = "timeout"
+            self.gw.metrics.gateway_errors.labels("timeout").inc()
+            return ex, error_response(504, str(exc), request_id)
+        except TimeoutError:
+            ex.failure = "timeout"
+            self.gw.metrics.gateway_errors.labels("timeout").inc()
+            return ex, error_response(504, f"no answer from a node within "
+                                           f"{self.request_timeout:g}s", request_id)
+        except NoNode:
+            ex.failure = "no_node"
+            self.gw.metrics.gateway_errors.labels("no_node").inc()
+            return ex, error_response(503, "no node is available to take the request",
+                                      request_id, retry_after=1)
+        except BadHeader as exc:
+            return ex, error_response(400, str(exc), request_id, close=True)
+        except BodyTooLarge:
+            return ex, error_response(413, f"request body exceeds {self.max_body} bytes",
+                                      request_id, close=True)
+        except ClientBodyError as exc:
+            return ex, error_response(exc.status, str(exc), request_id, close=True)
+        except UpstreamError as exc:
+            ex.failure = "upstream"
+            self.gw.metrics.gateway_errors.labels(exc.kind).inc()
+            if exc.kind == "overflow":
+                return ex, error_response(503, str(exc), request_id, retry_after=1)
+            if not exc.sent:
+                # Nothing reached a node (every try failed to connect): a 503 with
+                # Retry-After tells the client that retrying later is safe, even for a
+                # write. The nodes' addresses stay out of the answer.
+                return ex, error_response(503, "no node could be reached", request_id,
+                                          retry_after=1)
+            return ex, error_response(502, str(exc), request_id)
+        return ex, await self._respond(ex, conn, node)
+
+    # -- attempts --------------------------------------------------------------------------
+
+    async def _send(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
+        """Send ``ex`` to a node, retrying as the policy allows, counted as active for the
+        retry budget meanwhile."""
         budget = self.budget
         budget.active += 1
         # One deadline for the whole request, checked by a timer on the wait for the node's
@@ -247,51 +289,14 @@ class Proxy:
         ex.deadline = self._now() + self.request_timeout
         try:
             try:
-                conn, node = await self._send(ex)
-            except TryTimeout as exc:
-                ex.failure = "timeout"
-                self.gw.metrics.gateway_errors.labels("timeout").inc()
-                return ex, error_response(504, str(exc), request_id)
-            except TimeoutError:
-                ex.failure = "timeout"
-                self.gw.metrics.gateway_errors.labels("timeout").inc()
-                return ex, error_response(504, f"no answer from a node within "
-                                               f"{self.request_timeout:g}s", request_id)
-            except NoNode:
-                ex.failure = "no_node"
-                self.gw.metrics.gateway_errors.labels("no_node").inc()
-                return ex, error_response(503, "no node is available to take the request",
-                                          request_id, retry_after=1)
-            except BadHeader as exc:
-                return ex, error_response(400, str(exc), request_id, close=True)
-            except BodyTooLarge:
-                return ex, error_response(413, f"request body exceeds {self.max_body} bytes",
-                                          request_id, close=True)
-            except ClientBodyError as exc:
-                return ex, error_response(exc.status, str(exc), request_id, close=True)
-            except UpstreamError as exc:
-                ex.failure = "upstream"
-                self.gw.metrics.gateway_errors.labels(exc.kind).inc()
-                if exc.kind == "overflow":
-                    return ex, error_response(503, str(exc), request_id, retry_after=1)
-                if not exc.sent:
-                    # Nothing reached a node (every try failed to connect): a 503 with
-                    # Retry-After tells the client that retrying later is safe, even for a
-                    # write. The nodes' addresses stay out of the answer.
-                    return ex, error_response(503, "no node could be reached", request_id,
-                                              retry_after=1)
-                return ex, error_response(502, str(exc), request_id)
+                return await self._attempt(ex)
+            except Retryable as first:
+                failed = first  # retried outside the handler: no chained exception context
+            return await self._retry(ex, failed)
         finally:
             budget.active -= 1
-        return ex, await self._respond(ex, conn, node)
 
-    # -- attempts --------------------------------------------------------------------------
-
-    async def _send(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
-        try:
-            return await self._attempt(ex)
-        except Retryable as first:
-            failed = first
+    async def _retry(self, ex: Exchange, failed: Retryable) -> tuple[UpstreamConnection, Node]:
         # A retryable status keeps its answer here until something better arrives.
         held: Retryable | None = failed if failed.conn is not None else None
         budget = self.budget
@@ -563,13 +568,7 @@ class Proxy:
                       False, self.policy.idempotent(method, any(
                           k.lower() == "idempotency-key" for k, _ in headers)),
                       prefer=prefer, before_send=before_send)
-        budget = self.budget
-        budget.active += 1
-        ex.deadline = self._now() + self.request_timeout
-        try:
-            conn, node = await self._send(ex)
-        finally:
-            budget.active -= 1
+        conn, node = await self._send(ex)
         pool = self.gw.pools[node]
         try:
             chunks = [conn.take_buffered()]
