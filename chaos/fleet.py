@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import aiohttp
 
 from chaos.ledger import Ledger
 from chaos.processes import Child, ProcessGroup, StartError, free_port, listening, pid_alive
+from gateway.demo import redeploy
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Fleet:
         return next(n for n in self.nodes if n.name == name)
 
     def pidfile(self, node: Node) -> Path:
-        return self.run_dir / f"{node.name}.pid"
+        return redeploy.pidfile(self.run_dir, node.name)
 
     def pid(self, node: Node) -> int | None:
         """The pid of the node's current incarnation (a deploy may have replaced it)."""
@@ -80,9 +80,8 @@ class Fleet:
         for attempt in range(3 if first else 1):
             if attempt:
                 node.port = free_port()
-            argv = [sys.executable, "-m", "gateway", "node", "--name", node.name, "--host",
-                    node.host, "--port", str(node.port), "--version", node.version,
-                    "--pidfile", str(self.pidfile(node))]
+            argv = redeploy.node_command(node.name, node.host, node.port, node.version,
+                                         self.run_dir)
             if node.netns is not None:
                 argv = ["ip", "netns", "exec", node.netns, *argv]
             self.pidfile(node).unlink(missing_ok=True)

@@ -7,12 +7,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 from gateway.config import GatewayConfig, parse_config
+from gateway.demo.redeploy import node_command
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -34,17 +34,11 @@ def load_demo_config(path: str | None = None) -> tuple[GatewayConfig, str]:
 RUN_DIR = Path("var/demo/run")
 
 
-def node_command(name: str, host: str, port: int, version: str) -> list[str]:
-    return [sys.executable, "-m", "gateway", "node", "--name", name, "--host", host,
-            "--port", str(port), "--version", version,
-            "--pidfile", str(RUN_DIR / f"{name}.pid")]
-
-
 @contextlib.contextmanager
 def node_processes(config: GatewayConfig,
                    version: str = "v1") -> Iterator[list[subprocess.Popen[bytes]]]:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen(node_command(n.name, n.url.host, n.url.port, version),
+    procs = [subprocess.Popen(node_command(n.name, n.url.host, n.url.port, version, RUN_DIR),
                               stdout=subprocess.DEVNULL)
              for n in config.nodes]
     try:

@@ -23,6 +23,14 @@ def pidfile(run_dir: Path, node: str) -> Path:
     return run_dir / f"{node}.pid"
 
 
+def node_command(node: str, host: str, port: int, version: str, run_dir: Path,
+                 health: str = "ok") -> list[str]:
+    """A demo node process that writes its pid where this script (and the demo) find it."""
+    return [sys.executable, "-m", "gateway", "node", "--name", node, "--host", host,
+            "--port", str(port), "--version", version, "--health", health,
+            "--pidfile", str(pidfile(run_dir, node))]
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -55,10 +63,8 @@ def start(node: str, host: str, port: int, version: str, run_dir: Path,
           health: str = "ok") -> int:
     log = open(run_dir / f"{node}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "node", "--name", node, "--host", host, "--port",
-         str(port), "--version", version, "--health", health,
-         "--pidfile", str(pidfile(run_dir, node))],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        node_command(node, host, port, version, run_dir, health), stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     return proc.pid
 
