@@ -60,6 +60,7 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 def read_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
     """Parse YAML, refusing duplicate keys, and map each key path to its line."""
+    lines: dict[Path, int] = {}
     try:
         loader = _Loader(text)
         try:
@@ -67,6 +68,8 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+        if node is not None:
+            _index(node, (), lines, Builder(file, lines), set(), [0])
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -74,12 +77,6 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
         raise ConfigError(f"invalid YAML: {problem}", file=file, line=line) from None
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", file=file) from None
-    lines: dict[Path, int] = {}
-    if node is not None:
-        try:
-            _index(node, (), lines, Builder(file, lines), set(), [0])
-        except RecursionError:
-            raise ConfigError("invalid YAML: nested too deeply", file=file) from None
     return data, lines
 
 
