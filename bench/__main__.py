@@ -24,8 +24,9 @@ from bench.fleet import Fleet
 from bench.processes import ProcessGroup
 from bench.report import Report, Row, failed, headlines, progress, render
 from bench.scenarios import SCENARIO_FUNCTIONS
-from bench.settings import NODE_KINDS, PEERS, SCENARIOS, TARGETS, Settings, parse_size
+from bench.settings import NODE_KINDS, PEERS, SCENARIOS, TARGETS, Settings
 from bench.tools import Tools
+from gateway.units import parse_size
 
 #: File descriptors kept free for the driver's own use beside the idle connections.
 FD_MARGIN = 4096

@@ -16,7 +16,7 @@ from bench.fleet import Fleet, Unavailable
 from bench.gateway import start_gateway_with_admin
 from bench.load import GRACE, LoadError, hey, parse_wrk
 from bench.processes import StartError
-from bench.report import Row, failed, progress, skipped
+from bench.report import Row, failed, progress, skipped, unavailable
 from bench.settings import Settings
 
 SCENARIO = "fairness"
@@ -36,7 +36,7 @@ def fairness(fleet: Fleet, settings: Settings) -> list[Row]:
             "rate_limit": {"enabled": True, "rate": 300, "burst": 100, "key": "header",
                            "header": "X-Client-Id", "trusted_proxies": ["127.0.0.1"]}})
     except Unavailable as exc:
-        return [Row("hagw", SCENARIO, "-", None, "", status=exc.status)]
+        return [unavailable("hagw", SCENARIO, exc.status)]
     except StartError as exc:
         return [failed("hagw", SCENARIO, str(exc).splitlines()[0])]
     url = f"http://127.0.0.1:{port}/"

@@ -103,11 +103,17 @@ def hey_count(path: str, url: str, *, requests: int, connections: int, method: s
     if done.returncode != 0:
         raise LoadError(f"hey exited with {done.returncode}: {done.stderr.strip()[:300]}")
     total = _search(r"Total:\s+([\d.]+) secs", done.stdout, "Total")
-    head, _, error_part = done.stdout.partition("Error distribution:")
+    return (total, *_hey_answers(done.stdout))
+
+
+def _hey_answers(text: str) -> tuple[dict[int, int], int]:
+    """hey's answers by status, and the requests that got no answer at all (refused, reset,
+    timed out), which it lists only under "Error distribution"."""
+    head, _, error_part = text.partition("Error distribution:")
     statuses = {int(code): int(n) for code, n in
                 re.findall(r"^\s+\[(\d{3})\]\s+(\d+) responses", head, re.M)}
     failed = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", error_part, re.M))
-    return total, statuses, failed
+    return statuses, failed
 
 
 def parse_hey(text: str) -> LoadResult:
@@ -117,11 +123,7 @@ def parse_hey(text: str) -> LoadResult:
     if 50.0 not in percentiles or 99.0 not in percentiles:
         raise LoadError(f"hey printed no latency distribution (did every request fail?):\n"
                         f"{text[-1500:]}")
-    head, _, error_part = text.partition("Error distribution:")
-    statuses = {int(code): int(n) for code, n in
-                re.findall(r"^\s+\[(\d{3})\]\s+(\d+) responses", head, re.M)}
-    # Requests that got no answer at all (refused, reset, timed out) are only listed here.
-    failed = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", error_part, re.M))
+    statuses, failed = _hey_answers(text)
     errors = sum(n for code, n in statuses.items() if code >= 400) + failed
     return LoadResult("hey", sum(statuses.values()) + failed, rps, percentiles[50.0],
                       percentiles[99.0], errors)

@@ -13,7 +13,7 @@ from bench.fleet import Fleet, Unavailable
 from bench.gateway import admin_call, start_gateway_with_admin
 from bench.load import LoadError, hey_count
 from bench.processes import StartError
-from bench.report import Row, failed, progress, skipped
+from bench.report import Row, failed, progress, skipped, unavailable
 from bench.settings import Settings
 
 SCENARIO = "maintenance"
@@ -39,7 +39,7 @@ def maintenance(fleet: Fleet, settings: Settings) -> list[Row]:
                             "replay_concurrency": concurrency,
                             "queue_capacity": entries * 2}})
     except Unavailable as exc:
-        return [Row("hagw", SCENARIO, "-", None, "", status=exc.status)]
+        return [unavailable("hagw", SCENARIO, exc.status)]
     except StartError as exc:
         return [failed("hagw", SCENARIO, str(exc).splitlines()[0])]
     try:

@@ -34,12 +34,17 @@ class Row:
         return self.status == "ok"
 
 
+def unavailable(target: str, scenario: str, status: str) -> Row:
+    """A row with no figure: ``status`` says why ("skipped: ..." or "failed: ...")."""
+    return Row(target, scenario, "-", None, "", status=status)
+
+
 def skipped(target: str, scenario: str, reason: str) -> Row:
-    return Row(target, scenario, "-", None, "", status=f"skipped: {reason}")
+    return unavailable(target, scenario, f"skipped: {reason}")
 
 
 def failed(target: str, scenario: str, reason: str) -> Row:
-    return Row(target, scenario, "-", None, "", status=f"failed: {reason}")
+    return unavailable(target, scenario, f"failed: {reason}")
 
 
 def relate(rows: list[Row], reference: str, metrics: tuple[str, ...] | None = None) -> None:

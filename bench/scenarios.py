@@ -14,15 +14,19 @@ from bench.fleet import Fleet, Target, Unavailable
 from bench.load import LoadError, LoadResult, hey, hey_workers, wrk
 from bench.maintenance import maintenance
 from bench.procfs import RssSampler, cpu_seconds, rss_kb
-from bench.report import Row, failed, latency_scenario, progress, relate, skipped
+from bench.report import (
+    Row,
+    failed,
+    latency_scenario,
+    progress,
+    relate,
+    skipped,
+    unavailable,
+)
 from bench.settings import TARGETS, Settings, format_size
 
 MB = 1024 * 1024
 KB_PER_MB = 1024
-
-
-def _unavailable(name: str, scenario: str, exc: Unavailable) -> Row:
-    return Row(name, scenario, "-", None, "", status=exc.status)
 
 
 # -- load runs, interleaved -------------------------------------------------------------------
@@ -71,7 +75,7 @@ def _available(fleet: Fleet, names: list[str], scenario: str) -> tuple[dict[str,
         try:
             targets[name] = fleet.target(name)
         except Unavailable as exc:
-            rows.append(_unavailable(name, scenario, exc))
+            rows.append(unavailable(name, scenario, exc.status))
     return targets, rows
 
 
@@ -169,7 +173,7 @@ def memory(fleet: Fleet, settings: Settings) -> list[Row]:
         try:
             target = fleet.target(name)
         except Unavailable as exc:
-            rows.append(_unavailable(name, scenario, exc))
+            rows.append(unavailable(name, scenario, exc.status))
             continue
         try:
             rows += _idle_rows(target, settings, scenario)
@@ -219,7 +223,7 @@ def streaming(fleet: Fleet, settings: Settings) -> list[Row]:
     try:
         direct, gateway = fleet.streaming_pair()
     except Unavailable as exc:
-        return [_unavailable("direct", scenario, exc), _unavailable("hagw", scenario, exc)]
+        return [unavailable(name, scenario, exc.status) for name in ("direct", "hagw")]
     path = f"/download?size={size}"
     # Generous: a Python proxy on a loaded box still moves far more than 5 MB/s.
     limit = 60 + size / (5 * MB)

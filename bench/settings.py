@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,20 +10,6 @@ TARGETS = ("direct", "hagw", "naive", "nginx", "haproxy")
 #: Targets that need a system proxy; ``--skip-peers`` leaves them out.
 PEERS = ("nginx", "haproxy")
 NODE_KINDS = ("nginx", "demo")
-
-_SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*")
-_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2,
-          "gb": 1024**3, "gib": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """``16MB``, ``1GB`` or plain bytes; KB = 1024 bytes, as in hagw's config."""
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"expected a size like 64MB or 1GB, found {text!r}")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[(unit or "b").lower()])
-
 
 def format_size(size: int) -> str:
     for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):

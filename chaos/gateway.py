@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.procfs import rss_kb
 from chaos.fleet import Node
 from chaos.processes import Child, ProcessGroup, StartError, free_port
 
@@ -186,8 +187,4 @@ class GatewayProcess:
         return at
 
     def rss_kb(self) -> int:
-        with open(f"/proc/{self.pid}/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise LookupError("no VmRSS")
+        return rss_kb(self.pid)

@@ -65,7 +65,6 @@ class MixedLoad:
         self.tag = tag
         self.config = config
         self.outcomes: list[Outcome] = []
-        self.get_ok = 0
         self.latencies = array("d")
         self.sent = 0
         self.started_at = 0.0
@@ -107,10 +106,6 @@ class MixedLoad:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
 
     def achieved_rate(self) -> float:
         end = self.stopped_at or time.monotonic()
@@ -174,7 +169,6 @@ class MixedLoad:
             outcome.done = time.monotonic()
             self._slots.release()
         if method == "GET" and not outcome.failure and not outcome.planned:
-            self.get_ok += 1
             self.latencies.append(outcome.done - outcome.sent)
             return
         if not outcome.failure:

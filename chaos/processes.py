@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.processes import Child, StartError, die_with_parent_hook
+from bench.processes import Child, StartError, die_with_parent_hook, free_port
 from gateway.demo.redeploy import alive as pid_alive
 
 __all__ = ["Child", "ProcessGroup", "StartError", "cmdline", "free_port", "listening",
@@ -109,13 +109,6 @@ def marked_pids(marker: str) -> list[int]:
         if entry.name.isdigit() and int(entry.name) != own and marker in cmdline(int(entry.name)):
             found.append(int(entry.name))
     return found
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening(host: str, port: int) -> bool:

@@ -74,7 +74,6 @@ def render(results: list[ScenarioResult]) -> str:
                      r.status.upper(), note])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    widths[-1] = len(headers[-1])  # notes run on, unpadded
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
