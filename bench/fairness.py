@@ -14,7 +14,7 @@ import time
 
 from bench.fleet import Fleet, Unavailable
 from bench.gateway import start_gateway_with_admin
-from bench.load import GRACE, LoadError, hey, parse_wrk
+from bench.load import GRACE, MIN_HEY_SAMPLES, LoadError, hey, parse_wrk
 from bench.processes import StartError
 from bench.report import Row, failed, progress, skipped, unavailable
 from bench.settings import Settings
@@ -40,7 +40,8 @@ def fairness(fleet: Fleet, settings: Settings) -> list[Row]:
     except StartError as exc:
         return [failed("hagw", SCENARIO, str(exc).splitlines()[0])]
     url = f"http://127.0.0.1:{port}/"
-    seconds = settings.duration
+    # The flood must outlast the polite measurement, which hey stretches to enough samples.
+    seconds = max(settings.duration, MIN_HEY_SAMPLES / POLITE_RATE)
     polite = ("X-Client-Id: polite",)
     try:
         progress(f"fairness: {POLITE_RATE} req/s from a well-behaved client, alone")

@@ -80,11 +80,16 @@ def hey_workers(rate: int) -> int:
     return max(1, math.ceil(rate / PER_WORKER_QPS))
 
 
+MIN_HEY_SAMPLES = 200
+
+
 def hey(path: str, url: str, *, rate: int, duration: float,
         headers: tuple[str, ...] = ()) -> LoadResult:
     """``rate`` requests per second in total: ``-c`` workers of ``-q`` requests/s each."""
     workers = hey_workers(rate)
-    seconds = max(1, math.ceil(duration))
+    # hey sets its 99th percentile only from 100 answers on (below that it prints 0), so a
+    # short run at a low rate is stretched to enough samples.
+    seconds = max(1, math.ceil(duration), math.ceil(MIN_HEY_SAMPLES / rate))
     argv = [path, "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:g}",
             "-t", "10", *(arg for h in headers for arg in ("-H", h)), url]
     done = run_bounded(argv, timeout=seconds + GRACE)
