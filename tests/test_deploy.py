@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,6 @@ from gateway.demo.redeploy import alive
 from gateway.node import NodeState
 from gateway.runtime import Gateway
 from tests.conftest import auth, make_config, spawn_node, wait_for
-
-FAST_HEALTH = {"interval": "100ms", "unhealthy_interval": "100ms", "timeout": "500ms",
-               "healthy_threshold": 2, "unhealthy_threshold": 2, "jitter": 0}
 
 
 def redeploy_command(run_dir: Path, *extra: str) -> list[str]:
@@ -102,22 +99,6 @@ class MixedLoad:
         await asyncio.gather(*self._tasks)
 
 
-@pytest.fixture
-async def deploy_gateway(tmp_path: Path) -> AsyncIterator[Any]:
-    running: list[Gateway] = []
-
-    async def start(urls: list[str], **overrides: Any) -> Gateway:
-        config = make_config(urls, tmp_path / "state", health=FAST_HEALTH, **overrides)
-        gw = Gateway(config)
-        await gw.start()
-        running.append(gw)
-        return gw
-
-    yield start
-    for gw in running:
-        await gw.stop()
-
-
 async def wait_deploy(http: aiohttp.ClientSession, gw: Gateway, deploy_id: str,
                       timeout: float = 60) -> dict[str, Any]:
     record: dict[str, Any] = {}
@@ -135,8 +116,8 @@ async def wait_deploy(http: aiohttp.ClientSession, gw: Gateway, deploy_id: str,
 
 
 async def test_rolling_deploy_under_mixed_load_has_zero_failures(
-        fleet: Fleet, deploy_gateway: Any, http: aiohttp.ClientSession) -> None:
-    gw = await deploy_gateway(fleet.urls, deploy={
+        fleet: Fleet, gateway: Any, http: aiohttp.ClientSession) -> None:
+    gw = await gateway(fleet.urls, deploy={
         "command": redeploy_command(fleet.run_dir), "bake_time": "500ms",
         "node_timeout": "20s", "drain_timeout": "5s"}, min_healthy="75%")
     old_pids = fleet.pids()
@@ -172,8 +153,8 @@ async def test_rolling_deploy_under_mixed_load_has_zero_failures(
 
 
 async def test_a_failing_new_version_rolls_back_with_zero_failures(
-        fleet: Fleet, deploy_gateway: Any, http: aiohttp.ClientSession) -> None:
-    gw = await deploy_gateway(fleet.urls, deploy={
+        fleet: Fleet, gateway: Any, http: aiohttp.ClientSession) -> None:
+    gw = await gateway(fleet.urls, deploy={
         "command": redeploy_command(fleet.run_dir, "--fail-health-on", "node-2@v2"),
         "bake_time": "300ms", "node_timeout": "3s", "drain_timeout": "5s"})
     load = MixedLoad(http, gw.traffic_url)
@@ -197,9 +178,9 @@ async def test_a_failing_new_version_rolls_back_with_zero_failures(
 
 
 async def test_start_is_refused_when_capacity_or_budget_is_short(
-        backends: Any, deploy_gateway: Any, http: aiohttp.ClientSession) -> None:
+        backends: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
     nodes = await backends(4)
-    gw = await deploy_gateway([b.url for b in nodes], min_healthy=3,
+    gw = await gateway([b.url for b in nodes], min_healthy=3,
                               slo={"target": "99%"},
                               deploy={"command": ["true"], "verify_version": False,
                                       "bake_time": "0ms", "min_error_budget": "50%"})
@@ -226,10 +207,10 @@ async def test_start_is_refused_when_capacity_or_budget_is_short(
     assert record["status"] == "succeeded"
 
 
-async def test_abort_in_the_middle_rolls_back(backends: Any, deploy_gateway: Any,
+async def test_abort_in_the_middle_rolls_back(backends: Any, gateway: Any,
                                               http: aiohttp.ClientSession) -> None:
     nodes = await backends(3)
-    gw = await deploy_gateway([b.url for b in nodes], deploy={
+    gw = await gateway([b.url for b in nodes], deploy={
         "command": ["true"], "verify_version": False, "bake_time": "30s"})
     async with http.post(f"{gw.admin_url}/deploys", json={"version": "v2"},
                          headers=auth()) as resp:
@@ -254,7 +235,7 @@ async def test_a_restart_mid_deploy_is_reported_and_can_be_resumed(
     command = [sys.executable, "-c", "import pathlib,sys,time\n"
                f"p=pathlib.Path({str(marker)!r})\n"
                "while not p.exists(): time.sleep(0.05)"]
-    config = make_config([b.url for b in nodes], tmp_path / "state", health=FAST_HEALTH,
+    config = make_config([b.url for b in nodes], tmp_path / "state",
                          deploy={"command": command, "verify_version": False,
                                  "bake_time": "0ms"})
     first = Gateway(config)
@@ -284,7 +265,7 @@ async def test_a_restart_mid_deploy_is_reported_and_can_be_resumed(
             "gate", "drain", "action", "verify"]
 
 
-async def test_webhook_action_with_retries(backends: Any, deploy_gateway: Any,
+async def test_webhook_action_with_retries(backends: Any, gateway: Any,
                                            http: aiohttp.ClientSession) -> None:
     from aiohttp import web
     calls: Counter[str] = Counter()
@@ -305,7 +286,7 @@ async def test_webhook_action_with_retries(backends: Any, deploy_gateway: Any,
     try:
         nodes = await backends(2)
         port = runner.addresses[0][1]
-        gw = await deploy_gateway([b.url for b in nodes], deploy={
+        gw = await gateway([b.url for b in nodes], deploy={
             "webhook": {"url": f"http://127.0.0.1:{port}/deploy"}, "verify_version": False,
             "bake_time": "0ms"})
         record = await gw.deploys.begin("v2")

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import TOKEN, NodeProcess, auth, config_dict, spawn_node
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.processes import free_port
+from tests.conftest import TOKEN, NodeProcess, auth, config_dict
 
 
 class GatewayProcess:
@@ -53,8 +47,9 @@ class GatewayProcess:
 
 
 @pytest.fixture
-def crash_setup(tmp_path: Path) -> Iterator[tuple[NodeProcess, GatewayProcess, str, str]]:
-    node = spawn_node("node-1")
+def crash_setup(tmp_path: Path, node_processes: Callable[..., list[NodeProcess]],
+                ) -> Iterator[tuple[NodeProcess, GatewayProcess, str, str]]:
+    [node] = node_processes(1)
     traffic, admin = free_port(), free_port()
     data = config_dict([node.url], tmp_path / "state")
     data.update({"listen": f"127.0.0.1:{traffic}",
@@ -67,10 +62,6 @@ def crash_setup(tmp_path: Path) -> Iterator[tuple[NodeProcess, GatewayProcess, s
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     yield node, gateway, f"http://127.0.0.1:{traffic}", f"http://127.0.0.1:{admin}"
     gateway.stop()
-    node.proc.kill()
-    node.proc.wait()
-    if node.proc.stdout is not None:
-        node.proc.stdout.close()
 
 
 async def ready(http: aiohttp.ClientSession, admin: str) -> None:

@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import aiohttp
 import pytest
 import yaml
 
+from bench.processes import free_port
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,13 +314,6 @@ async def test_scrape_exports_every_metric_the_rules_and_dashboard_read(
 
 
 # -- a real Prometheus ---------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 @dataclass
 class Prometheus:

@@ -39,7 +39,6 @@ from gateway.slo import DAY
 from monitor.incident.tracker import RESOLVED, Incident
 from tests.conftest import auth, require_tool, wait_for
 
-FAST = {"interval": "100ms", "unhealthy_interval": "100ms", "timeout": "500ms", "jitter": 0}
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--mute-audio")
@@ -219,7 +218,7 @@ def browser(tmp_path: Path) -> Browser:
 async def fleet(backends: Any, gateway: Any, count: int = 3, version: str = "v3.1.4",
                 **config: Any) -> tuple[list[Any], Gateway]:
     nodes = await backends(count, version=version)
-    gw = await gateway([b.url for b in nodes], health=FAST, **config)
+    gw = await gateway([b.url for b in nodes], **config)
     await wait_for(lambda: all(n.state is NodeState.HEALTHY for n in gw.cluster), timeout=5,
                    what="every node HEALTHY")
     return nodes, gw
