@@ -18,7 +18,7 @@ from gateway.clock import FakeClock
 from gateway.maintenance_mode import Phase
 from gateway.node import NodeState
 from gateway.queue.store import DONE, QUEUED, Entry, QueueFull, SqliteQueue
-from monitor.maintenance.schedule import ACTIVE, CANCELLED, ENDED, SCHEDULED, Schedule
+from monitor.maintenance.schedule import ACTIVE, CANCELLED, ENDED, SCHEDULED, Schedule, iso
 from tests.conftest import auth, wait_for
 
 HOUR, DAY = 3600.0, 86400.0
@@ -60,6 +60,12 @@ def test_schedule_announces_at_lead_times_then_starts_and_ends() -> None:
     run()
     assert seen[-1][0] == "end" and window.status == ENDED
     assert [k for k, _, _ in seen] == ["announce", "announce", "announce", "start", "end"]
+
+
+def test_window_times_are_rfc3339_for_any_year() -> None:
+    assert iso(1_800_000_000.5) == "2027-01-15T08:00:00Z"
+    # Found by the OpenAPI fuzzer: a window from year 6 was shown as "6-10-01T00:00:01Z".
+    assert iso(-61954243199.0) == "0006-10-01T00:00:01Z"
 
 
 def test_late_scheduling_skips_stale_reminders_and_cancel_needs_scheduled() -> None:
