@@ -11,7 +11,6 @@ run; the inputs it found are kept below as explicit regression cases.
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from collections.abc import Callable
@@ -41,61 +40,35 @@ BASE = 'admin: {token: t}\nnodes: [{name: node-1, url: "http://127.0.0.1:9601"}]
 
 @dataclass(frozen=True)
 class KnownBug:
-    """An input that raised something other than ConfigError, and how to recognise the same
-    bug when the fuzzers run into it again."""
+    """An input that raised something other than ConfigError before it was fixed."""
 
     name: str
     text: str
-    kind: type[BaseException]
-    message: str = ""
-
-    def matches(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.kind) and re.search(self.message, str(exc)) is not None
-
-    def present(self) -> bool:
-        try:
-            parse_config(self.text, "<fuzz>", ENV)
-        except ConfigError:
-            return False
-        except BaseException as exc:  # any other exception is the bug
-            return self.matches(exc)
-        return False
 
 
 KNOWN_BUGS = [
-    KnownBug("nodes that are not a list", "admin: {token: t}\nnodes: 5\n", TypeError,
-             "is not iterable"),
-    KnownBug("a size too large for a float", BASE + f'limits: {{max_body: "{"9" * 400}KB"}}\n',
-             OverflowError, "cannot convert float infinity"),
-    KnownBug("an integer too large for a float ratio", BASE + f"panic_threshold: {'9' * 400}\n",
-             OverflowError, "too large to convert to float"),
-    KnownBug("an integer too large for a float", BASE + f"incidents: {{fast_burn: {'9' * 400}}}\n",
-             OverflowError, "too large to convert to float"),
-    KnownBug("an integer over 4300 digits", BASE + f"x: {'1' * 5000}\n", ValueError,
-             "Exceeds the limit"),
-    KnownBug("a YAML alias inside itself", BASE + "x: &a [*a]\n", RecursionError),
+    KnownBug("nodes that are not a list", "admin: {token: t}\nnodes: 5\n"),
+    KnownBug("a size too large for a float", BASE + f'limits: {{max_body: "{"9" * 400}KB"}}\n'),
+    KnownBug("an integer too large for a float ratio", BASE + f"panic_threshold: {'9' * 400}\n"),
+    KnownBug("an integer too large for a float",
+             BASE + f"incidents: {{fast_burn: {'9' * 400}}}\n"),
+    KnownBug("an integer over 4300 digits", BASE + f"x: {'1' * 5000}\n"),
+    KnownBug("a YAML alias inside itself", BASE + "x: &a [*a]\n"),
     KnownBug("a mapping alias inside itself", "admin: {token: t}\nhealth: &h {headers: *h}\n"
-             'nodes: [{name: a, url: "http://127.0.0.1:1"}]\n', RecursionError),
-    KnownBug("deeply nested YAML", BASE + "x: " + "[" * 1000 + "]" * 1000 + "\n",
-             RecursionError),
+             'nodes: [{name: a, url: "http://127.0.0.1:1"}]\n'),
+    KnownBug("deeply nested YAML", BASE + "x: " + "[" * 1000 + "]" * 1000 + "\n"),
     KnownBug("a regular expression nested too deeply",
-             BASE + 'health: {body_match: "' + "(" * 5000 + ")" * 5000 + '"}\n', RecursionError),
+             BASE + 'health: {body_match: "' + "(" * 5000 + ")" * 5000 + '"}\n'),
     KnownBug("a regular expression repeat too large",
-             BASE + 'health: {body_match: "a{99999999999999999999}"}\n', OverflowError,
-             "repetition number"),
-    KnownBug("a date that does not exist", BASE + "maintenance: {windows: [{start: "
-             "2026-02-30 02:00:00, duration: 1h}]}\n", ValueError, "out of range for month"),
-    KnownBug("!!int on text that is no number", BASE + "x: !!int --\n", ValueError,
-             "invalid literal for int"),
-    KnownBug("!!float on text that is no number", BASE + "x: !!float abc\n", ValueError,
-             "could not convert string to float"),
-    KnownBug("!!float on nothing", BASE + "x: !!float\n", IndexError),
-    KnownBug("!!bool on another word", BASE + "x: !!bool maybe\n", KeyError),
-    KnownBug("!!timestamp on other text", BASE + "x: !!timestamp soon\n", AttributeError),
+             BASE + 'health: {body_match: "a{99999999999999999999}"}\n'),
+    KnownBug("a date that does not exist",
+             BASE + "maintenance: {windows: [{start: 2026-02-30 02:00:00, duration: 1h}]}\n"),
+    KnownBug("!!int on text that is no number", BASE + "x: !!int --\n"),
+    KnownBug("!!float on text that is no number", BASE + "x: !!float abc\n"),
+    KnownBug("!!float on nothing", BASE + "x: !!float\n"),
+    KnownBug("!!bool on another word", BASE + "x: !!bool maybe\n"),
+    KnownBug("!!timestamp on other text", BASE + "x: !!timestamp soon\n"),
 ]
-#: While a bug is present the fuzzers note its inputs instead of failing on them again (its
-#: regression case below covers it); once it is fixed they are strict about it too.
-PRESENT = [bug for bug in KNOWN_BUGS if bug.present()]
 
 
 @pytest.mark.parametrize("bug", [pytest.param(bug, id=bug.name) for bug in KNOWN_BUGS])
@@ -122,11 +95,6 @@ def check(text: str) -> None:
     except ConfigError as exc:
         assert str(exc).startswith("<fuzz>"), str(exc)
         event("ConfigError")
-    except BaseException as exc:
-        known = next((bug for bug in PRESENT if bug.matches(exc)), None)
-        if known is None:
-            raise
-        event(f"known bug: {known.name}")
     else:
         event("loaded")
 
@@ -330,9 +298,6 @@ def test_value_parsers_raise_only_value_error(parse: Callable[[object], object],
     except ValueError as exc:
         # The builder turns ValueError into ConfigError; this is what it would show.
         assert str(exc)
-    except BaseException as exc:
-        if not any(bug.matches(exc) for bug in PRESENT):
-            raise
 
 
 @FUZZ
