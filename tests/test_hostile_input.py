@@ -27,7 +27,7 @@ import pytest
 from aiohttp import http_parser, web_protocol
 
 from monitor.incident.tracker import Incident
-from tests.conftest import auth, wait_for
+from tests.conftest import auth, missing, wait_for
 
 # -- a raw HTTP/1.1 client --------------------------------------------------------------------
 
@@ -181,7 +181,7 @@ def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "llhttp":
         parser_c = getattr(http_parser, "HttpRequestParserC", None)
         if parser_c is None:
-            pytest.skip("aiohttp runs without its C extensions")
+            missing("aiohttp runs without its C extensions (the llhttp parser)")
         monkeypatch.setattr(web_protocol, "HttpRequestParser", parser_c)
     else:
         monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)

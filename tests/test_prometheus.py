@@ -428,7 +428,6 @@ async def poll(session: aiohttp.ClientSession, server: Prometheus, expr: str,
 
 async def test_prometheus_scrapes_the_gateway_and_computes_the_sli(
         backends: Any, gateway: Any, prometheus_server: Any) -> None:
-    require_tool("prometheus")
     [node] = await backends(1)
     # A known share of 500s that reach the client: no retries (500 is not retried by
     # default anyway), no outlier ejection. The client counts what it saw.
