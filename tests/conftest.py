@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,6 +66,28 @@ class Backend:
         await self.runner.cleanup()
 
 
+async def start_app(app: web.Application) -> web.AppRunner:
+    """Serve ``app`` on 127.0.0.1 at an ephemeral port (``runner.addresses[0][1]``)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    """``url = await serve(app)``: an aiohttp app on loopback, cleaned up after the test."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runners.append(runner := await start_app(app))
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def backends() -> AsyncIterator[Callable[..., Any]]:
     started: list[Backend] = []
@@ -74,10 +96,7 @@ async def backends() -> AsyncIterator[Callable[..., Any]]:
         out = []
         for _i in range(count):
             name = f"{prefix}-{len(started) + 1}"
-            runner = web.AppRunner(build_backend(name, version), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
+            runner = await start_app(build_backend(name, version))
             backend = Backend(name, runner.addresses[0][1], runner)
             started.append(backend)
             out.append(backend)
@@ -165,6 +184,20 @@ def config_dict(urls: list[str], state_dir: Path, **overrides: Any) -> dict[str,
 
 def make_config(urls: list[str], state_dir: Path, **overrides: Any) -> GatewayConfig:
     return parse_config(yaml.safe_dump(config_dict(urls, state_dir, **overrides)), "<test>")
+
+
+def write_cli_config(path: Path, urls: list[str], admin_port: int) -> dict[str, Any]:
+    """A config file for the ``hagw`` CLI, pointing at the admin listener on ``admin_port``."""
+    data = config_dict(urls, path.parent)
+    data["admin"]["listen"] = f"127.0.0.1:{admin_port}"
+    path.write_text(yaml.safe_dump(data))
+    return data
+
+
+def hagw(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as an operator would (blocking: call it through asyncio.to_thread)."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args, "-c", str(config)],
+                          capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture

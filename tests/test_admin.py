@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import TOKEN, auth, config_dict
+from tests.conftest import TOKEN, auth, hagw, write_cli_config
 
 
 @pytest.mark.parametrize(("headers", "status"), [
@@ -87,18 +86,11 @@ async def test_deploy_held_nodes_need_force_to_undrain(backends: Any, gateway: A
         assert resp.status == 200
 
 
-def hagw(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "-c", str(config)],
-                          capture_output=True, text=True, timeout=30)
-
-
 async def test_cli_nodes_drain_undrain(backends: Any, gateway: Any, tmp_path: Path) -> None:
     nodes = await backends(2)
     gw = await gateway([b.url for b in nodes])
-    data = config_dict([b.url for b in nodes], tmp_path)
-    data["admin"]["listen"] = f"127.0.0.1:{gw.admin_address[1]}"
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(data))
+    data = write_cli_config(config, [b.url for b in nodes], gw.admin_address[1])
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return hagw(*args, config=config)
@@ -124,9 +116,7 @@ async def test_cli_nodes_drain_undrain(backends: Any, gateway: Any, tmp_path: Pa
 
 
 def test_cli_reports_an_unreachable_gateway(tmp_path: Path) -> None:
-    data = config_dict(["http://127.0.0.1:1"], tmp_path)
-    data["admin"]["listen"] = "127.0.0.1:1"
     config = tmp_path / "g.yaml"
-    config.write_text(yaml.safe_dump(data))
+    write_cli_config(config, ["http://127.0.0.1:1"], 1)
     result = hagw("nodes", config=config)
     assert result.returncode == 1 and "cannot reach the admin API" in result.stderr

@@ -265,7 +265,7 @@ async def test_a_restart_mid_deploy_is_reported_and_can_be_resumed(
             "gate", "drain", "action", "verify"]
 
 
-async def test_webhook_action_with_retries(backends: Any, gateway: Any,
+async def test_webhook_action_with_retries(backends: Any, gateway: Any, serve: Any,
                                            http: aiohttp.ClientSession) -> None:
     from aiohttp import web
     calls: Counter[str] = Counter()
@@ -279,21 +279,13 @@ async def test_webhook_action_with_retries(backends: Any, gateway: Any,
 
     app = web.Application()
     app.router.add_post("/deploy", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        nodes = await backends(2)
-        port = runner.addresses[0][1]
-        gw = await gateway([b.url for b in nodes], deploy={
-            "webhook": {"url": f"http://127.0.0.1:{port}/deploy"}, "verify_version": False,
-            "bake_time": "0ms"})
-        record = await gw.deploys.begin("v2")
-        final = await wait_deploy(http, gw, record.id)
-        assert final["status"] == "succeeded"
-        assert calls == {"node-1": 2, "node-2": 2}
-        assert "attempt failed: webhook answered HTTP 503" in \
-            final["nodes"]["node-1"]["steps"][2]["output"]
-    finally:
-        await runner.cleanup()
+    url = await serve(app)
+    nodes = await backends(2)
+    gw = await gateway([b.url for b in nodes], deploy={
+        "webhook": {"url": f"{url}/deploy"}, "verify_version": False, "bake_time": "0ms"})
+    record = await gw.deploys.begin("v2")
+    final = await wait_deploy(http, gw, record.id)
+    assert final["status"] == "succeeded"
+    assert calls == {"node-1": 2, "node-2": 2}
+    assert "attempt failed: webhook answered HTTP 503" in \
+        final["nodes"]["node-1"]["steps"][2]["output"]

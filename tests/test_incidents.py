@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from gateway.clock import FakeClock
 from gateway.config.schema import IncidentConfig
 from monitor.incident.report import render
 from monitor.incident.tracker import IncidentTracker
-from tests.conftest import auth, config_dict, spawn_node, wait_for
+from tests.conftest import auth, hagw, spawn_node, wait_for, write_cli_config
 
 FAST = {"interval": "100ms", "unhealthy_interval": "100ms", "timeout": "300ms",
         "healthy_threshold": 2, "unhealthy_threshold": 2, "jitter": 0}
@@ -120,14 +117,9 @@ async def test_killing_two_of_three_nodes_opens_an_incident_that_closes_on_recov
         assert any(e.kind == "incident.opened" for e in gw.events.since())
 
         # The CLI prints the same review, and the record survived as JSON in state_dir.
-        data = config_dict([p.url for p in procs], tmp_path)
-        data["admin"]["listen"] = f"127.0.0.1:{gw.admin_address[1]}"
         config = tmp_path / "g.yaml"
-        config.write_text(yaml.safe_dump(data))
-        result = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "gateway", "incident", "report",
-                             incident.id, "-c", str(config)], capture_output=True, text=True,
-            timeout=30)
+        write_cli_config(config, [p.url for p in procs], gw.admin_address[1])
+        result = await asyncio.to_thread(hagw, "incident", "report", incident.id, config=config)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"# Post-incident review: {incident.title}")
     finally:

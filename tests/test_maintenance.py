@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -311,16 +310,11 @@ class HookServer:
 
 
 @pytest.fixture
-async def hooks() -> AsyncIterator[tuple[HookServer, str]]:
+async def hooks(serve: Any) -> tuple[HookServer, str]:
     server = HookServer()
     app = web.Application()
     app.router.add_post("/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield server, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    return server, await serve(app)
 
 
 async def test_announcements_arrive_at_the_right_times(

@@ -112,20 +112,13 @@ async def test_every_admin_route_is_documented_and_vice_versa(live: Gateway) -> 
     assert documents - routes == set(), "documented but not registered"
 
 
-async def test_the_document_is_served(http: aiohttp.ClientSession) -> None:
+async def test_the_document_is_served(http: aiohttp.ClientSession, serve: Any) -> None:
     app = web.Application()
     openapi.add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with http.get(f"{url}{openapi.PATH}") as resp:
-            assert resp.status == 200 and resp.content_type == "application/json"
-            served = await resp.json()
-    finally:
-        await runner.cleanup()
+    url = await serve(app)
+    async with http.get(f"{url}{openapi.PATH}") as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        served = await resp.json()
     assert served["servers"] == [{"url": url, "description": "This admin listener"}]
     assert {**served, "servers": None} == {**openapi.document(), "servers": None}
 
