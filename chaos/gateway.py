@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,26 @@ def operator_config(nodes: list[Node], *, traffic_port: int, admin_port: int,
     }
 
 
+def defaults_config(nodes: list[Node], *, traffic_port: int, admin_port: int,
+                    state_dir: Path, deploy_command: list[str]) -> dict[str, Any]:
+    """The documented defaults, with only what the comparison on defaults sets: health
+    checks every 500 ms with a 1 s timeout and thresholds of 2, a 1 s connect and a 3 s
+    request timeout (the settings nginx and haproxy get in chaos/peers)."""
+    return {
+        "listen": f"127.0.0.1:{traffic_port}",
+        "admin": {"listen": f"127.0.0.1:{admin_port}", "token": TOKEN},
+        "nodes": [{"name": n.name, "url": n.url} for n in nodes],
+        "health": {"interval": "500ms", "timeout": "1s", "healthy_threshold": 2,
+                   "unhealthy_threshold": 2},
+        "timeouts": {"connect": "1s", "request": "3s"},
+        "state_dir": str(state_dir),
+        "log_level": "warning",
+    }
+
+
+ConfigBuilder = Callable[..., dict[str, Any]]
+
+
 def describe(config: dict[str, Any]) -> list[str]:
     """The tuned keys, one line each, for the scenario output."""
     keys = ("balancer", "timeouts", "retries", "outlier_detection", "health", "warning",
@@ -104,8 +125,10 @@ class Admin:
 
 class GatewayProcess:
     def __init__(self, procs: ProcessGroup, workdir: Path, http: aiohttp.ClientSession,
-                 nodes: list[Node], deploy_command: list[str]) -> None:
+                 nodes: list[Node], deploy_command: list[str],
+                 config: ConfigBuilder = operator_config) -> None:
         self.procs = procs
+        self.build_config = config
         self.workdir = workdir
         self.nodes = nodes
         self.deploy_command = deploy_command
@@ -120,10 +143,10 @@ class GatewayProcess:
     def _configure(self) -> None:
         """Pick ports and write the config (the nodes' ports are final by now)."""
         self.traffic_port, self.admin_port = free_port(), free_port()
-        self.config = operator_config(self.nodes, traffic_port=self.traffic_port,
-                                      admin_port=self.admin_port,
-                                      state_dir=self.workdir / "state",
-                                      deploy_command=self.deploy_command)
+        self.config = self.build_config(self.nodes, traffic_port=self.traffic_port,
+                                        admin_port=self.admin_port,
+                                        state_dir=self.workdir / "state",
+                                        deploy_command=self.deploy_command)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.admin.url = self.admin_url
 

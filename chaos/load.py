@@ -107,6 +107,12 @@ class MixedLoad:
         if self._session is not None:
             await self._session.close()
 
+    async def exhausted(self, timeout: float) -> None:
+        """Until the schedule has sent ``max_requests`` (or ``timeout`` passed)."""
+        if self._pacer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pacer), timeout)
+
     def achieved_rate(self) -> float:
         end = self.stopped_at or time.monotonic()
         return self.sent / max(1e-9, end - self.started_at)

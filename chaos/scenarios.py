@@ -20,8 +20,9 @@ from typing import Any
 
 import aiohttp
 
-from chaos import netem
+from chaos import netem, peers
 from chaos.analysis import (
+    NODE_LOSS,
     Check,
     Tally,
     no_duplicated_writes,
@@ -30,6 +31,7 @@ from chaos.analysis import (
     no_lost_writes,
     posts_fail_only_in_flight,
 )
+from chaos.gateway import defaults_config, operator_config
 from chaos.report import ScenarioResult
 from chaos.settings import Settings
 from chaos.stage import Stage
@@ -44,6 +46,11 @@ class Scenario:
     run: Callable[[Stage], Awaitable[None]]
     #: Needs a test host in a network namespace with tc netem.
     netns: bool = False
+    #: hagw, or a peer (nginx, haproxy) in front of the same fleet.
+    proxy: str = "hagw"
+    #: hagw on its documented defaults (chaos.gateway.defaults_config), not the operator
+    #: config; the load then sends exactly ``Settings.compare_requests``.
+    defaults: bool = False
 
 
 class Skip(Exception):
@@ -165,6 +172,70 @@ async def warn(stage: Stage) -> None:
     t = await stage.finish()
     stage.checks += [no_failed_gets(t), no_failed_posts(t)]
     _correctness(stage, t)
+
+
+# -- hagw on its defaults, beside nginx and haproxy -------------------------------------------
+
+#: Each node's own latency in the comparisons on defaults.
+NODE_LATENCY_MS = 20
+
+
+def _on_defaults(fault: str, proxy: str) -> Callable[[Stage], Awaitable[None]]:
+    """The issue's setup: three nodes answering in 20 ms, 400 req/s open loop with 30%
+    POSTs and no Idempotency-Key, one node SIGSTOPped (or SIGKILLed) for the fault phase;
+    the same fleet, load and fault for hagw on its defaults, nginx and haproxy."""
+
+    async def run(stage: Stage) -> None:
+        await stage.open()
+        for node in stage.fleet.nodes:
+            await stage.fleet.fault(node, latency_ms=NODE_LATENCY_MS)
+        await stage.warm_up()
+        victim = stage.node(VICTIM)
+        if fault == "hang":
+            at = stage.fleet.freeze(victim)
+            stage.mark(f"SIGSTOP {VICTIM}")
+            await stage.hold(stage.settings.duration)
+            restored = stage.fleet.thaw(victim)
+            stage.mark(f"SIGCONT {VICTIM}")
+        else:
+            at = await stage.fleet.kill(victim)
+            stage.mark(f"SIGKILL {VICTIM}")
+            await stage.hold(stage.settings.duration)
+            await stage.fleet.start(victim)
+            await stage.fleet.fault(victim, latency_ms=NODE_LATENCY_MS)
+            restored = stage.mark(f"{VICTIM} restarted")
+        stage.node_window(f"{VICTIM} {fault}", VICTIM, at, restored,
+                          signatures=(*NODE_LOSS, "status 502", "status 504"),
+                          note=proxy == "hagw")
+        await stage.run_out(stage.settings.wait_timeout * 2)
+        t = await stage.finish()
+        failed = t.failed_get + t.failed_post
+        p99_all = _p99_all(stage)
+        stage.notes.insert(0, f"{failed} failed of {t.requests} ({t.failed_get} GET, "
+                           f"{t.failed_post} POST); {t.duplicates} POST(s) a node ran twice; "
+                           f"p99 over all requests {p99_all * 1000:.0f} ms")
+        if proxy != "hagw":
+            return  # a reference row: figures only
+        stage.checks.append(no_failed_gets(t))
+        stage.checks.append(posts_fail_only_in_flight(t))
+        stage.checks.append(no_duplicated_writes(t))
+        if fault == "hang":
+            # The failures come from the first moment of the stall, however long the run.
+            stage.checks.append(Check("at most 5 failed requests", failed <= 5,
+                                      f"{failed} failed of {t.requests}"))
+            stage.checks.append(Check("p99 over all requests under 3 s", p99_all < 3.0,
+                                      f"{p99_all * 1000:.0f} ms"))
+        stage.checks.append(no_lost_writes(t))
+
+    return run
+
+
+def _p99_all(stage: Stage) -> float:
+    """The 99th percentile over every request, failed ones included."""
+    values = list(stage.load.latencies) + [o.done - o.sent for o in stage.load.outcomes
+                                           if o.failure]
+    values.sort()
+    return values[min(len(values) - 1, int(0.99 * len(values)))] if values else 0.0
 
 
 # -- whole-fleet faults and deploys ---------------------------------------------------------
@@ -442,6 +513,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              gateway_kill_drain),
     Scenario("gateway-kill-deploy", "gateway SIGKILLed mid-deploy, then the deploy resumed",
              gateway_kill_deploy),
+    *(Scenario(f"defaults-{fault}{'' if proxy == 'hagw' else '-' + proxy}",
+               f"{proxy}{' on its defaults' if proxy == 'hagw' else ''}: one of three 20 ms "
+               f"nodes {'SIGSTOPped' if fault == 'hang' else 'SIGKILLed'}",
+               _on_defaults(fault, proxy), proxy=proxy, defaults=True)
+      for fault in ("hang", "kill") for proxy in ("hagw", "nginx", "haproxy")),
     Scenario("netem-loss", "20% packet loss to one node (tc netem, network namespace)",
              netem_loss, netns=True),
     Scenario("netem-partition", "a partition between the gateway and one node (tc netem)",
@@ -465,7 +541,13 @@ async def run_scenario(scenario: Scenario, settings: Settings, http: aiohttp.Cli
                 raise Skip(reason)
             host = netem.NetnsHost(1)
             await asyncio.to_thread(host.create)
-        stage = Stage(settings, scenario.name, http, root, netns=host)
+        if scenario.proxy != "hagw" and peers.binary(scenario.proxy) is None:
+            if settings.ci:
+                raise RuntimeError(f"{scenario.proxy} is not installed (.ci/run installs it)")
+            raise Skip(f"{scenario.proxy} is not installed")
+        stage = Stage(settings, scenario.name, http, root, netns=host, proxy=scenario.proxy,
+                      config=defaults_config if scenario.defaults else operator_config,
+                      max_requests=settings.compare_requests if scenario.defaults else None)
         await scenario.run(stage)
         if stage.tally is None:
             raise RuntimeError("the scenario ended without counting (stage.finish)")

@@ -18,10 +18,11 @@ import aiohttp
 
 from chaos.analysis import GATEWAY_LOSS, NODE_LOSS, Check, FaultWindow, Tally, tally
 from chaos.fleet import Fleet, Node
-from chaos.gateway import GatewayProcess
+from chaos.gateway import ConfigBuilder, GatewayProcess, operator_config
 from chaos.ledger import Ledger
 from chaos.load import LoadConfig, MixedLoad
 from chaos.netem import NetnsHost
+from chaos.peers import PEERS, PeerProcess
 from chaos.processes import ProcessGroup
 from chaos.settings import Settings
 from chaos.watch import RotationWatch
@@ -29,7 +30,9 @@ from chaos.watch import RotationWatch
 
 class Stage:
     def __init__(self, settings: Settings, name: str, http: aiohttp.ClientSession,
-                 root: Path, *, nodes: int = 3, netns: NetnsHost | None = None) -> None:
+                 root: Path, *, nodes: int = 3, netns: NetnsHost | None = None,
+                 proxy: str = "hagw", config: ConfigBuilder = operator_config,
+                 max_requests: int | None = None) -> None:
         self.settings = settings
         self.name = name
         self.http = http
@@ -52,11 +55,17 @@ class Stage:
                           str(self.ledger.hook_dir), "--run-dir", str(self.fleet.run_dir),
                           "{node}", "{url}", "{version}"]
         self.gateway = GatewayProcess(self.procs, self.workdir, http, self.fleet.nodes,
-                                      deploy_command)
+                                      deploy_command, config)
+        #: nginx or haproxy instead of hagw, for the comparisons on defaults.
+        self.peer = (PeerProcess(proxy, self.procs, self.workdir, self.fleet.nodes)
+                     if proxy in PEERS else None)
         self.admin = self.gateway.admin
         self.watch = RotationWatch(self.admin)
         tag = f"{name}-{time.strftime('%H%M%S')}"
-        self.load = MixedLoad(self.gateway.traffic_url, tag, LoadConfig(rate=settings.rate))
+        load = LoadConfig(rate=settings.rate)
+        if max_requests is not None:
+            load.max_requests = max_requests
+        self.load = MixedLoad(self.gateway.traffic_url, tag, load)
         self.t0 = time.monotonic()
         self.timeline: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
@@ -70,6 +79,11 @@ class Stage:
     async def open(self) -> None:
         await self.fleet.start_all()
         self.mark(f"{len(self.fleet.nodes)} nodes up")
+        if self.peer is not None:
+            await self.peer.start()
+            self.load.base = self.peer.traffic_url
+            self.mark(f"{self.peer.peer} up in front of them")
+            return
         await self.gateway.start()
         self.load.base = self.gateway.traffic_url
         self.watch.start()
@@ -130,6 +144,11 @@ class Stage:
         return killed, ready
 
     # -- the end -----------------------------------------------------------------------
+
+    async def run_out(self, timeout: float) -> None:
+        """Until the load has sent its ``max_requests`` (bounded by ``timeout``)."""
+        await self.load.exhausted(timeout)
+        self.mark(f"load sent its {self.load.sent} requests")
 
     async def stop_load(self) -> None:
         """Stop sending and wait for the requests still in flight."""

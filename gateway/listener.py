@@ -90,6 +90,7 @@ class GuardedRequestHandler(RequestHandler):
         if isinstance(exc, LineTooLong) or (
                 isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
             status = 431
+        _answer_as_http11(request)
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         # Hostile or broken input is routine at the edge: log it quietly, answer in JSON.
@@ -100,6 +101,15 @@ class GuardedRequestHandler(RequestHandler):
                                 content_type="application/json")
         response.force_close()
         return response
+
+
+def _answer_as_http11(request: BaseRequest) -> None:
+    """aiohttp writes an answer's status line in the request's version: HTTP/1.0 for a
+    request it could not parse, HTTP/2.0 for an HTTP/2.0 request line. RFC 9112 §2.3:
+    answer in the highest version we support, up to the request's major version, which
+    for an unparsed or HTTP/2 request is HTTP/1.1 (what nginx and haproxy send too)."""
+    request._version = HttpVersion11
+    request._cache.pop("version", None)  # BaseRequest.version is a cached property
 
 
 def _refusal(status: int, error: str, message: str) -> web.Response:
@@ -115,6 +125,7 @@ def screen(request: BaseRequest) -> web.Response | None:
     """Requests a reverse proxy must refuse before routing, whatever the parser let through."""
     version = request.version
     if version not in (HttpVersion10, HttpVersion11):
+        _answer_as_http11(request)
         return _refusal(505, "http_version_not_supported",
                         f"HTTP/{version.major}.{version.minor} is not supported; use HTTP/1.1")
     if request.method == "CONNECT":

@@ -234,6 +234,14 @@ class Metrics:
         self.admission_refused = Counter(
             "hagw_admission_refused", "Requests refused at the door: rate_limit (429) or shed "
             "(503, the gateway's concurrency limit)", ["reason"], registry=registry)
+        self.stalls = Counter(
+            "hagw_upstream_stalls", "Nodes declared stalled by stall detection (no answer "
+            "long past their own latency while other nodes answered)", ["node"],
+            registry=registry)
+        self.hedges = Counter(
+            "hagw_upstream_hedges", "Idempotent requests also sent to a second node, by the "
+            "node that held them and why (stall, per_try_timeout)", ["node", "reason"],
+            registry=registry)
         self.retry_budget_exhausted = Counter(
             "hagw_retry_budget_exhausted", "Retries skipped because the retry budget was spent",
             registry=registry)

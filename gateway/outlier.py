@@ -29,27 +29,54 @@ class OutlierDetector:
                 and node.gateway_failures >= self.config.consecutive_failures):
             self._eject(node, what)
 
-    def _eject(self, node: Node, what: str) -> None:
+    def stalled(self, node: Node, reason: str) -> bool:
+        """Stall detection found ``node`` silent while others answer: eject it now, within
+        the ejection cap and without pushing the cluster into panic. True if ejected."""
+        if not self.config.enabled or node.ejected_until is not None:
+            return False
+        refusal = self._refusal(node, panic=True)
+        if refusal is not None:
+            self.cluster.events.record("node.ejection_refused", f"{reason}, but {refusal}",
+                                       node=node.name, level=logging.WARNING)
+            return False
+        self._eject(node, reason, reason)
+        return True
+
+    def _refusal(self, node: Node, *, panic: bool) -> str | None:
+        """Why ``node`` may not be ejected now, or None."""
         cfg = self.config
         nodes = list(self.cluster)
         ejected = sum(1 for n in nodes if n.ejected_until is not None)
         cap = max(1, math.floor(len(nodes) * cfg.max_ejection_percent + 1e-9))
-        count = node.gateway_failures
         if ejected >= cap:
-            node.gateway_failures = 0
-            self.cluster.events.record(
-                "node.ejection_refused", f"{count} consecutive gateway failures ({what}), but "
-                f"{ejected} of {len(nodes)} nodes are ejected already "
-                f"(max_ejection_percent={cfg.max_ejection_percent:.0%})",
-                node=node.name, level=logging.WARNING)
-            return
+            return (f"{ejected} of {len(nodes)} nodes are ejected already "
+                    f"(max_ejection_percent={cfg.max_ejection_percent:.0%})")
+        threshold = self.cluster.config.panic_threshold
+        primaries = [n for n in nodes if not n.config.backup]
+        serving = sum(1 for n in primaries if n.serving and n is not node)
+        if panic and threshold > 0 and primaries and serving / len(primaries) < threshold:
+            return (f"ejecting it would leave {serving} of {len(primaries)} serving, below "
+                    f"panic_threshold={threshold:.0%}")
+        return None
+
+    def _eject(self, node: Node, what: str, detail: str | None = None) -> None:
+        cfg = self.config
+        count = node.gateway_failures
+        if detail is None:
+            refusal = self._refusal(node, panic=False)
+            if refusal is not None:
+                node.gateway_failures = 0
+                self.cluster.events.record(
+                    "node.ejection_refused", f"{count} consecutive gateway failures ({what}), "
+                    f"but {refusal}", node=node.name, level=logging.WARNING)
+                return
         now = self.cluster.clock.monotonic()
         # The multiplier resets once a node has stayed in for the longest ejection time.
         ended = node.last_ejection_end
         if ended is not None and now - ended > cfg.max_ejection_time:
             node.ejections = 0
         duration = min(cfg.base_ejection_time * (node.ejections + 1), cfg.max_ejection_time)
-        node.eject(now + duration, f"{count} consecutive gateway failures ({what}); "
-                                   f"ejected for {duration:g}s")
+        why = detail or f"{count} consecutive gateway failures ({what})"
+        node.eject(now + duration, f"{why}; ejected for {duration:g}s")
         for fn in self.on_eject:
             fn(node)

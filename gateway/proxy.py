@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import HttpVersion11 as HTTP11
 from aiohttp import web
@@ -24,6 +24,7 @@ from gateway.listener import screen
 from gateway.node import Node
 from gateway.raw_response import RawResponse
 from gateway.retry import Retryable, RetryBudget, RetryPolicy
+from gateway.stall import Judgement, StallDetector, Verdict
 from gateway.upstream import ConnectionPool, PoolOverflow, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -138,6 +139,9 @@ class Proxy:
     def configure(self, config: GatewayConfig) -> None:
         self.config = config
         self.policy = RetryPolicy(config.retries)
+        self.stall = StallDetector(config.outlier_detection.stall)
+        self.hedge_on_stall = config.retries.hedge_on_stall
+        self.hedge_on_per_try_timeout = config.retries.hedge_on_per_try_timeout
         self.budget.percent = config.retries.budget.percent
         self.budget.min_concurrency = config.retries.budget.min_concurrency
         self.request_timeout = config.timeouts.request
@@ -301,7 +305,7 @@ class Proxy:
         held: Retryable | None = failed if failed.conn is not None else None
         budget = self.budget
         try:
-            if not budget.allows():
+            if not budget.allows(failed.safe):
                 self.gw.metrics.retry_budget_exhausted.inc()
                 return self._give_up(failed, held)
             async for attempt in self.policy.retrying(budget):
@@ -336,16 +340,27 @@ class Proxy:
         assert failed.error is not None
         raise failed.error
 
-    async def _attempt(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
-        gw = self.gw
+    def _choose(self, ex: Exchange) -> Node:
+        """The node for the next try: a replay's preferred node, else the balancer's pick,
+        passing over a node stall detection suspects while another one is available."""
+        cluster = self.gw.cluster
         node = None
         if ex.prefer is not None and not ex.tried:
-            preferred = gw.cluster.get(ex.prefer)
+            preferred = cluster.get(ex.prefer)
             node = preferred if preferred is not None and preferred.serving else None
         if node is None:
-            node = gw.cluster.pick(ex.tried)
+            node = cluster.pick(ex.tried)
+            if node is not None and self.gw.pools[node].signal.suspect:
+                other = cluster.pick([*ex.tried, node])
+                if other is not None and other is not node and other not in ex.tried:
+                    node = other
         if node is None:
             raise NoNode()
+        return node
+
+    async def _attempt(self, ex: Exchange) -> tuple[UpstreamConnection, Node]:
+        gw = self.gw
+        node = self._choose(ex)
         ex.tried.append(node)
         if self.max_node_requests and node.in_flight >= self.max_node_requests:
             # Envoy's max_requests circuit breaker: nothing was sent, so try another node.
@@ -369,7 +384,10 @@ class Proxy:
             # body needs awaiting (one coroutine frame less on the common path).
             if self._send_request(ex, conn, node):
                 await self._stream_body(ex, conn)
-            await conn.read_head(deadline)
+            hedged = await self._wait_head(ex, conn, node, pool, started, deadline)
+            if hedged is not None:
+                return hedged
+            pool.signal.answered(loop.time() - started, loop.time())
             if ex.idempotent and ex.replayable and not conn.complete:
                 # A small answer is read whole before anything reaches the client, so a node
                 # that breaks mid-body is retried like one that broke before answering (not
@@ -425,6 +443,105 @@ class Proxy:
             node.release()
             raise Retryable(node, str(status), conn=conn)
         return conn, node
+
+    # -- stalls and hedging ----------------------------------------------------------------
+
+    def _hedgeable(self, ex: Exchange) -> bool:
+        """May this request be sent to a second node while the first still holds it? Only
+        if repeating it is harmless and its body is in memory. Replayed queue entries are
+        never hedged: their node is on record before each send."""
+        return ex.idempotent and ex.body is not None and ex.before_send is None
+
+    async def _wait_head(self, ex: Exchange, conn: UpstreamConnection, node: Node,
+                         pool: ConnectionPool, started: float,
+                         deadline: float) -> tuple[UpstreamConnection, Node] | None:
+        """Wait for the node's response head, judging its silence on the way (see
+        gateway.stall). None once the head is here; a hedge's winner if one was raced."""
+        signal = pool.signal
+        hedge_on_stall = self.hedge_on_stall and self._hedgeable(ex)
+        per_try_hedge = (self.hedge_on_per_try_timeout and deadline < ex.deadline
+                         and self._hedgeable(ex))
+        check_at = self.stall.first_check(signal, started)
+        wait_until = ex.deadline if per_try_hedge else deadline
+        loop = self.loop or asyncio.get_running_loop()
+        while not await conn.read_head(wait_until, min(check_at, deadline)
+                                       if per_try_hedge else check_at):
+            now = loop.time()
+            if per_try_hedge and now >= deadline:
+                return await self._hedge(ex, conn, node, started, "per_try_timeout")
+            if not signal.stalled:
+                judgement = self._judge(node, pool, started, now)
+                check_at = judgement.recheck
+            if signal.stalled:
+                if hedge_on_stall:
+                    return await self._hedge(ex, conn, node, started, "stall")
+                check_at = float("inf")  # not safe to repeat: wait for its answer
+        return None
+
+    def _judge(self, node: Node, pool: ConnectionPool, started: float, now: float) -> Judgement:
+        gw = self.gw
+        others = [gw.pools[n].signal for n in gw.cluster if n is not node and n.serving
+                  and n in gw.pools]
+        judgement = self.stall.judge(pool.signal, started, now, node.in_flight, others)
+        if judgement.verdict is Verdict.SUSPECT:
+            pool.signal.suspect = True
+        elif judgement.verdict is Verdict.STALLED:
+            pool.signal.suspect = pool.signal.stalled = True
+            gw.metrics.stalls.labels(node.name).inc()
+            gw.outlier.stalled(node, judgement.reason)
+            # Every other request waiting on this node is woken to be hedged too.
+            pool.interrupt_waiting()
+        return judgement
+
+    async def _hedge(self, ex: Exchange, conn: UpstreamConnection, node: Node, started: float,
+                     why: str) -> tuple[UpstreamConnection, Node] | None:
+        """Race the try that ``node`` holds against a second try on another node; the first
+        answer wins, the other try is cancelled and its connection discarded. None when the
+        held try answered first (it goes on as if nothing happened), else the winner."""
+        self.gw.metrics.hedges.labels(node.name, why).inc()
+
+        async def hold() -> None:
+            while not await conn.read_head(ex.deadline):
+                pass  # woken early again (another interrupt): keep holding
+
+        original = asyncio.ensure_future(hold())
+        backup = asyncio.ensure_future(self._attempt(ex))
+        pending: set[asyncio.Future[Any]] = {original, backup}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if backup in done and not backup.cancelled() and backup.exception() is None:
+                    original.cancel()
+                    self._abandon(node, conn, started)
+                    result: tuple[UpstreamConnection, Node] = backup.result()
+                    return result
+                if original in done and original.exception() is None:
+                    backup.cancel()
+                    await asyncio.gather(backup, return_exceptions=True)
+                    if not backup.cancelled() and backup.exception() is None:
+                        spare_conn, spare_node = backup.result()  # answered at the same time
+                        spare_conn.abort()
+                        spare_node.release()
+                    return None
+                for future in done:
+                    exc = future.exception()
+                    if isinstance(exc, Retryable) and exc.conn is not None:
+                        exc.conn.abort()  # a retryable status from the backup: not kept
+                    if future is original or error is None:
+                        error = exc
+            assert error is not None
+            raise error
+        finally:
+            for future in (original, backup):
+                future.cancel()
+
+    def _abandon(self, node: Node, conn: UpstreamConnection, started: float) -> None:
+        """The held try lost its race: its connection goes, and it counts as a failure."""
+        conn.abort()
+        node.release()
+        self.gw.metrics.node(node.name).error()
+        self.gw.monitor.record(node, self._now() - started, True)
 
     def _send_request(self, ex: Exchange, conn: UpstreamConnection, node: Node) -> bool:
         """Write the request head (and a buffered body); True if a body must be streamed."""

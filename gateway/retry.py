@@ -27,9 +27,20 @@ class Retryable(Exception):
         self.conn = conn
         self.returned = False
 
+    @property
+    def safe(self) -> bool:
+        """Nothing reached the node (a refused or timed-out connect, a full pool, a write
+        to a connection already closed): sending it elsewhere cannot repeat anything."""
+        return isinstance(self.error, UpstreamError) and not self.error.sent
+
 
 class RetryBudget:
-    """Envoy's retry budget: retries in flight <= max(min_concurrency, percent x active)."""
+    """Envoy's retry budget: retries in flight <= max(min_concurrency, percent x active).
+
+    The budget is there to stop retry storms against nodes that are already failing
+    under load. A try that never reached a node adds no load to any node, so it is
+    always allowed: when a node dies, every request that was about to use it must be
+    able to go elsewhere at once, however many there are."""
 
     __slots__ = ("active", "min_concurrency", "percent", "retrying")
 
@@ -39,8 +50,8 @@ class RetryBudget:
         self.active = 0
         self.retrying = 0
 
-    def allows(self) -> bool:
-        return self.retrying < max(self.min_concurrency, self.percent * self.active)
+    def allows(self, safe: bool = False) -> bool:
+        return safe or self.retrying < max(self.min_concurrency, self.percent * self.active)
 
 
 class RetryPolicy:
@@ -89,6 +100,7 @@ class RetryPolicy:
         return AsyncRetrying(
             stop=stop_after_attempt(max(1, self.attempts - 1)),
             wait=wait_random_exponential(multiplier=cfg.backoff_base, max=cfg.backoff_max),
-            retry=retry_if_exception(lambda e: isinstance(e, Retryable) and budget.allows()),
+            retry=retry_if_exception(lambda e: isinstance(e, Retryable)
+                                     and budget.allows(e.safe)),
             reraise=True,
         )

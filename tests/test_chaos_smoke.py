@@ -48,3 +48,19 @@ def test_quick_node_kill_runs_and_loses_nothing(tmp_path: Path) -> None:
     # Nothing the run started is left behind: no process mentions its work directory.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path / "work") not in ps.stdout
+
+
+def test_quick_hang_on_the_defaults_fails_no_get_and_repeats_no_write(tmp_path: Path) -> None:
+    """The comparison scenario on hagw's documented defaults: a SIGSTOPped node costs no
+    GET (held ones are hedged) and no write is applied twice."""
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chaos", "--quick", "--only", "defaults-hang", "--json",
+         str(out), "--work-dir", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=100, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    [scenario] = json.loads(out.read_text())["scenarios"]
+    assert scenario["status"] == "passed", scenario["checks"]
+    figures = scenario["figures"]
+    assert figures["failed_get"] == 0 and figures["duplicates"] == 0 and figures["lost"] == 0
+    assert figures["failed_post"] <= 5

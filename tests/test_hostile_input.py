@@ -366,6 +366,22 @@ async def test_unsupported_http_versions_are_refused(edge: Edge, request_line: b
     edge.assert_nothing_forwarded()
 
 
+@pytest.mark.parametrize("request_bytes", [
+    pytest.param(b"GET /echo HTTP/1.1\r\nHost: gw.example\r\nX-Big: " + b"a" * 5000
+                 + b"\r\n\r\n", id="431"),
+    pytest.param(b"GET /echo HTTP/1.1\r\nHost: gw.example\r\nno colon here\r\n\r\n",
+                 id="400"),
+    pytest.param(b"GET /echo HTTP/2.0\r\nHost: gw.example\r\n\r\n", id="505"),
+])
+async def test_the_gateways_own_refusals_speak_http11(edge: Edge, request_bytes: bytes) -> None:
+    """RFC 9112 section 2.3: the highest version the gateway supports, up to the request's
+    major version; never the HTTP/1.0 of an unparsed request, nor a 505 in HTTP/2.0."""
+    answer = await exchange(edge.address, request_bytes)
+    assert answer.status in (400, 431, 505)
+    assert answer.version == "HTTP/1.1"
+    edge.assert_nothing_forwarded()
+
+
 async def test_transfer_encoding_in_http10_is_refused(edge: Edge) -> None:
     answer = await exchange(edge.address, b"POST /orders HTTP/1.0\r\nHost: gw.example\r\n"
                             b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")

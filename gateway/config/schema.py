@@ -81,10 +81,17 @@ class RetriesConfig:
     #: Total tries per request, the first included (1 disables retries).
     attempts: int = field(default=2, metadata=at_least_one)
     #: connect-failure, reset, timeout, gateway-error (502/503/504), 5xx, or a status code.
-    on: tuple[RetryCondition, ...] = ("connect-failure", "reset", "502", "503")
+    #: A try that failed before any byte reached the node is retried whatever this says.
+    on: tuple[RetryCondition, ...] = ("connect-failure", "reset", "timeout", "502", "503")
     #: Methods retried after the request reached a node (or any request with Idempotency-Key).
     methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
     per_try_timeout: Duration | None = None
+    #: An idempotent request held by a node that stalled is sent to another node too, and
+    #: the client gets the first answer (Finagle's backup request, Envoy's hedging).
+    hedge_on_stall: bool = True
+    #: At ``per_try_timeout``, keep the first try and race a second one against it instead
+    #: of abandoning it (Envoy's ``hedge_on_per_try_timeout``).
+    hedge_on_per_try_timeout: bool = False
     backoff_base: Duration = 0.025
     backoff_max: Duration = 0.25
     budget: RetryBudgetConfig = RetryBudgetConfig()
@@ -123,6 +130,26 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StallDetectionConfig:
+    """A node that stops answering while the others keep answering (see gateway.stall).
+
+    A request waits ``factor`` times the node's own latency (its smoothed mean plus four
+    mean deviations, as TCP times a round trip), never less than ``min_time``. Halfway,
+    its node becomes suspect: new requests go elsewhere. At the full wait the node is
+    stalled if it has answered nothing since the request went out, holds at least
+    ``min_requests`` requests, and another node answered meanwhile: it is ejected and
+    the idempotent requests it holds are hedged to other nodes."""
+
+    enabled: bool = True
+    factor: float = field(default=4.0, metadata=check(lambda v: v >= 1,
+                                                      "expected a factor of 1 or more"))
+    min_time: Duration = field(default=0.1, metadata=positive)
+    min_requests: int = field(default=2, metadata=at_least_one)
+    #: Answers a node must have given before its latency is trusted for this.
+    min_samples: int = field(default=8, metadata=at_least_one)
+
+
+@dataclass(frozen=True, slots=True)
 class OutlierDetectionConfig:
     enabled: bool = True
     #: Consecutive gateway failures (connect errors, resets, 502/503/504) that eject a node.
@@ -132,6 +159,7 @@ class OutlierDetectionConfig:
     max_ejection_time: Duration = field(default=300.0, metadata=positive)
     #: At most this share of nodes is ejected at once (at least one may always be ejected).
     max_ejection_percent: Ratio = 0.5
+    stall: StallDetectionConfig = StallDetectionConfig()
 
 
 @dataclass(frozen=True, slots=True)

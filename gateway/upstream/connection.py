@@ -24,11 +24,19 @@ LOW_WATER = 64 * 1024
 
 
 _EXPIRED = object()
+#: A head wait ended early on purpose: the check time passed, or the node was declared
+#: stalled (``interrupt``). The exchange goes on; the router decides what to do.
+_WOKEN = object()
 
 
 def _expire(waiter: asyncio.Future[object]) -> None:
     if not waiter.done():
         waiter.set_result(_EXPIRED)
+
+
+def _wake_early(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_WOKEN)
 
 
 class UpstreamError(Exception):
@@ -103,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.pool.signal.heard = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -117,6 +126,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        if not self.complete and self.exchanges > 1 and not self.status:
+            self.pool.close_idle()
         if not self.complete:
             sent = self.exchanges > 0
             if self.status:
@@ -227,31 +238,54 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed and self._exc is not None:
             raise self._exc
 
-    async def read_head(self, deadline: float = float("inf")) -> None:
+    async def read_head(self, deadline: float = float("inf"),
+                        check_at: float = float("inf")) -> bool:
         """Wait for the response status and headers until ``deadline`` (loop time);
-        TimeoutError after it."""
+        TimeoutError after it. Returns False, with the exchange still going, if the wait
+        ended early: at ``check_at``, or because ``interrupt`` was called."""
         if not self.status and self._exc is None:
             waiter = self._head_waiter = self.loop.create_future()
             try:
-                await self._wait(waiter, deadline, "no response headers before the deadline")
+                if not await self._wait(waiter, deadline, "no response headers before the "
+                                        "deadline", check_at):
+                    return False
             finally:
                 self._head_waiter = None
         if self._exc is not None and not self.status:
             raise self._exc
+        return True
 
-    async def _wait(self, waiter: asyncio.Future[object], deadline: float, late: str) -> None:
-        """Wait for the protocol to wake ``waiter``; TimeoutError(late) at ``deadline``.
+    def interrupt(self) -> None:
+        """End a head wait now (its node was declared stalled); the exchange goes on."""
+        waiter = self._head_waiter
+        if waiter is not None:
+            _wake_early(waiter)
 
-        A timer on the waiter is cheaper per request than an asyncio.timeout scope."""
-        timer = (self.loop.call_at(deadline, _expire, waiter) if deadline != float("inf")
-                 else None)
+    @property
+    def waiting_for_head(self) -> bool:
+        return self._head_waiter is not None
+
+    async def _wait(self, waiter: asyncio.Future[object], deadline: float, late: str,
+                    check_at: float = float("inf")) -> bool:
+        """Wait for the protocol to wake ``waiter``; TimeoutError(late) at ``deadline``;
+        False if woken early (at ``check_at``, or by ``interrupt``).
+
+        One timer on the waiter is cheaper per request than an asyncio.timeout scope."""
+        if check_at < deadline:
+            timer: asyncio.TimerHandle | None = self.loop.call_at(check_at, _wake_early, waiter)
+        elif deadline != float("inf"):
+            timer = self.loop.call_at(deadline, _expire, waiter)
+        else:
+            timer = None
         try:
             await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-        if waiter.result() is _EXPIRED:
+        result = waiter.result()
+        if result is _EXPIRED:
             raise TimeoutError(late)
+        return result is not _WOKEN
 
     @property
     def early_response(self) -> bool:

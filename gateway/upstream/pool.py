@@ -7,6 +7,7 @@ import contextlib
 from collections import deque
 
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.stall import NodeSignal
 from gateway.upstream.connection import ConnectFailure, PoolOverflow, UpstreamConnection
 
 #: Idle connections kept per node beyond which released ones are closed.
@@ -26,6 +27,8 @@ class ConnectionPool:
         self.max_connections = max_connections
         self.max_pending = max_pending
         self.clock = clock
+        #: What stall detection hears from this node (stamped by the connections).
+        self.signal = NodeSignal(name)
         self._idle: list[UpstreamConnection] = []
         self._all: set[UpstreamConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -117,6 +120,19 @@ class ConnectionPool:
             self._idle.remove(conn)
         if self._waiters:
             self._wake_one()
+
+    def close_idle(self) -> None:
+        """A reused connection broke before any answer: the node most likely closed or
+        lost every connection, so the other idle ones are not worth trying one by one."""
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    def interrupt_waiting(self) -> None:
+        """The node was declared stalled: wake every request waiting for its answer, so
+        the router can hedge the idempotent ones."""
+        for conn in list(self._all):
+            conn.interrupt()
 
     def close(self) -> None:
         """Close idle connections now; busy ones close when their exchange ends."""
