@@ -18,7 +18,7 @@ import aiohttp
 
 from chaos.ledger import Ledger
 from chaos.processes import Child, ProcessGroup, StartError, free_port, listening, pid_alive
-from gateway.demo import redeploy
+from gateway.app.demo import redeploy
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.processes import Child, StartError, die_with_parent_hook, free_port
-from gateway.demo.redeploy import alive as pid_alive
+from gateway.app.demo.redeploy import alive as pid_alive
 
 __all__ = ["Child", "ProcessGroup", "StartError", "cmdline", "free_port", "listening",
            "pid_alive"]

@@ -44,3 +44,10 @@ class FakeClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def strftime_utc(fmt: str, ts: float) -> str:
+    """``time.strftime(fmt)`` of ``ts`` in UTC, with ``%Y`` always four digits: glibc's
+    ``%Y`` does not pad years before 1000 (``"999-01-01"``), which no reader parses."""
+    moment = time.gmtime(ts)
+    return time.strftime(fmt.replace("%Y", f"{moment.tm_year:04d}"), moment)

@@ -12,13 +12,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.balancer import Balancer, make_balancer
 from gateway.clock import Clock
 from gateway.config.schema import GatewayConfig, NodeConfig
-from gateway.events import EventLog
-from gateway.node import Node, NodeState, Transition
+from gateway.events import Entry, Event, EventBus, News
+from gateway.node import Node, NodeChanged, NodeState
 
 #: Weights are recomputed this often while a node ramps up after readmission.
 RAMP_REFRESH = 0.5
@@ -41,11 +42,25 @@ class Candidates:
         self.local_share = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class DrainRefused(Event):
+    """A WARNING node kept serving because draining it would break the capacity floor."""
+
+    node: Node
+    note: str
+    floor: int
+    serving: int
+
+    def log_entry(self) -> Entry:
+        return Entry("node.drain_refused", self.note, self.node.name, logging.WARNING,
+                     {"floor": self.floor, "serving": self.serving})
+
+
 class Cluster:
-    def __init__(self, config: GatewayConfig, *, clock: Clock, events: EventLog,
+    def __init__(self, config: GatewayConfig, *, clock: Clock, bus: EventBus,
                  rng: random.Random | None = None) -> None:
         self.clock = clock
-        self.events = events
+        self.bus = bus
         self.config = config
         self.nodes: dict[str, Node] = {}
         self.version = 0
@@ -56,12 +71,8 @@ class Cluster:
         self._refresh_at = 0.0
         self._rebalancing = False
         self._floor_held: set[str] = set()
-        #: Called with every transition (metrics, incidents, the monitor).
-        self.on_transition: list[Callable[[Transition], None]] = []
-        #: Called when a WARNING node could not be drained because of the floor.
-        self.on_drain_refused: list[Callable[[Node], None]] = []
-        #: Called on every change of a node, transition or not (uptime accounting).
-        self.on_change: list[Callable[[Node], None]] = []
+        # First subscriber: the cluster's own view is current before anyone else looks.
+        bus.subscribe(NodeChanged, self._on_node)
         for node_config in config.nodes:
             self._add(node_config, boot=True)
 
@@ -70,7 +81,7 @@ class Cluster:
     def _add(self, node_config: NodeConfig, *, boot: bool) -> Node:
         cfg = self.config
         node = Node(node_config, cfg.health_for(node_config), clock=self.clock,
-                    slow_start=cfg.slow_start, warning=cfg.warning, listener=self._on_node,
+                    slow_start=cfg.slow_start, warning=cfg.warning, publish=self.bus.publish,
                     boot=boot)
         self.nodes[node.name] = node
         self.version += 1
@@ -99,7 +110,7 @@ class Cluster:
         for name, node_config in wanted.items():
             if name not in self.nodes:
                 added.append(self._add(node_config, boot=False))
-                self.events.record("node.added", f"added {node_config.url}", node=name)
+                self.bus.publish(News("node.added", f"added {node_config.url}", name))
         self.version += 1
         self._rebalance()
         return added, removed
@@ -110,8 +121,8 @@ class Cluster:
             if value is node:
                 del self.nodes[key]
         self.version += 1
-        self.events.record("node.removed", f"removed after draining ({node.in_flight} in flight)",
-                           node=node.name)
+        self.bus.publish(News("node.removed", f"removed after draining ({node.in_flight} "
+                                "in flight)", node.name))
 
     def get(self, name: str) -> Node | None:
         node = self.nodes.get(name)
@@ -129,11 +140,7 @@ class Cluster:
         """Wait for a node change that makes ``predicate`` true: event-driven and bounded.
         It only reads state, so the no-await rule for changing state still holds."""
         changed = asyncio.Event()
-
-        def listener(_node: Node) -> None:
-            changed.set()
-
-        self.on_change.append(listener)
+        unsubscribe = self.bus.subscribe(NodeChanged, lambda _event: changed.set())
         try:
             async with asyncio.timeout(timeout):
                 while not predicate():
@@ -143,19 +150,10 @@ class Cluster:
         except TimeoutError:
             return predicate()
         finally:
-            self.on_change.remove(listener)
+            unsubscribe()
 
-    def _on_node(self, node: Node, transition: Transition | None) -> None:
+    def _on_node(self, event: NodeChanged) -> None:
         self.version += 1
-        for changed in self.on_change:
-            changed(node)
-        if transition is not None:
-            data: dict[str, Any] = {"from": transition.old.value, "to": transition.new.value,
-                                    "reason": transition.reason}
-            self.events.record("node.transition", f"{transition.old} -> {transition.new}: "
-                               f"{transition.reason}", node=node.name, **data)
-            for fn in self.on_transition:
-                fn(transition)
         if not self._rebalancing:
             self._rebalance()
 
@@ -164,8 +162,15 @@ class Cluster:
         primaries = sum(1 for n in self if not n.config.backup)
         return self.config.min_healthy.of(primaries)
 
-    def serving_primaries(self) -> int:
-        return sum(1 for n in self if n.serving and not n.config.backup)
+    def serving_primaries(self, excluding: Collection[str] = ()) -> int:
+        """Primary nodes taking new requests, leaving out the names in ``excluding``: the one
+        count every capacity rule (automatic drains, deploys, incidents, the status page)
+        holds against ``floor``."""
+        return sum(1 for n in self if n.serving and not n.config.backup
+                   and n.name not in excluding)
+
+    def below_floor(self, excluding: Collection[str] = ()) -> bool:
+        return self.serving_primaries(excluding) < self.floor
 
     def _rebalance(self) -> None:
         """Drain WARNING nodes while the floor allows; readmit them when capacity is short."""
@@ -181,8 +186,8 @@ class Cluster:
                 if serving - 1 >= floor:
                     node.set_warning_drained(True, f"auto-drained: {node.warning}")
                     self._floor_held.discard(node.name)
-                    self.events.record("node.auto_drain", f"drained: {node.warning}",
-                                       node=node.name)
+                    self.bus.publish(News("node.auto_drain", f"drained: {node.warning}",
+                                            node.name))
                     serving -= 1
                 elif node.name not in self._floor_held:
                     self._floor_held.add(node.name)
@@ -190,10 +195,7 @@ class Cluster:
                             f"{node.warning_config.reduced_weight:.0%} weight: draining it "
                             f"would leave {serving - 1} serving, below min_healthy={floor}")
                     node.set_warning_drained(False, note)
-                    self.events.record("node.drain_refused", note, node=node.name,
-                                       level=logging.WARNING, floor=floor, serving=serving)
-                    for fn in self.on_drain_refused:
-                        fn(node)
+                    self.bus.publish(DrainRefused(node, note, floor, serving))
             for node in reversed(warning):
                 if serving >= floor:
                     break
@@ -201,8 +203,8 @@ class Cluster:
                     node.set_warning_drained(False, f"{node.warning}; readmitted at reduced "
                                                     f"weight: serving capacity fell below "
                                                     f"min_healthy={floor}")
-                    self.events.record("node.auto_undrain", node.reason, node=node.name,
-                                       level=logging.WARNING)
+                    self.bus.publish(News("node.auto_undrain", node.reason, node.name,
+                                            logging.WARNING))
                     serving += 1
             self._floor_held &= {n.name for n in warning if not n.warning_drained}
         finally:

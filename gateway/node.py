@@ -4,9 +4,12 @@ A node's public state is derived from a few independent conditions, each owned
 by one actor: active health checks (probe), the warning detector, outlier
 detection (ejection), operators and deploys (drain) and maintenance windows.
 Keeping the conditions apart means an operator's drain survives a failing probe,
-and a readmission never forgets a maintenance hold. Every method is synchronous
-and free of I/O, so there is nothing to lock and everything is unit-testable
-with a FakeClock.
+and a readmission never forgets a maintenance hold. Drains are a set of holds keyed
+by who holds them (operator, deploy, config), like Envoy's per-actor health flags:
+the node serves only once no hold is left, so a deploy never releases an operator's
+drain. Every method is synchronous and free of I/O, so there is nothing to lock and
+everything is unit-testable with a FakeClock. Each change is published once on the
+event bus as a ``NodeChanged``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock
 from gateway.config.schema import HealthCheckConfig, NodeConfig, SlowStartConfig, WarningConfig
+from gateway.events import Entry, Event, Publish
 
 
 class NodeState(enum.StrEnum):
@@ -59,7 +62,23 @@ class Transition:
                 "reason": self.reason, "cause": self.cause}
 
 
-Listener = Callable[["Node", Transition | None], None]
+@dataclass(frozen=True, slots=True)
+class NodeChanged(Event):
+    """A node changed: a state transition, or only its weight or drain flags."""
+
+    node: Node
+    transition: Transition | None = None
+
+    def log_entry(self) -> Entry | None:
+        t = self.transition
+        if t is None:
+            return None
+        return Entry("node.transition", f"{t.old} -> {t.new}: {t.reason}", t.node,
+                     data={"from": t.old.value, "to": t.new.value, "reason": t.reason})
+
+
+def _ignore(event: Event) -> None:
+    pass
 
 _CAUSES = {NodeState.WARNING: "warning", NodeState.EJECTED: "outlier",
            NodeState.MAINTENANCE: "maintenance"}
@@ -70,12 +89,12 @@ class Node:
 
     def __init__(self, config: NodeConfig, check: HealthCheckConfig, *, clock: Clock,
                  slow_start: SlowStartConfig, warning: WarningConfig,
-                 listener: Listener | None = None, boot: bool = True) -> None:
+                 publish: Publish = _ignore, boot: bool = True) -> None:
         self.name = config.name
         #: What a request without a Host header gets (built once).
         self.host_header = f"{config.url.host}:{config.url.port}".encode()
         self.clock = clock
-        self.listener = listener
+        self.publish = publish
         self.config = config
         self.check = check
         self.slow_start = slow_start
@@ -94,8 +113,9 @@ class Node:
         self.warning_note: str | None = None
         self.warning_drained = False
         self._clear_since: float | None = None
-        self.drain_reason: str | None = None
-        self.drain_source: str | None = None
+        #: Drain holds: who holds the node out of rotation (operator, deploy, config) and
+        #: why, oldest first. DRAINING while any is left.
+        self.holds: dict[str, str] = {}
         self.maintenance: str | None = None
         self.ejected_until: float | None = None
         self.eject_reason = ""
@@ -107,7 +127,7 @@ class Node:
         self.expected_version: str | None = None
         self.ramp_start: float | None = None
         self.in_flight = 0
-        self._idle: asyncio.Event | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
         # Derived.
         self.state = self._derive()
         self.reason = self._current_reason()
@@ -119,7 +139,7 @@ class Node:
     def _derive(self) -> NodeState:
         if self.maintenance is not None:
             return NodeState.MAINTENANCE
-        if self.drain_reason is not None:
+        if self.holds:
             return NodeState.DRAINING
         if self.probe is Probe.UNHEALTHY:
             return NodeState.UNHEALTHY
@@ -206,8 +226,7 @@ class Node:
         old = self.state
         if new is old:
             self.reason = self._current_reason()
-            if self.listener is not None:
-                self.listener(self, None)  # weights or drain flags may have changed
+            self.publish(NodeChanged(self))  # weights or drain flags may have changed
             return
         was_serving = self.serving
         self.state = new
@@ -219,8 +238,7 @@ class Node:
             self.boot = False
         transition = Transition(self.since, self.name, old, new, reason, self._cause(old, new))
         self.history.append(transition)
-        if self.listener is not None:
-            self.listener(self, transition)
+        self.publish(NodeChanged(self, transition))
 
     # -- active health checks --------------------------------------------------------------------
 
@@ -332,16 +350,34 @@ class Node:
 
     # -- operators, deploys, maintenance, config --------------------------------------------
 
+    @property
+    def drain_reason(self) -> str | None:
+        """The newest hold's reason (what the node's state says), or None."""
+        return next(reversed(self.holds.values()), None)
+
+    @property
+    def drain_source(self) -> str | None:
+        return next(reversed(self.holds), None)
+
     def drain(self, reason: str, source: str = "operator") -> None:
-        self.drain_reason = reason
-        self.drain_source = source
+        """Add (or renew) ``source``'s hold; the newest hold gives the reason."""
+        self.holds.pop(source, None)
+        self.holds[source] = reason
         self._settle(reason)
 
-    def undrain(self, reason: str) -> None:
-        if self.drain_reason is None:
+    def undrain(self, reason: str, source: str = "operator") -> None:
+        """Release ``source``'s hold; the node serves again once no hold is left."""
+        if self.holds.pop(source, None) is None:
             return
-        self.drain_reason = None
-        self.drain_source = None
+        self._settle(reason)
+
+    def undrain_all(self, reason: str) -> None:
+        """An operator's ``--force``: release every hold (except a removal from config)."""
+        released = [s for s in self.holds if s != "config"]
+        if not released:
+            return
+        for source in released:
+            del self.holds[source]
         self._settle(reason)
 
     def enter_maintenance(self, reason: str) -> None:
@@ -380,6 +416,22 @@ class Node:
 
     # -- outlier detection ----------------------------------------------------------------
 
+    def gateway_failure(self) -> int:
+        """One more consecutive gateway failure (outlier detection); returns the run."""
+        self.gateway_failures += 1
+        return self.gateway_failures
+
+    def gateway_success(self) -> None:
+        self.gateway_failures = 0
+
+    def ejection_multiplier(self, now: float, reset_after: float) -> int:
+        """How many times longer than the base this ejection lasts: one more than the
+        earlier ejections, counted afresh once the node stayed in for ``reset_after``."""
+        ended = self.last_ejection_end
+        if ended is not None and now - ended > reset_after:
+            self.ejections = 0
+        return self.ejections + 1
+
     def eject(self, until: float, reason: str) -> None:
         self.ejected_until = until
         self.ejections += 1
@@ -401,22 +453,29 @@ class Node:
 
     def release(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None:
-            self._idle.set()
+        if self.in_flight == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False if ``timeout`` passed first."""
+        """Wait until no request is in flight; False if ``timeout`` passed first. Each
+        waiter has its own future, so overlapping waiters (a retire and a deploy's drain)
+        are all woken."""
         if self.in_flight == 0:
             return True
-        self._idle = asyncio.Event()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout):
-                await self._idle.wait()
+                await waiter
             return True
         except TimeoutError:
             return self.in_flight == 0
         finally:
-            self._idle = None
+            if waiter in self._idle_waiters:
+                self._idle_waiters.remove(waiter)
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -444,7 +503,9 @@ class Node:
             "warning": self.warning,
             "warning_drained": self.warning_drained,
             "drain": ({"reason": self.drain_reason, "source": self.drain_source}
-                      if self.drain_reason else None),
+                      if self.holds else None),
+            "holds": [{"source": source, "reason": reason}
+                      for source, reason in self.holds.items()],
             "maintenance": self.maintenance,
             "ejected_for": (round(self.ejected_until - now, 3)
                             if self.ejected_until is not None else None),

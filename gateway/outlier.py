@@ -5,28 +5,38 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.cluster import Cluster
 from gateway.config.schema import OutlierDetectionConfig
+from gateway.events import Entry, Event, News
 from gateway.node import Node
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEjected(Event):
+    node: Node
+    #: Monotonic time the ejection ends.
+    until: float
+    reason: str
+
+    def log_entry(self) -> Entry | None:
+        return None  # the node's own transition to EJECTED says it
 
 
 class OutlierDetector:
     def __init__(self, cluster: Cluster, config: OutlierDetectionConfig) -> None:
         self.cluster = cluster
         self.config = config
-        #: Called after each ejection (metrics; the runtime re-arms its tick timer).
-        self.on_eject: list[Callable[[Node], None]] = []
 
     def success(self, node: Node) -> None:
-        node.gateway_failures = 0
+        node.gateway_success()
 
     def failure(self, node: Node, what: str) -> None:
         """A gateway failure: connect error, reset, or a 502/503/504 from the node."""
-        node.gateway_failures += 1
+        run = node.gateway_failure()
         if (self.config.enabled and node.ejected_until is None
-                and node.gateway_failures >= self.config.consecutive_failures):
+                and run >= self.config.consecutive_failures):
             self._eject(node, what)
 
     def stalled(self, node: Node, reason: str) -> bool:
@@ -36,18 +46,22 @@ class OutlierDetector:
             return False
         refusal = self._refusal(node, panic=True)
         if refusal is not None:
-            self.cluster.events.record("node.ejection_refused", f"{reason}, but {refusal}",
-                                       node=node.name, level=logging.WARNING)
+            self.cluster.bus.publish(News("node.ejection_refused", f"{reason}, but {refusal}",
+                                            node.name, logging.WARNING))
             return False
         self._eject(node, reason, reason)
         return True
+
+    def cap(self, nodes: int) -> int:
+        """How many of ``nodes`` may be ejected at once (at least one)."""
+        return max(1, math.floor(nodes * self.config.max_ejection_percent + 1e-9))
 
     def _refusal(self, node: Node, *, panic: bool) -> str | None:
         """Why ``node`` may not be ejected now, or None."""
         cfg = self.config
         nodes = list(self.cluster)
         ejected = sum(1 for n in nodes if n.ejected_until is not None)
-        cap = max(1, math.floor(len(nodes) * cfg.max_ejection_percent + 1e-9))
+        cap = self.cap(len(nodes))
         if ejected >= cap:
             return (f"{ejected} of {len(nodes)} nodes are ejected already "
                     f"(max_ejection_percent={cfg.max_ejection_percent:.0%})")
@@ -65,18 +79,15 @@ class OutlierDetector:
         if detail is None:
             refusal = self._refusal(node, panic=False)
             if refusal is not None:
-                node.gateway_failures = 0
-                self.cluster.events.record(
+                node.gateway_success()  # count afresh
+                self.cluster.bus.publish(News(
                     "node.ejection_refused", f"{count} consecutive gateway failures ({what}), "
-                    f"but {refusal}", node=node.name, level=logging.WARNING)
+                    f"but {refusal}", node.name, logging.WARNING))
                 return
         now = self.cluster.clock.monotonic()
         # The multiplier resets once a node has stayed in for the longest ejection time.
-        ended = node.last_ejection_end
-        if ended is not None and now - ended > cfg.max_ejection_time:
-            node.ejections = 0
-        duration = min(cfg.base_ejection_time * (node.ejections + 1), cfg.max_ejection_time)
+        multiplier = node.ejection_multiplier(now, cfg.max_ejection_time)
+        duration = min(cfg.base_ejection_time * multiplier, cfg.max_ejection_time)
         why = detail or f"{count} consecutive gateway failures ({what})"
         node.eject(now + duration, f"{why}; ejected for {duration:g}s")
-        for fn in self.on_eject:
-            fn(node)
+        self.cluster.bus.publish(NodeEjected(node, now + duration, why))

@@ -8,15 +8,18 @@ plane instead, relative to each node's own latency, so it reacts within a fracti
 second and never condemns a node that is slow by nature.
 
 Each node's response-head latency is tracked the way TCP tracks a round trip (RFC
-6298): a smoothed mean ``srtt`` and mean deviation ``rttvar``. A request waiting
-longer than ``factor x (srtt + 4 x rttvar)``, and never less than ``min_time``:
+6298): a smoothed mean ``srtt`` and mean deviation ``rttvar``. A request that waited
+``factor x (srtt + 4 x rttvar)``, never less than ``min_time``, while its node sent
+nothing at all since the request went out and some other node answered meanwhile
+(when every node is quiet, the cause is the gateway or the network, not one node):
 
-- at half that wait makes its node **suspect**: new requests prefer other nodes;
-- at the full wait makes it **stalled**, if the node has sent nothing at all since
-  the request went out, holds at least ``min_requests`` requests, and some other node
-  answered meanwhile (when every node is quiet, the cause is the gateway or the
-  network, not one node). The router then ejects it (within the ejection cap and the
-  panic threshold) and hedges the idempotent requests it holds to other nodes.
+- makes its node **suspect**: new requests go to other nodes, and the idempotent
+  requests the node holds are hedged to another node. This is cheap and undone by the
+  node's next byte: a node that is only slower than usual answers, and is judged by
+  the warning detector on its real latency;
+- makes it **stalled** once the silence lasts ``eject_after`` (at least twice that
+  wait) with at least ``min_requests`` requests waiting: the router ejects it, within
+  the ejection cap and the panic threshold.
 
 Everything here is synchronous arithmetic on numbers the caller passes in, so it is
 unit-tested with plain floats.
@@ -40,7 +43,7 @@ class NodeSignal:
     """What the data plane hears from one node. The upstream connections stamp ``heard``
     on every byte the node sends; the router feeds ``answered`` with each head latency."""
 
-    __slots__ = ("heard", "name", "rttvar", "samples", "srtt", "stalled", "suspect")
+    __slots__ = ("heard", "name", "rttvar", "samples", "srtt", "stalled_at", "suspect_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -49,10 +52,19 @@ class NodeSignal:
         self.samples = 0
         #: Loop time of the last byte received from the node.
         self.heard = -INF
-        #: A request waited past half its stall threshold; cleared by the next answer.
-        self.suspect = False
-        #: Declared stalled (and ejected if the cap allowed); cleared by the next answer.
-        self.stalled = False
+        #: When the node was last judged suspect, and stalled. Each holds until the node
+        #: sends anything (``heard`` moves past it), so no byte handler has to undo it.
+        self.suspect_at = -INF
+        self.stalled_at = -INF
+
+    @property
+    def suspect(self) -> bool:
+        """A request waited past its threshold in silence, and nothing came since."""
+        return self.suspect_at > self.heard
+
+    @property
+    def stalled(self) -> bool:
+        return self.stalled_at > self.heard
 
     def answered(self, latency: float, now: float) -> None:
         """A response head arrived ``latency`` seconds after its request went out."""
@@ -64,7 +76,6 @@ class NodeSignal:
             self.srtt += (latency - self.srtt) * 0.125
         self.samples += 1
         self.heard = now
-        self.suspect = self.stalled = False
 
     @property
     def rto(self) -> float:
@@ -107,8 +118,8 @@ class StallDetector:
         cfg = self.config
         if not cfg.enabled or signal.samples < cfg.min_samples:
             return INF, INF
-        stall = max(cfg.min_time, cfg.factor * signal.rto)
-        return stall / 2, stall
+        suspect = max(cfg.min_time, cfg.factor * signal.rto)
+        return suspect, max(cfg.eject_after, 2 * suspect)
 
     def first_check(self, signal: NodeSignal, started: float) -> float:
         """When a request sent at ``started`` should first be judged (loop time)."""
@@ -128,12 +139,12 @@ class StallDetector:
         if age < suspect_after:
             return Judgement(Verdict.EARLY, started + suspect_after)
         if not any(other.heard >= started for other in others):
-            return Judgement(Verdict.QUIET, now + stall_after)
+            return Judgement(Verdict.QUIET, now + suspect_after)
         if age < stall_after:
             return Judgement(Verdict.SUSPECT, started + stall_after)
         if in_flight < self.config.min_requests:
             # One slow request alone is not a stall: look again later.
-            return Judgement(Verdict.SUSPECT, now + stall_after)
+            return Judgement(Verdict.SUSPECT, now + suspect_after)
         reason = (f"stalled: {in_flight} requests waiting, nothing heard for "
                   f"{(now - started) * 1000:.0f}ms while other nodes answered (its latency is "
                   f"{signal.srtt * 1000:.0f}ms; threshold {stall_after * 1000:.0f}ms)")

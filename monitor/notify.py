@@ -22,6 +22,7 @@ import aiohttp
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from gateway.config.schema import NotifierConfig
+from gateway.events import Entry, Event, Publish
 
 log = logging.getLogger("hagw.notify")
 RECORDS = 200
@@ -114,16 +115,32 @@ class Notifier:
 Spawner = Callable[[Coroutine[Any, Any, Any], str], object]
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered(Event):
+    """A notice reached a notifier, or failed to after its retries."""
+
+    delivery: Delivery
+
+    def log_entry(self) -> Entry:
+        d = self.delivery
+        return Entry("notify." + d.status, f"{d.notifier}: {d.title} ({d.attempts} "
+                     f"attempt(s))" + (f": {d.error}" if d.error else ""),
+                     level=logging.INFO if d.status == "delivered" else logging.WARNING)
+
+
 class NotifierHub:
     """Sends each notice to every notifier that wants it, in the background, with retries."""
 
-    def __init__(self, configs: tuple[NotifierConfig, ...], spawn: Spawner) -> None:
+    def __init__(self, configs: tuple[NotifierConfig, ...], spawn: Spawner,
+                 publish: Publish) -> None:
         self.notifiers = [Notifier(c, i) for i, c in enumerate(configs)]
         self.deliveries: deque[Delivery] = deque(maxlen=RECORDS)
         self._spawn = spawn
+        self._publish = publish
         self._session: aiohttp.ClientSession | None = None
-        #: Called with every finished delivery (persistence, metrics).
-        self.on_delivery: list[Callable[[Delivery], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<NotifierHub {len(self.notifiers)} notifiers>"
 
     def configure(self, configs: tuple[NotifierConfig, ...]) -> None:
         self.notifiers = [Notifier(c, i) for i, c in enumerate(configs)]
@@ -163,5 +180,4 @@ class NotifierHub:
         else:
             delivery.status = "delivered"
             delivery.delivered_at = dt.datetime.now(dt.UTC).timestamp()
-        for fn in self.on_delivery:
-            fn(delivery)
+        self._publish(Delivered(delivery))

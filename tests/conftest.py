@@ -20,9 +20,9 @@ import pytest
 import yaml
 from aiohttp import web
 
+from gateway.app.demo.backend import INFO, Faults, NodeInfo, build_backend
+from gateway.app.runtime import Gateway
 from gateway.config import GatewayConfig, parse_config
-from gateway.demo.backend import INFO, Faults, NodeInfo, build_backend
-from gateway.runtime import Gateway
 
 TOKEN = "test-token"
 
@@ -230,6 +230,11 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0,
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+def sample(gw: Gateway, name: str, **labels: str) -> float:
+    """What ``/metrics`` shows for one series of a gateway (0 while it was never touched)."""
+    return gw.registry.get_sample_value(name, labels) or 0.0
 
 
 def auth() -> dict[str, str]:

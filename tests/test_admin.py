@@ -78,7 +78,7 @@ async def test_deploy_held_nodes_need_force_to_undrain(backends: Any, gateway: A
                                                        http: aiohttp.ClientSession) -> None:
     nodes = await backends(2)
     gw = await gateway([b.url for b in nodes])
-    await gw.drain(gw.cluster.get("node-1"), "deploy v2", source="deploy")
+    gw.cluster.get("node-1").drain("deploy v2", "deploy")
     async with http.post(f"{gw.admin_url}/nodes/node-1/undrain", headers=auth()) as resp:
         assert resp.status == 409
     async with http.post(f"{gw.admin_url}/nodes/node-1/undrain", headers=auth(),

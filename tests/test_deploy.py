@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.demo.redeploy import alive
+from gateway.app.demo.redeploy import alive
+from gateway.app.runtime import Gateway
 from gateway.node import NodeState
-from gateway.runtime import Gateway
 from tests.conftest import auth, make_config, spawn_node, wait_for
 
 
@@ -147,7 +147,7 @@ async def test_rolling_deploy_under_mixed_load_has_zero_failures(
         kinds = [s["kind"] for s in run["steps"]]
         assert kinds == ["gate", "drain", "action", "verify", "bake"]
         assert "started node" in run["steps"][2]["output"]
-    assert gw.metrics.registry.get_sample_value(
+    assert gw.registry.get_sample_value(
         "hagw_deploys_total", {"result": "succeeded"}) == 1.0
     assert [n.version for n in gw.cluster] == ["v2"] * 4
 
@@ -184,12 +184,12 @@ async def test_start_is_refused_when_capacity_or_budget_is_short(
                               slo={"target": "99%"},
                               deploy={"command": ["true"], "verify_version": False,
                                       "bake_time": "0ms", "min_error_budget": "50%"})
-    await gw.drain(gw.cluster.get("node-4"), "disk swap")
+    await gw.drains.drain(gw.cluster.get("node-4"), "disk swap")
     async with http.post(f"{gw.admin_url}/deploys", json={"version": "v2"},
                          headers=auth()) as resp:
         assert resp.status == 422
         assert "capacity" in (await resp.json())["message"]
-    await gw.undrain(gw.cluster.get("node-4"), "back")
+    await gw.drains.undrain(gw.cluster.get("node-4"), "back")
     for _ in range(20):
         gw.slo.record(500)
     for _ in range(80):

@@ -11,7 +11,7 @@ import httptools
 import pytest
 
 from gateway.node import NodeState
-from tests.conftest import wait_for
+from tests.conftest import sample, wait_for
 
 
 class _Conn(asyncio.Protocol):
@@ -119,8 +119,9 @@ async def test_requests_held_by_a_stalled_node_are_hedged_and_writes_are_not(
     (a, url_a), (b, url_b) = await raw_nodes("node-a", "node-b")
     # min_time is long enough for the first GETs to be sent before node-a is suspect.
     gw = await gateway([url_a, url_b], health=NO_HEALTH, timeouts={"request": "3s"},
-                       outlier_detection={"stall": {"min_samples": 3, "min_time": "1s",
-                                                    "factor": 2, "min_requests": 1}})
+                       outlier_detection={"stall": {"min_samples": 3, "min_time": "300ms",
+                                                    "eject_after": "600ms", "factor": 2,
+                                                    "min_requests": 1}})
     for _ in range(10):  # both nodes' latency is learned; the next pick is node-1 again
         assert (await get(http, f"{gw.traffic_url}/warm"))[0] == 200
     a.hang = True
@@ -136,15 +137,16 @@ async def test_requests_held_by_a_stalled_node_are_hedged_and_writes_are_not(
     # Every GET answered, by node-b: those node-a held were hedged.
     assert answers == {(200, "node-b"): 40}
     node = gw.cluster.get("node-1")
-    assert node.state is NodeState.EJECTED and "stalled" in node.reason
-    assert gw.metrics.stalls.labels("node-1")._value.get() == 1
+    await wait_for(lambda: node.state is NodeState.EJECTED, what="node-a ejected as stalled")
+    assert "stalled" in node.reason
+    assert sample(gw, "hagw_upstream_stalls_total", node="node-1") == 1
     # The POST reached node-a, so it was never sent again: it waits for node-a, and gets
     # the gateway's 504 at the request deadline.
     status, _ = await post
     assert status == 504
     assert [r for r in b.requests if r[0] == "POST"] == []
     assert [r[2] for r in a.requests if r[0] == "POST"] == [b"once"]
-    hedged = gw.metrics.hedges.labels("node-1", "stall")._value.get()
+    hedged = sample(gw, "hagw_upstream_hedges_total", node="node-1", reason="stall")
     assert hedged >= 1
     assert hedged == sum(1 for m, path, _ in a.requests if m == "GET" and path == "/item")
 
@@ -158,10 +160,15 @@ async def test_a_hedge_that_answers_first_wins_and_the_held_try_is_discarded(
     a.hang = True
     status, body = await get(http, f"{gw.traffic_url}/item")
     assert (status, body) == (200, "node-b")
-    assert len(a.held) == 1
+    assert len(a.held) == 1 and gw.cluster.get("node-1").in_flight == 1
+    # The held try is left to end on its own, so a node that was only slow is heard
+    # from; when node-a answers at last, the answer is dropped and the connection closed,
+    # never returned to the pool.
+    a.release()
     await wait_for(lambda: a.closed == 1, what="the held connection to node-a closed")
-    assert gw.metrics.hedges.labels("node-1", "per_try_timeout")._value.get() == 1
+    assert sample(gw, "hagw_upstream_hedges_total", node="node-1", reason="per_try_timeout") == 1
     assert gw.cluster.get("node-1").in_flight == 0
+    assert gw.pools[gw.cluster.get("node-1")].idle == 0
 
 
 async def test_the_held_try_that_answers_first_wins_and_the_hedge_is_cancelled(

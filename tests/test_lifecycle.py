@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import yaml
 
+from gateway.app.runtime import Gateway
 from gateway.node import NodeState
-from gateway.runtime import Gateway
-from tests.conftest import auth, config_dict, make_config, wait_for
+from tests.conftest import auth, config_dict, make_config, sample, wait_for
 
 
 async def test_reload_adds_and_removes_nodes_and_refuses_bad_configs(
@@ -32,7 +32,7 @@ async def test_reload_adds_and_removes_nodes_and_refuses_bad_configs(
         assert resp.status == 422
         body = await resp.json()
     assert "timeouts.connect: expected a duration" in body["message"]
-    assert gw.metrics.reloads.labels("failure")._value.get() == 1
+    assert sample(gw, "hagw_config_reload_total", result="failure") == 1
     async with http.get(f"{gw.traffic_url}/x") as resp:
         assert resp.status == 200
 
@@ -56,7 +56,7 @@ async def test_reload_adds_and_removes_nodes_and_refuses_bad_configs(
         async with http.get(f"{gw.traffic_url}/x") as resp:
             seen.add((await resp.json())["node"])
     assert seen == {"node-2", "node-3"}
-    assert gw.metrics.reloads.labels("success")._value.get() == 1
+    assert sample(gw, "hagw_config_reload_total", result="success") == 1
 
 
 async def test_sighup_style_reload_keeps_the_old_config(backends: Any, gateway: Any,
@@ -133,7 +133,7 @@ async def test_websockets_are_proxied_and_closed_with_1001_on_drain(
         assert (await ws.receive_str()) == "node-1: hello"
         await ws.send_bytes(b"\x00\x01")
         assert (await ws.receive_bytes()) == b"\x00\x01"
-        await gw.drain(gw.cluster.get("node-1"), "maintenance")
+        await gw.drains.drain(gw.cluster.get("node-1"), "maintenance")
         msg = await asyncio.wait_for(ws.receive(), timeout=3)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 1001

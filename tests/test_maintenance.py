@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from gateway.clock import FakeClock
-from gateway.maintenance_mode import Phase
+from gateway.maintenance import Phase
 from gateway.node import NodeState
 from gateway.queue.store import DONE, QUEUED, Entry, QueueFull, SqliteQueue
 from monitor.maintenance.schedule import ACTIVE, CANCELLED, ENDED, SCHEDULED, Schedule, iso
@@ -413,7 +413,7 @@ async def test_email_notifier_speaks_smtp(tmp_path: Path) -> None:
 
 async def test_windows_survive_a_restart_and_config_windows_load(
         backends: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
-    from gateway.runtime import Gateway
+    from gateway.app.runtime import Gateway
     from tests.conftest import make_config
     nodes = await backends(2)
     start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + DAY * 3))

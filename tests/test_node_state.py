@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.clock import FakeClock
@@ -24,7 +26,8 @@ def make_node(clock: FakeClock, *, verify: bool = False, boot: bool = False,
     node = Node(NodeConfig("node-1", NodeURL("http", "127.0.0.1", 1), weight=4), check,
                 clock=clock, slow_start=SlowStartConfig(window=slow_start, min_weight=0.1),
                 warning=WarningConfig(recover_after=30.0, reduced_weight=0.25),
-                listener=lambda n, t: seen.append(t) if t else None, boot=boot)
+                publish=lambda e: seen.append(e.transition)  # type: ignore[attr-defined]
+                if e.transition else None, boot=boot)
     return node, seen
 
 
@@ -80,7 +83,7 @@ def test_drain_outranks_health_and_survives_probe_changes() -> None:
     for _ in range(3):
         node.probe_failed("probe failed")
     assert node.state is NodeState.DRAINING and not node.serving
-    node.undrain("deploy step done")
+    node.undrain("deploy step done", "deploy")
     assert node.state is NodeState.UNHEALTHY
 
 
@@ -171,3 +174,45 @@ async def test_wait_idle_is_event_driven() -> None:
     assert not await node.wait_idle(0.01)
     node.release()
     assert await node.wait_idle(0.01)
+
+
+def test_drains_are_holds_and_a_deploy_never_releases_an_operators() -> None:
+    """Defect 3 of the layering issue: a drain was one slot, so a deploy took an operator's
+    drain over and later undrained the node, while the store still recorded the hold."""
+    node, _ = make_node(FakeClock(), boot=True)
+    node.probe_passed()
+    node.drain("disk swap", "operator")
+    node.drain("deploy d-1: v2", "deploy")
+    assert node.holds == {"operator": "disk swap", "deploy": "deploy d-1: v2"}
+    assert node.reason == "deploy d-1: v2"  # the newest hold speaks
+    node.undrain("deploy d-1: readmitting", "deploy")
+    assert node.state is NodeState.DRAINING and not node.serving
+    assert node.reason == "disk swap" and node.drain_source == "operator"
+    node.undrain("disk swapped", "operator")
+    assert node.state is NodeState.HEALTHY and node.serving
+
+
+def test_undrain_all_keeps_a_removal_from_the_config() -> None:
+    node, _ = make_node(FakeClock(), boot=True)
+    node.probe_passed()
+    node.drain("disk swap", "operator")
+    node.drain("deploy", "deploy")
+    node.undrain_all("forced")
+    assert node.holds == {} and node.serving
+    node.remove()
+    node.undrain_all("forced")
+    assert node.holds == {"config": "removed from the config"} and not node.serving
+
+
+async def test_overlapping_idle_waiters_are_all_woken() -> None:
+    """Defect 1: one shared event, so a second waiter replaced the first one's and the
+    first waited out its whole timeout."""
+    node, _ = make_node(FakeClock(), boot=True)
+    node.acquire()
+    first = asyncio.create_task(node.wait_idle(30))
+    second = asyncio.create_task(node.wait_idle(30))
+    await asyncio.sleep(0)  # both are waiting now
+    node.release()
+    async with asyncio.timeout(1):  # not 30 s: the release wakes both
+        assert await first is True
+        assert await second is True

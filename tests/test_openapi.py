@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway import openapi
+from gateway.app.admin import openapi
+from gateway.app.runtime import Gateway
 from gateway.config import load_config
-from gateway.runtime import Gateway
 from monitor.incident.tracker import Incident
 from tests.conftest import auth, config_dict
 

@@ -11,6 +11,7 @@ import aiohttp
 from gateway.admission import Admission
 from gateway.clock import FakeClock
 from gateway.config.schema import OverloadConfig, RateLimitConfig
+from tests.conftest import sample
 
 
 def admission(**limits: Any) -> tuple[Admission, FakeClock]:
@@ -75,7 +76,7 @@ async def test_rate_limit_answers_429_with_retry_after(backends: Any, gateway: A
                 assert float(resp.headers["Retry-After"]) >= 1
                 assert (await resp.json())["error"] == "rate_limited"
     assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
-    assert gw.metrics.admission_refused.labels("rate_limit")._value.get() >= 1
+    assert sample(gw, "hagw_admission_refused_total", reason="rate_limit") >= 1
 
 
 async def test_the_gateway_sheds_load_fast_instead_of_queueing(
@@ -89,7 +90,7 @@ async def test_the_gateway_sheds_load_fast_instead_of_queueing(
 
     statuses = Counter(await asyncio.gather(*(call() for _ in range(12))))
     assert statuses[200] == 4 and statuses[503] == 8
-    assert gw.metrics.admission_refused.labels("shed")._value.get() == 8
+    assert sample(gw, "hagw_admission_refused_total", reason="shed") == 8
     counts = gw.slo.window(3600)
     assert counts.bad == 8  # the gateway's own shedding is charged to the SLO
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.node import NodeState
-from tests.conftest import auth, wait_for
+from tests.conftest import auth, sample, wait_for
 
 
 def dead_url() -> str:
@@ -147,8 +147,8 @@ async def test_killed_node_mid_traffic_is_invisible_to_idempotent_clients(
     await asyncio.gather(*clients)
     assert done == 480
     assert failures == []
-    assert gw.metrics.retries.labels("node-2", "connect-failure")._value.get() \
-        + gw.metrics.retries.labels("node-2", "reset")._value.get() > 0
+    assert sample(gw, "hagw_upstream_retries_total", node="node-2", reason="connect-failure") \
+        + sample(gw, "hagw_upstream_retries_total", node="node-2", reason="reset") > 0
 
 
 async def test_post_that_never_reached_a_node_is_retried(backends: Any, gateway: Any,
@@ -159,7 +159,7 @@ async def test_post_that_never_reached_a_node_is_retried(backends: Any, gateway:
     for i in range(9):
         status, body = await fetch(http, f"{gw.traffic_url}/orders", "POST", json={"n": i})
         assert status == 201, body
-    assert gw.metrics.retries.labels("node-1", "connect-failure")._value.get() >= 3
+    assert sample(gw, "hagw_upstream_retries_total", node="node-1", reason="connect-failure") >= 3
     assert len(nodes[0].info.writes) + len(nodes[1].info.writes) == 9  # each exactly once
 
 
@@ -225,10 +225,10 @@ async def test_drain_lets_in_flight_requests_finish(backends: Any, gateway: Any,
 
 async def test_drain_survives_a_restart(backends: Any, gateway: Any, http: Any,
                                         tmp_path: Any) -> None:
-    from gateway.runtime import Gateway
+    from gateway.app.runtime import Gateway
     nodes = await backends(2)
     gw = await gateway([b.url for b in nodes])
-    await gw.drain(gw.cluster.get("node-2"), "disk replacement")
+    await gw.drains.drain(gw.cluster.get("node-2"), "disk replacement")
     await gw.stop()
     again = Gateway(gw.config)
     async with again:
@@ -248,7 +248,7 @@ async def test_ejection_and_readmission(backends: Any, gateway: Any, http: Any) 
         status, _ = await fetch(http, f"{gw.traffic_url}/x")
         assert status == 200  # the 502s were retried elsewhere
     assert node1.state is NodeState.EJECTED
-    assert gw.metrics.ejections.labels("node-1")._value.get() == 1
+    assert sample(gw, "hagw_upstream_ejections_total", node="node-1") == 1
     nodes[0].fault(error_rate=0.0)
     await wait_for(lambda: node1.state is NodeState.HEALTHY, timeout=3)
     seen = Counter([(await fetch(http, f"{gw.traffic_url}/x"))[1]["node"] for _ in range(9)])
@@ -360,7 +360,7 @@ async def test_a_small_answer_cut_mid_body_is_retried_when_idempotent(
     for i in range(6):
         status, body = await fetch(http, f"{gw.traffic_url}/item/{i}")
         assert status == 200 and isinstance(body, dict) and body["node"] == "node-2"
-    assert gw.metrics.retries.labels("node-1", "reset")._value.get() >= 3
+    assert sample(gw, "hagw_upstream_retries_total", node="node-1", reason="reset") >= 3
 
 
 async def test_a_per_try_timeout_names_the_node_and_why_a_post_is_not_retried(

@@ -8,14 +8,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
-from gateway import slo_store
+from gateway.accounting import Accounting
 from gateway.clock import FakeClock
 from gateway.config.schema import SloConfig
-from gateway.metrics import Metrics
-from gateway.slo import BAD, DAY, EXCLUDED, GOOD, HOUR, SloTracker
 from gateway.store import StateStore
-from gateway.uptime import NodeUptime
+from monitor import slo_store
+from monitor.slo import BAD, DAY, EXCLUDED, GOOD, HOUR, SloTracker
+from monitor.uptime import NodeUptime
 
 
 def tracker(**config: Any) -> tuple[SloTracker, FakeClock]:
@@ -108,14 +109,14 @@ def test_uptime_splits_planned_and_unplanned() -> None:
     clock = FakeClock()
     node, _ = make_node(clock, boot=True)
     uptime = NodeUptime(clock)
-    node.listener = lambda n, t: uptime.observe(n)
+    node.publish = lambda event: uptime.observe(node)
     uptime.observe(node)
     node.probe_passed()
     clock.advance(10)
     node.drain("deploy v2", "deploy")
     clock.advance(5)
     node.restart_checks("redeployed")
-    node.undrain("deployed")  # STARTING after a planned drain is planned too
+    node.undrain("deployed", "deploy")  # STARTING after a planned drain is planned too
     clock.advance(2)
     node.probe_passed()
     node.probe_passed()
@@ -164,14 +165,15 @@ async def test_gateway_availability_agrees_with_the_client(backends: Any, gatewa
 
 
 def test_metrics_registry_is_per_gateway() -> None:
-    a, b = Metrics(), Metrics()
+    ra, rb = CollectorRegistry(), CollectorRegistry()
+    a, _b = Accounting(ra), Accounting(rb)
     a.observe_request(200, 0.003)
     a.node("node-1").observe(503, 0.2)
-    assert a.registry.get_sample_value("hagw_requests_total", {"code_class": "2xx"}) == 1.0
-    assert b.registry.get_sample_value("hagw_requests_total", {"code_class": "2xx"}) == 0.0
-    assert a.registry.get_sample_value("hagw_request_duration_seconds_bucket",
-                                       {"le": "0.005"}) == 1.0
-    assert a.registry.get_sample_value("hagw_request_duration_seconds_bucket",
-                                       {"le": "0.0025"}) == 0.0
-    assert a.registry.get_sample_value("hagw_upstream_requests_total",
-                                       {"node": "node-1", "code_class": "5xx"}) == 1.0
+    assert ra.get_sample_value("hagw_requests_total", {"code_class": "2xx"}) == 1.0
+    assert rb.get_sample_value("hagw_requests_total", {"code_class": "2xx"}) == 0.0
+    assert ra.get_sample_value("hagw_request_duration_seconds_bucket",
+                               {"le": "0.005"}) == 1.0
+    assert ra.get_sample_value("hagw_request_duration_seconds_bucket",
+                               {"le": "0.0025"}) == 0.0
+    assert ra.get_sample_value("hagw_upstream_requests_total",
+                               {"node": "node-1", "code_class": "5xx"}) == 1.0

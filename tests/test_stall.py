@@ -10,7 +10,7 @@ from gateway.node import NodeState
 from gateway.outlier import OutlierDetector
 from gateway.retry import RetryBudget
 from gateway.stall import INF, NodeSignal, StallDetector, Verdict
-from tests.test_cluster import cluster
+from tests.test_cluster import cluster, history
 
 
 def learned(name: str, latency: float, samples: int = 20, at: float = 0.0) -> NodeSignal:
@@ -37,11 +37,14 @@ def test_latency_is_smoothed_like_tcp_round_trips() -> None:
 
 
 def test_threshold_follows_the_nodes_own_latency() -> None:
-    d = detector(factor=4.0, min_time=0.1)
+    d = detector(factor=3.0, min_time=0.05, eject_after=1.0)
     fast, slow = learned("fast", 0.002), learned("slow", 0.5)
-    assert d.waits(fast) == pytest.approx((0.05, 0.1))  # min_time holds for a fast node
-    _suspect, stall = d.waits(slow)
-    assert stall == pytest.approx(4 * slow.rto) and stall >= 2.0
+    # A fast node: min_time, then eject_after.
+    assert d.waits(fast) == pytest.approx((0.05, 1.0))
+    # A slow one: three times its own latency, and twice that before an ejection.
+    suspect, stall = d.waits(slow)
+    assert suspect == pytest.approx(3 * slow.rto) and suspect >= 1.5
+    assert stall == pytest.approx(2 * suspect)
     assert d.waits(NodeSignal("new")) == (INF, INF)  # no latency learned yet: no judgement
     assert detector(enabled=False).waits(slow) == (INF, INF)
 
@@ -55,9 +58,11 @@ def test_a_node_slow_by_nature_is_not_judged_stalled() -> None:
     judgement = d.judge(slow, started=100.0, now=100.9, in_flight=5, others=[other])
     assert judgement.verdict is Verdict.EARLY
     assert judgement.recheck == pytest.approx(100.0 + d.waits(slow)[0])
-    # The same silence on a 20 ms node is a stall.
+    # The same silence on a 20 ms node makes it suspect, and a stall past eject_after.
     quick = learned("quick", 0.02, at=99.0)
-    assert d.judge(quick, 100.0, 100.9, 5, [other]).verdict is Verdict.STALLED
+    assert d.judge(quick, 100.0, 100.9, 5, [other]).verdict is Verdict.SUSPECT
+    later = learned("other", 0.01, at=101.1)
+    assert d.judge(quick, 100.0, 101.1, 5, [later]).verdict is Verdict.STALLED
 
 
 def test_a_node_that_answered_since_the_request_left_is_alive() -> None:
@@ -73,11 +78,11 @@ def test_silence_everywhere_is_not_one_nodes_stall() -> None:
     node, other = learned("n", 0.02, at=99.0), learned("o", 0.02, at=99.5)
     judgement = d.judge(node, started=100.0, now=101.0, in_flight=9, others=[other])
     assert judgement.verdict is Verdict.QUIET
-    assert judgement.recheck == pytest.approx(101.0 + d.waits(node)[1])
+    assert judgement.recheck == pytest.approx(101.0 + d.waits(node)[0])
 
 
-def test_suspect_at_half_the_wait_stalled_at_the_full_wait() -> None:
-    d = detector(factor=4.0, min_time=0.1)
+def test_suspect_past_the_threshold_stalled_past_eject_after() -> None:
+    d = detector(factor=3.0, min_time=0.05, eject_after=1.0)
     node = learned("n", 0.02, at=99.0)
     other = learned("o", 0.02, at=100.5)
     suspect, stall = d.waits(node)
@@ -92,16 +97,17 @@ def test_suspect_at_half_the_wait_stalled_at_the_full_wait() -> None:
 def test_one_slow_request_alone_is_not_a_stall() -> None:
     d = detector(min_requests=2)
     node = learned("n", 0.02, at=99.0)
-    other = learned("o", 0.02, at=100.5)
-    judgement = d.judge(node, 100.0, 101.0, 1, [other])
+    other = learned("o", 0.02, at=101.5)
+    judgement = d.judge(node, 100.0, 102.0, 1, [other])
     assert judgement.verdict is Verdict.SUSPECT
-    assert judgement.recheck == pytest.approx(101.0 + d.waits(node)[1])
+    assert judgement.recheck == pytest.approx(102.0 + d.waits(node)[0])
 
 
-def test_an_answer_clears_suspicion() -> None:
-    node = learned("n", 0.02)
-    node.suspect = node.stalled = True
-    node.answered(0.02, 5.0)
+def test_any_byte_from_the_node_clears_suspicion() -> None:
+    node = learned("n", 0.02, at=1.0)
+    node.suspect_at = node.stalled_at = 2.0
+    assert node.suspect and node.stalled
+    node.heard = 2.5  # what an upstream connection stamps on every byte
     assert not node.suspect and not node.stalled
 
 
@@ -125,7 +131,7 @@ def test_stall_ejection_respects_the_ejection_cap() -> None:
     assert outlier.stalled(first, "stalled")
     assert not outlier.stalled(second, "stalled")  # 1 of 4 ejected already: the cap
     assert second.state is NodeState.HEALTHY
-    refused = c.events.since(kind="node.ejection_refused")
+    refused = history(c).since(kind="node.ejection_refused")
     assert refused and "max_ejection_percent=25%" in refused[-1].message
 
 
@@ -137,7 +143,7 @@ def test_stall_ejection_never_pushes_the_cluster_into_panic() -> None:
     assert outlier.stalled(a, "stalled")  # 2 of 3 serving: 67%, above the threshold
     assert not outlier.stalled(b, "stalled")  # 1 of 3 would be 33%: panic, so refused
     assert b.serving and not c.panic
-    assert "panic_threshold=60%" in c.events.since(kind="node.ejection_refused")[-1].message
+    assert "panic_threshold=60%" in history(c).since(kind="node.ejection_refused")[-1].message
 
 
 # -- the retry budget -----------------------------------------------------------------------

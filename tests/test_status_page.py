@@ -32,11 +32,11 @@ import aiohttp
 import pytest
 
 from gateway import __version__
-from gateway.maintenance_mode import Phase
+from gateway.app.runtime import Gateway
+from gateway.maintenance import Phase
 from gateway.node import Node, NodeState
-from gateway.runtime import Gateway
-from gateway.slo import DAY
 from monitor.incident.tracker import RESOLVED, Incident
+from monitor.slo import DAY
 from tests.conftest import auth, require_tool, wait_for
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -133,17 +133,18 @@ class LimitsConfig:
 class StallDetectionConfig:
     """A node that stops answering while the others keep answering (see gateway.stall).
 
-    A request waits ``factor`` times the node's own latency (its smoothed mean plus four
-    mean deviations, as TCP times a round trip), never less than ``min_time``. Halfway,
-    its node becomes suspect: new requests go elsewhere. At the full wait the node is
-    stalled if it has answered nothing since the request went out, holds at least
-    ``min_requests`` requests, and another node answered meanwhile: it is ejected and
-    the idempotent requests it holds are hedged to other nodes."""
+    A request may wait ``factor`` times its node's own latency (the smoothed mean plus
+    four mean deviations, as TCP times a round trip), never less than ``min_time``. If
+    the node has sent nothing since the request went out while another node answered,
+    the node is then suspect: new requests go elsewhere and the idempotent requests it
+    holds are hedged. Silent past ``eject_after`` (at least twice that wait) with at
+    least ``min_requests`` requests waiting, it is stalled: ejected."""
 
     enabled: bool = True
-    factor: float = field(default=4.0, metadata=check(lambda v: v >= 1,
+    factor: float = field(default=2.0, metadata=check(lambda v: v >= 1,
                                                       "expected a factor of 1 or more"))
-    min_time: Duration = field(default=0.1, metadata=positive)
+    min_time: Duration = field(default=0.05, metadata=positive)
+    eject_after: Duration = field(default=1.0, metadata=positive)
     min_requests: int = field(default=2, metadata=at_least_one)
     #: Answers a node must have given before its latency is trusted for this.
     min_samples: int = field(default=8, metadata=at_least_one)

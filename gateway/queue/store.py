@@ -109,6 +109,10 @@ class QueueStore(Protocol):
     async def pending_index(self) -> list[tuple[int, float]]: ...
     async def purge(self, before: float) -> int: ...
 
+    @property
+    def depth(self) -> int:
+        """Entries not yet replayed."""
+
 
 _COLUMNS = ("seq, ticket, created, method, target, headers, body, idempotency_key, status, "
             "attempts, next_attempt, result_status, result_headers, result_body, error, finished, "

@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
-if TYPE_CHECKING:
-    from gateway.upstream.pool import ConnectionPool
+from gateway.stall import NodeSignal
+
+
+class Owner(Protocol):
+    """What a connection tells the pool that owns it (the pool imports this module, not
+    the other way round)."""
+
+    name: str
+    #: Stamped with the loop time of every byte the node sends (stall detection).
+    signal: NodeSignal
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """The connection's socket is gone."""
+
+    def close_idle(self) -> None:
+        """A reused connection broke before any answer: the idle ones are suspect."""
 
 #: Pause reading from the node while this much response body waits for the client.
 HIGH_WATER = 256 * 1024
@@ -77,7 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: Owner) -> None:
         self.pool = pool
         # Created by create_connection, so inside the running loop; looked up once.
         self.loop = asyncio.get_running_loop()

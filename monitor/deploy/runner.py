@@ -13,18 +13,19 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.clock import Clock
+from gateway.config.schema import DeployConfig
+from gateway.events import Entry, Event, News
 from gateway.node import Node, NodeState, Probe
 from monitor.deploy.actions import ActionFailed, ActionTarget, run_action
 from monitor.deploy.plan import Deploy, Step
 from monitor.deploy.record import ACTIVE, DeployRecord, Status
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from monitor.ports import ClusterView, ErrorBudget, Events, Spawn, Store
 
 log = logging.getLogger("hagw.deploy")
 NAMESPACE = "deploys"
@@ -44,9 +45,23 @@ class DeployNotFound(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class DeployFinished(Event):
+    """A deploy ended: succeeded, rolled back, failed, halted or aborted."""
+
+    record: DeployRecord
+
+    def log_entry(self) -> Entry:
+        record = self.record
+        return Entry(f"deploy.{record.status.value}", f"deploy {record.id} to "
+                     f"{record.version}: {record.status.value}"
+                     + (f": {record.reason}" if record.reason else ""),
+                     level=logging.INFO if record.status is Status.SUCCEEDED else logging.ERROR,
+                     data={"deploy": record.id})
+
+
 class DeployMetrics:
-    def __init__(self, gw: Gateway) -> None:
-        registry = gw.metrics.registry
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.in_progress = Gauge("hagw_deploy_in_progress", "1 while a deploy runs or waits "
                                  "interrupted", registry=registry)
         self.total = Counter("hagw_deploys", "Finished deploys, by result", ["result"],
@@ -62,40 +77,49 @@ class DeployMetrics:
                               registry=registry)
 
 
-class DeployOrchestrator:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+class DeployRunner:
+    def __init__(self, config: DeployConfig, *, cluster: ClusterView, budget: ErrorBudget,
+                 store: Store, events: Events, spawn: Spawn, clock: Clock,
+                 registry: CollectorRegistry) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.budget = budget
+        self.store = store
+        self.events = events
+        self.spawn = spawn
+        self.clock = clock
         self.records: dict[str, DeployRecord] = {}
         self.current: Deploy | None = None
-        self.metrics = DeployMetrics(gateway)
+        self.metrics = DeployMetrics(registry)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    @property
-    def config(self) -> Any:
-        return self.gw.config.deploy
+    def __repr__(self) -> str:
+        current = self.current.record if self.current is not None else None
+        return (f"<DeployRunner {len(self.records)} records"
+                + (f", {current.id} {current.status.value}>" if current else ">"))
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
-        saved = await self.gw.store.items(NAMESPACE)
+        saved = await self.store.items(NAMESPACE)
         for data in saved.values():
             record = DeployRecord.from_json(data)
             self.records[record.id] = record
             if record.status in ACTIVE:
-                plan = Deploy(record, self.config, self.gw.clock)
+                plan = Deploy(record, self.config, self.clock)
                 plan.interrupt()
                 self.current = plan
                 for name in plan.in_flight_batch:
-                    node = self.gw.cluster.get(name)
+                    node = self.cluster.get(name)
                     if node is not None:
                         node.drain(f"deploy {record.id} interrupted: held until resumed or "
                                    f"aborted", "deploy")
-                self.gw.events.record("deploy.interrupted", f"deploy {record.id} to "
-                                      f"{record.version} was interrupted by a gateway restart; "
-                                      f"resume or abort it", level=logging.WARNING,
-                                      deploy=record.id)
+                self.events.publish(News("deploy.interrupted", f"deploy {record.id} to "
+                                         f"{record.version} was interrupted by a gateway "
+                                         "restart; resume or abort it", level=logging.WARNING,
+                                         data={"deploy": record.id}))
                 await self._save(record)
         self._update_gauges()
 
@@ -124,13 +148,12 @@ class DeployOrchestrator:
 
     def gate(self, batch: list[str], *, forced: bool) -> str | None:
         """Why a batch may not start now, or None. Capacity is never overridden by force."""
-        cluster = self.gw.cluster
-        serving_after = sum(1 for n in cluster if n.serving and not n.config.backup
-                            and n.name not in batch)
-        if serving_after < cluster.floor:
+        cluster = self.cluster
+        if cluster.below_floor(excluding=batch):
+            serving_after = cluster.serving_primaries(excluding=batch)
             return (f"capacity: taking {', '.join(batch)} out would leave {serving_after} "
                     f"serving, below min_healthy={cluster.floor}")
-        remaining = self.gw.slo.budget_remaining()
+        remaining = self.budget.budget_remaining()
         if not forced and remaining < self.config.min_error_budget:
             return (f"error budget: {remaining:.1%} left, below deploy.min_error_budget="
                     f"{self.config.min_error_budget:.0%} (--force overrides)")
@@ -141,16 +164,16 @@ class DeployOrchestrator:
         if self.current is not None and self.current.record.active:
             record = self.current.record
             raise DeployConflict(f"deploy {record.id} to {record.version} is {record.status}")
-        nodes = [(n.name, n.version) for n in self.gw.cluster]
+        nodes = [(n.name, n.version) for n in self.cluster]
         total = len(nodes)
         batch = max(1, self.config.max_unavailable.of(total, round_up=False))
         plan = Deploy.new(f"d-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
-                          version, nodes, self.config, self.gw.clock, batch_size=batch,
+                          version, nodes, self.config, self.clock, batch_size=batch,
                           forced=force, force_reason=force_reason)
         refused = self.gate(plan.record.batches[0], forced=force) if nodes else "no nodes"
         if refused is not None:
-            self.gw.events.record("deploy.refused", f"deploy to {version} refused: {refused}",
-                                  level=logging.WARNING)
+            self.events.publish(News("deploy.refused", f"deploy to {version} refused: "
+                                     f"{refused}", level=logging.WARNING))
             raise DeployRefused(refused)
         if force:  # record what the gate would have refused, when no reason was given
             plan.record.force_reason = (force_reason
@@ -159,9 +182,10 @@ class DeployOrchestrator:
         self.current = plan
         self.records[plan.record.id] = plan.record
         await self._save(plan.record)
-        self.gw.events.record("deploy.started", f"deploy {plan.record.id} to {version}: "
-                              f"{total} nodes in {len(plan.record.batches)} batches"
-                              + (" (forced)" if force else ""), deploy=plan.record.id)
+        self.events.publish(News("deploy.started", f"deploy {plan.record.id} to {version}: "
+                                 f"{total} nodes in {len(plan.record.batches)} batches"
+                                 + (" (forced)" if force else ""),
+                                 data={"deploy": plan.record.id}))
         self._launch(plan)
         return plan.record
 
@@ -171,8 +195,8 @@ class DeployOrchestrator:
         if plan is None or plan.record is not record or not record.active:
             raise DeployConflict(f"deploy {deploy_id} is {record.status}, not active")
         plan.abort(reason)
-        self.gw.events.record("deploy.aborting", f"deploy {deploy_id}: {reason}",
-                              level=logging.WARNING, deploy=deploy_id)
+        self.events.publish(News("deploy.aborting", f"deploy {deploy_id}: {reason}",
+                                 level=logging.WARNING, data={"deploy": deploy_id}))
         task = self._task
         if task is not None and not task.done():
             task.cancel()  # stop the step in progress; the plan goes on from here
@@ -191,7 +215,8 @@ class DeployOrchestrator:
         if plan is None or plan.record is not record or record.status is not Status.INTERRUPTED:
             raise DeployConflict(f"deploy {deploy_id} is {record.status}, not interrupted")
         plan.resume()
-        self.gw.events.record("deploy.resumed", f"deploy {deploy_id} resumed", deploy=deploy_id)
+        self.events.publish(News("deploy.resumed", f"deploy {deploy_id} resumed",
+                                 data={"deploy": deploy_id}))
         await self._save(record)
         self._launch(plan)
         return record
@@ -199,7 +224,7 @@ class DeployOrchestrator:
     # -- running -------------------------------------------------------------------------
 
     def _launch(self, plan: Deploy) -> None:
-        self._task = self.gw.spawn(self._run(plan), name=f"deploy {plan.record.id}")
+        self._task = self.spawn(self._run(plan), name=f"deploy {plan.record.id}")
         self._update_gauges()
 
     async def _run(self, plan: Deploy) -> None:
@@ -207,8 +232,8 @@ class DeployOrchestrator:
         while (step := plan.next()) is not None:
             plan.started(step)
             await self._save(record)
-            self.gw.events.record("deploy.step", f"{step}: started", deploy=record.id,
-                                  step=step.kind, nodes=list(step.nodes))
+            self.events.publish(News("deploy.step", f"{step}: started", data={
+                "deploy": record.id, "step": step.kind, "nodes": list(step.nodes)}))
             began = time.monotonic()
             try:
                 ok, detail, output = await self._execute(record, step)
@@ -218,11 +243,12 @@ class DeployOrchestrator:
                 raise
             self.metrics.step_seconds.labels(step.kind).observe(time.monotonic() - began)
             plan.finished(step, ok, detail, output)
-            self.gw.events.record(
+            self.events.publish(News(
                 "deploy.step", f"{step}: {'ok' if ok else 'failed'}" + (f" ({detail})"
                                                                         if detail else ""),
-                level=logging.INFO if ok else logging.ERROR, deploy=record.id, step=step.kind,
-                ok=ok, nodes=list(step.nodes))
+                level=logging.INFO if ok else logging.ERROR, data={
+                    "deploy": record.id, "step": step.kind, "ok": ok,
+                    "nodes": list(step.nodes)}))
             if not ok:
                 self._release_unmoved(record)
             await self._save(record)
@@ -234,11 +260,7 @@ class DeployOrchestrator:
         self.metrics.total.labels(record.status.value).inc()
         for name, run in record.nodes.items():
             self.metrics.out_of_rotation.labels(name).set(run.out_seconds)
-        level = logging.INFO if record.status is Status.SUCCEEDED else logging.ERROR
-        self.gw.events.record(f"deploy.{record.status.value}", f"deploy {record.id} to "
-                              f"{record.version}: {record.status.value}"
-                              + (f": {record.reason}" if record.reason else ""), level=level,
-                              deploy=record.id)
+        self.events.publish(DeployFinished(record))
         self._update_gauges()
 
     def _release_unmoved(self, record: DeployRecord) -> None:
@@ -246,18 +268,19 @@ class DeployOrchestrator:
         for batch in record.batches:
             for name in batch:
                 run = record.nodes[name]
-                node = self.gw.cluster.get(name)
-                if node is not None and not run.moved and node.drain_source == "deploy":
-                    node.undrain(f"deploy {record.id} failed before touching this node")
+                node = self.cluster.get(name)
+                if node is not None and not run.moved and "deploy" in node.holds:
+                    node.undrain(f"deploy {record.id} failed before touching this node",
+                                 "deploy")
 
     async def _save(self, record: DeployRecord) -> None:
         self.metrics.progress.set(record.updated)
-        await self.gw.store.put(NAMESPACE, record.id, record.to_json())
+        await self.store.put(NAMESPACE, record.id, record.to_json())
         old = sorted(self.records.values(), key=lambda r: r.created)[:-HISTORY]
         for stale in old:
             if not stale.active:
                 del self.records[stale.id]
-                await self.gw.store.delete(NAMESPACE, stale.id)
+                await self.store.delete(NAMESPACE, stale.id)
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -267,7 +290,7 @@ class DeployOrchestrator:
     # -- steps ---------------------------------------------------------------------------
 
     async def _execute(self, record: DeployRecord, step: Step) -> tuple[bool, str, str]:
-        nodes = [self.gw.cluster.get(name) for name in step.nodes]
+        nodes = [self.cluster.get(name) for name in step.nodes]
         missing = [name for name, node in zip(step.nodes, nodes, strict=True) if node is None]
         if missing:
             return False, f"{', '.join(missing)} no longer in the config", ""
@@ -285,7 +308,7 @@ class DeployOrchestrator:
     async def _gate(self, record: DeployRecord, batch: list[str]) -> tuple[bool, str, str]:
         # Mid-deploy the fleet may be short for a moment; wait for it, bounded.
         reason = self.gate(batch, forced=record.forced)
-        if reason is not None and not await self.gw.cluster.wait_until(
+        if reason is not None and not await self.cluster.wait_until(
                 lambda: self.gate(batch, forced=record.forced) is None, self.config.node_timeout):
             return False, reason, ""
         return True, "", ""
@@ -295,8 +318,8 @@ class DeployOrchestrator:
         why = (f"rollback {record.id}: back to the previous version" if step.rollback
                else f"deploy {record.id}: {record.version}")
         for node in nodes:
-            if node.drain_source != "deploy":
-                node.drain(why, "deploy")
+            if "deploy" not in node.holds:
+                node.drain(why, "deploy")  # beside any operator's hold, never instead of it
         timeout = self.config.drain_timeout
         idle = await asyncio.gather(*(n.wait_idle(timeout) for n in nodes))
         busy = [f"{n.name} ({n.in_flight})" for n, ok in zip(nodes, idle, strict=True) if not ok]
@@ -321,12 +344,12 @@ class DeployOrchestrator:
         node.expect_version(expected)
         node.restart_checks(f"redeployed to {step.version}: verifying")
         node.undrain(f"{'rollback' if step.rollback else 'deploy'} {record.id}: "
-                     f"readmitting after verification")
+                     f"readmitting after verification", "deploy")
 
         def verified() -> bool:
             return node.probe is Probe.HEALTHY and (expected is None or node.version == expected)
 
-        ok = await self.gw.cluster.wait_until(verified, self.config.node_timeout)
+        ok = await self.cluster.wait_until(verified, self.config.node_timeout)
         node.expect_version(None)
         if not ok:
             node.drain(f"deploy {record.id}: {node.name} failed verification", "deploy")
@@ -336,17 +359,17 @@ class DeployOrchestrator:
 
     async def _bake(self, nodes: list[Node]) -> tuple[bool, str, str]:
         bake = self.config.bake_time
-        before = list(self.gw.slo.totals)
+        before = list(self.budget.totals)
 
         def bad_node() -> Node | None:
             return next((n for n in nodes if n.state in _BAD_DURING_BAKE), None)
 
-        await self.gw.cluster.wait_until(lambda: bad_node() is not None, bake)
+        await self.cluster.wait_until(lambda: bad_node() is not None, bake)
         node = bad_node()
         if node is not None:
             return False, f"{node.name} went {node.state} while baking: {node.reason}", ""
-        good = self.gw.slo.totals[0] - before[0]
-        bad = self.gw.slo.totals[1] - before[1]
+        good = self.budget.totals[0] - before[0]
+        bad = self.budget.totals[1] - before[1]
         if good + bad >= 20 and bad / (good + bad) > self.config.max_5xx_ratio:
             return False, (f"the gateway's error ratio rose to {bad / (good + bad):.2%} "
                            f"while baking (max {self.config.max_5xx_ratio:.2%})"), ""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
+from gateway.clock import strftime_utc
 from gateway.units import format_duration
 from monitor.incident.tracker import Incident
 
 
 def _utc(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    return "-" if ts is None else strftime_utc("%Y-%m-%d %H:%M:%S UTC", ts)
 
 
 def _span(seconds: float | None) -> str:

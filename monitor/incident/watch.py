@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gateway.events import Event
-from gateway.maintenance_mode import Phase
-from gateway.node import PLANNED_STATES
+from gateway.clock import Clock
+from gateway.config.schema import IncidentConfig
+from gateway.events import Event, News
+from gateway.node import PLANNED_STATES, NodeChanged
+from monitor.deploy.record import Status
+from monitor.deploy.runner import DeployFinished
 from monitor.incident.tracker import Change, Incident, IncidentTracker
-from monitor.notify import Notice
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from monitor.notify import Notice, NotifierHub
+from monitor.ports import ClusterView, ErrorBudget, Events, PhaseView, Spawn, Store
 
 log = logging.getLogger("hagw.incidents")
 NAMESPACE = "incidents"
@@ -31,22 +32,39 @@ _UNPLANNED = frozenset({"UNHEALTHY", "EJECTED", "WARNING"})
 
 
 class IncidentWatcher:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.tracker = IncidentTracker(gateway.config.incidents, gateway.clock)
+    def __init__(self, config: IncidentConfig, *, cluster: ClusterView, budget: ErrorBudget,
+                 maintenance: PhaseView, store: Store, events: Events, notifier: NotifierHub,
+                 spawn: Spawn, clock: Clock, registry: CollectorRegistry) -> None:
+        self.cluster = cluster
+        self.budget = budget
+        self.maintenance = maintenance
+        self.store = store
+        self.events = events
+        self.notifier = notifier
+        self.spawn = spawn
+        self.clock = clock
+        self.tracker = IncidentTracker(config, clock)
         self._deploy_failed: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        registry = gateway.metrics.registry
         self.opened_total = Counter("hagw_incidents", "Incidents opened", registry=registry)
         Gauge("hagw_incidents_open", "1 while an incident is open",
               registry=registry).set_function(lambda: 1.0 if self.tracker.current else 0.0)
-        gateway.events.subscribe(self._on_event)
+        events.subscribe(Event, self._on_event)
+        events.subscribe(DeployFinished, self._on_deploy)
+
+    def __repr__(self) -> str:
+        current = self.tracker.current
+        return f"<IncidentWatcher {'open ' + current.id if current else 'quiet'}>"
+
+    @property
+    def config(self) -> IncidentConfig:
+        return self.tracker.config
 
     async def start(self) -> None:
-        for data in (await self.gw.store.items(NAMESPACE)).values():
+        for data in (await self.store.items(NAMESPACE)).values():
             self.tracker.restore(Incident.from_json(data))
-        self._task = self.gw.spawn(self._loop(), name="incident watch")
+        self._task = self.spawn(self._loop(), name="incident watch")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -58,39 +76,49 @@ class IncidentWatcher:
     # -- inputs -----------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if event.kind.startswith("incident.") or not event.kind.startswith(_TIMELINE_KINDS):
+        """Every event an operator would want in an incident's timeline."""
+        logged = event.log_entry()
+        if logged is None:
             return
-        if event.kind == "deploy.step" and event.data.get("ok") is None:
+        kind = logged.kind
+        if kind.startswith("incident.") or not kind.startswith(_TIMELINE_KINDS):
+            return
+        if kind == "deploy.step" and logged.data.get("ok") is None:
             return  # "started" lines: the result line says it all
-        entry: dict[str, Any] = {"at": event.at, "kind": event.kind, "message": event.message}
-        if event.node:
-            entry["node"] = event.node
-        if event.kind == "node.transition" and event.data.get("to") in _UNPLANNED:
+        entry: dict[str, Any] = {"at": self.clock.time(), "kind": kind,
+                                 "message": logged.message}
+        if logged.node:
+            entry["node"] = logged.node
+        if (isinstance(event, NodeChanged) and event.transition is not None
+                and event.transition.new.value in _UNPLANNED):
             entry["unplanned"] = True
         self.tracker.observe(entry)
-        if event.kind in ("deploy.rolled_back", "deploy.failed"):
-            self._deploy_failed = event.message
-        if event.kind.startswith(("node.", "deploy.")):
+        if kind.startswith(("node.", "deploy.")):
             self._wake.set()  # look now, not at the next tick
 
+    def _on_deploy(self, event: DeployFinished) -> None:
+        if event.record.status in (Status.ROLLED_BACK, Status.FAILED):
+            entry = event.log_entry()
+            self._deploy_failed = entry.message
+
     def conditions(self) -> dict[str, str]:
-        gw = self.gw
-        config = gw.config.incidents
+        config = self.config
+        cluster = self.cluster
         found: dict[str, str] = {}
-        planned = gw.maintenance.mode.phase in (Phase.ACTIVE, Phase.RECOVERING)
-        nodes = list(gw.cluster)
+        planned = self.maintenance.phase.planned
+        nodes = list(cluster)
         serving = sum(1 for n in nodes if n.serving)
         if not planned and nodes:
             unplanned = [n for n in nodes if not n.serving and n.state not in PLANNED_STATES]
             if serving == 0:
                 states = ", ".join(f"{n.name} {n.state}" for n in nodes)
                 found["all_nodes_out"] = f"every node is out of rotation ({states})"
-            elif unplanned and gw.cluster.serving_primaries() < gw.cluster.floor:
+            elif unplanned and cluster.below_floor():
                 found["below_min_healthy"] = (
-                    f"only {gw.cluster.serving_primaries()} node(s) serving, below "
-                    f"min_healthy={gw.cluster.floor} ("
+                    f"only {cluster.serving_primaries()} node(s) serving, below "
+                    f"min_healthy={cluster.floor} ("
                     + ", ".join(f"{n.name} {n.state}" for n in unplanned) + ")")
-        slo = gw.slo
+        slo = self.budget
         hour = slo.window(3600)
         if hour.total >= config.min_requests:
             fast, slow = slo.burn_rate(300), slo.burn_rate(3600)
@@ -115,9 +143,8 @@ class IncidentWatcher:
                 pass
 
     async def evaluate(self) -> list[Change]:
-        gw = self.gw
-        changes = self.tracker.evaluate(self.conditions(), list(gw.slo.totals),
-                                        gw.slo.budget_remaining())
+        changes = self.tracker.evaluate(self.conditions(), list(self.budget.totals),
+                                        self.budget.budget_remaining())
         for change in changes:
             await self._announce(change)
         if self.tracker.current is not None or changes:
@@ -126,7 +153,6 @@ class IncidentWatcher:
 
     async def _announce(self, change: Change) -> None:
         incident = change.incident
-        gw = self.gw
         impact = incident.impact()
         if change.kind == "opened":
             self.opened_total.inc()
@@ -138,14 +164,14 @@ class IncidentWatcher:
             text = (f"{impact['requests_failed']} request(s) failed; "
                     f"{impact['budget_consumed']:.2%} of the error budget consumed")
             level = logging.WARNING
-        gw.events.record(f"incident.{change.kind}", f"{incident.id}: {title}", level=level,
-                         incident=incident.id)
-        gw.notifier.publish(Notice(f"incident.{change.kind}", title, text, gw.clock.time(),
-                                   {"id": incident.id, "severity": incident.severity},
-                                   starts=incident.started_at, ends=incident.resolved_at))
+        self.events.publish(News(f"incident.{change.kind}", f"{incident.id}: {title}",
+                                 level=level, data={"incident": incident.id}))
+        self.notifier.publish(Notice(f"incident.{change.kind}", title, text, self.clock.time(),
+                                     {"id": incident.id, "severity": incident.severity},
+                                     starts=incident.started_at, ends=incident.resolved_at))
 
     async def _save(self, incident: Incident) -> None:
-        await self.gw.store.put(NAMESPACE, incident.id, incident.to_json())
+        await self.store.put(NAMESPACE, incident.id, incident.to_json())
 
     async def note(self, incident_id: str, text: str) -> dict[str, Any]:
         note = self.tracker.note(incident_id, text)

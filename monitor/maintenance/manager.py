@@ -13,20 +13,19 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.clock import Clock
 from gateway.config.schema import GatewayConfig
-from gateway.maintenance_mode import MaintenanceMode, Phase
-from gateway.queue.replay import Replayer
-from gateway.queue.store import DONE, Entry, SqliteQueue
+from gateway.events import News
+from gateway.maintenance import Phase, WriteQueued
+from gateway.queue.store import DONE, Entry, QueueStore
+from monitor.maintenance.replay import Replayer, ReplayFinished, ReplayIdle
 from monitor.maintenance.schedule import ACTIVE, Due, Schedule, Window, iso
 from monitor.notify import Notice, NotifierHub
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from monitor.ports import Advisory, ClusterView, Events, Spawn, Store, TrafficMode
 
 log = logging.getLogger("hagw.maintenance")
 NAMESPACE = "maintenance"
@@ -35,8 +34,7 @@ PURGE_EVERY = 600.0
 
 
 class MaintenanceMetrics:
-    def __init__(self, gw: Gateway, manager: MaintenanceManager) -> None:
-        registry = gw.metrics.registry
+    def __init__(self, registry: CollectorRegistry, manager: MaintenanceManager) -> None:
         active = Gauge("hagw_maintenance_active", "1 while a whole-fleet maintenance window "
                        "(or its recovery) is on", registry=registry)
         active.set_function(lambda: 1.0 if manager.mode.phase in (Phase.ACTIVE,
@@ -54,22 +52,34 @@ class MaintenanceMetrics:
 
 
 class MaintenanceManager:
-    def __init__(self, gateway: Gateway, clock: Clock | None = None) -> None:
-        self.gw = gateway
-        self.clock = clock or gateway.clock
-        config = gateway.config
-        self.schedule = Schedule(config.maintenance.announce, self.clock)
-        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
-        self.replayer = Replayer(gateway, self.queue)
-        self.mode = MaintenanceMode(gateway, self.queue, self.replayer)
-        self.notifier: NotifierHub = gateway.notifier
-        self.metrics = MaintenanceMetrics(gateway, self)
+    def __init__(self, config: GatewayConfig, *, cluster: ClusterView, store: Store,
+                 queue: QueueStore, replayer: Replayer, mode: TrafficMode, advisory: Advisory,
+                 notifier: NotifierHub, events: Events, spawn: Spawn, clock: Clock,
+                 registry: CollectorRegistry) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.store = store
+        self.queue = queue
+        self.replayer = replayer
+        self.mode = mode
+        self.advisory = advisory
+        self.notifier = notifier
+        self.events = events
+        self.spawn = spawn
+        self.clock = clock
+        self.schedule = Schedule(config.maintenance.announce, clock)
+        self.metrics = MaintenanceMetrics(registry, self)
         #: seq -> created of every write still waiting, in arrival order.
         self._oldest: dict[int, float] = {}
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self.replayer.on_finish.append(self._finished)
-        self.replayer.on_idle.append(self._replay_idle)
+        events.subscribe(WriteQueued, lambda event: self.queued(event.entry))
+        events.subscribe(ReplayFinished, lambda event: self._finished(event.entry))
+        events.subscribe(ReplayIdle, lambda _event: self._replay_idle())
+
+    def __repr__(self) -> str:
+        return (f"<MaintenanceManager {self.mode.phase.value} "
+                f"windows={len(self.schedule.windows)} depth={self.queue.depth}>")
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -77,20 +87,20 @@ class MaintenanceManager:
         await self.queue.open()
         recovered = await self.queue.recover()
         if recovered:
-            self.gw.events.record("queue.recovered", f"{recovered} write(s) were being "
-                                  "replayed when the gateway stopped; they go back in line "
-                                  "and are re-sent with the same Idempotency-Key",
-                                  level=logging.WARNING)
-        for data in (await self.gw.store.items(NAMESPACE)).values():
+            self.events.publish(News("queue.recovered", f"{recovered} write(s) were being "
+                                      "replayed when the gateway stopped; they go back in "
+                                      "line and are re-sent with the same Idempotency-Key",
+                                      level=logging.WARNING))
+        for data in (await self.store.items(NAMESPACE)).values():
             self.schedule.restore(Window.from_json(data))
-        await self._sync_config_windows(self.gw.config)
+        await self._sync_config_windows(self.config)
         for window in self.schedule.active():
             self._hold(window)  # restart inside a window: pick it up again
         self._oldest = dict(await self.queue.pending_index())
         if self.queue.depth and self.schedule.fleet_window() is None:
-            self.gw.spawn(self._after_window(None), name="replay after restart")
+            self.spawn(self._after_window(None), name="replay after restart")
         self._update_advisory()
-        self._loop_task = self.gw.spawn(self._loop(), name="maintenance schedule")
+        self._loop_task = self.spawn(self._loop(), name="maintenance schedule")
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -99,7 +109,8 @@ class MaintenanceManager:
         await self.queue.close()
 
     async def configure(self, config: GatewayConfig) -> None:
-        self.mode.configure(config.maintenance)
+        self.config = config
+        self.replayer.config = config.maintenance
         self.schedule.lead_times = tuple(sorted(config.maintenance.announce, reverse=True))
         await self._sync_config_windows(config)
         self._changed.set()
@@ -154,7 +165,7 @@ class MaintenanceManager:
     async def purge_results(self) -> int:
         """Forget replay results older than ``result_ttl``. Wall time from ``time.time()``,
         not ``self.clock``: the store stamps ``finished`` with it."""
-        ttl = self.gw.config.maintenance.result_ttl
+        ttl = self.config.maintenance.result_ttl
         purged = await self.queue.purge(time.time() - ttl)
         if purged:
             log.info("forgot %d replay result(s) older than %gs", purged, ttl)
@@ -170,7 +181,7 @@ class MaintenanceManager:
                                       "end": window.end, "nodes": list(window.nodes),
                                       "reason": window.reason},
                                      starts=window.start, ends=window.end))
-        self.gw.events.record(event, f"{title} ({text})", window=window.id)
+        self.events.publish(News(event, f"{title} ({text})", data={"window": window.id}))
 
     def _begin(self, window: Window) -> None:
         self._announce(window, "started")
@@ -178,9 +189,9 @@ class MaintenanceManager:
 
     def _hold(self, window: Window) -> None:
         why = f"maintenance {window.id}: {window.reason}"
-        names = window.nodes or tuple(n.name for n in self.gw.cluster)
+        names = window.nodes or tuple(n.name for n in self.cluster)
         for name in names:
-            node = self.gw.cluster.get(name)
+            node = self.cluster.get(name)
             if node is not None:
                 node.enter_maintenance(why)
         if window.whole_fleet:
@@ -189,28 +200,32 @@ class MaintenanceManager:
 
     def _end(self, window: Window) -> None:
         self._announce(window, "ended")
-        names = window.nodes or tuple(n.name for n in self.gw.cluster)
+        names = window.nodes or tuple(n.name for n in self.cluster)
         for name in names:
-            node = self.gw.cluster.get(name)
+            node = self.cluster.get(name)
             if node is not None and node.maintenance is not None:
                 node.exit_maintenance(f"maintenance {window.id} over: verifying")
         if window.whole_fleet:
             self.mode.phase = Phase.RECOVERING
-            self.gw.spawn(self._after_window(window), name=f"after {window.id}")
+            self.spawn(self._after_window(window), name=f"after {window.id}")
 
     async def _after_window(self, window: Window | None) -> None:
         """Verification first (bounded), then the replay, then normal traffic."""
-        cluster = self.gw.cluster
-        timeout = self.gw.config.maintenance.verify_timeout
+        cluster = self.cluster
+        timeout = self.config.maintenance.verify_timeout
         verified = await cluster.wait_until(lambda: cluster.serving_primaries() >= max(
             1, cluster.floor), timeout)
+        if self.schedule.fleet_window() is not None:
+            # Another whole-fleet window began while the nodes were being verified: it owns
+            # the traffic listener now, and its own end replays the queue.
+            return
         if not verified:
             log.warning("nodes not verified %gs after the window; replaying to whatever "
                         "serves (replay pauses while nothing does)", timeout)
         if self.queue.depth:
             self.mode.phase = Phase.REPLAYING
-            self.gw.events.record("queue.replay_started", f"replaying {self.queue.depth} "
-                                  "queued write(s) in arrival order")
+            self.events.publish(News("queue.replay_started", f"replaying {self.queue.depth} "
+                                      "queued write(s) in arrival order"))
             self.replayer.ensure_running()
         else:
             self.mode.phase = Phase.NORMAL
@@ -220,7 +235,7 @@ class MaintenanceManager:
         if self.queue.depth == 0 and self.mode.phase is Phase.REPLAYING:
             self.mode.phase = Phase.NORMAL
             self.mode.window = None
-            self.gw.events.record("queue.replay_finished", "every queued write was replayed")
+            self.events.publish(News("queue.replay_finished", "every queued write was replayed"))
 
     # -- queue accounting ----------------------------------------------------------------
 
@@ -232,10 +247,10 @@ class MaintenanceManager:
         self.metrics.entries.labels("replayed" if entry.status == DONE else "failed").inc()
         self._oldest.pop(entry.seq, None)
         if entry.status != DONE:
-            self.gw.events.record("queue.failed", f"queued write {entry.ticket} "
-                                  f"({entry.method} {entry.target}) failed after "
-                                  f"{entry.attempts} attempts: {entry.error}",
-                                  level=logging.ERROR)
+            self.events.publish(News("queue.failed", f"queued write {entry.ticket} "
+                                      f"({entry.method} {entry.target}) failed after "
+                                      f"{entry.attempts} attempts: {entry.error}",
+                                      level=logging.ERROR))
 
     def oldest_age(self) -> float:
         # Keys are in arrival order, so the first one is the oldest still waiting.
@@ -250,14 +265,14 @@ class MaintenanceManager:
         horizon = max(self.schedule.lead_times, default=86400.0)
         upcoming = [w for w in self.schedule.upcoming()
                     if w.whole_fleet and w.start - now <= horizon]
-        self.gw.proxy.advisory = (f"{iso(upcoming[0].start)}/{iso(upcoming[0].end)}"
+        self.advisory.advisory = (f"{iso(upcoming[0].start)}/{iso(upcoming[0].end)}"
                                   if upcoming else None)
 
     # -- the operator's API --------------------------------------------------------------
 
     async def schedule_window(self, start: float, duration: float, reason: str,
                               nodes: tuple[str, ...]) -> Window:
-        unknown = [n for n in nodes if self.gw.cluster.get(n) is None]
+        unknown = [n for n in nodes if self.cluster.get(n) is None]
         if unknown:
             raise ValueError(f"no node named {', '.join(unknown)}")
         window = self.schedule.add(start, duration, reason, nodes)
@@ -284,7 +299,7 @@ class MaintenanceManager:
         return active[0] if active else None
 
     async def _save(self, window: Window) -> None:
-        await self.gw.store.put(NAMESPACE, window.id, window.to_json())
+        await self.store.put(NAMESPACE, window.id, window.to_json())
 
     async def summary(self) -> dict[str, Any]:
         stats = await self.queue.stats()

@@ -1,0 +1,26 @@
+"""The admin API (JSON) on its own listener: nodes, drains, events, reload, probes, metrics,
+deploys, maintenance windows, incidents and the status page.
+
+Reads are open; every POST, PUT, PATCH and DELETE needs ``Authorization: Bearer
+<token>`` (401 without it, 403 with a wrong one), compared in constant time.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.app.admin import deploys, incidents, maintenance, nodes, openapi, status
+from gateway.app.admin.core import GATEWAY, auth_middleware, error_middleware
+from gateway.app.parts import Parts
+
+
+def build_admin_app(gateway: Parts) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=1024 * 1024)
+    app[GATEWAY] = gateway
+    for module in (nodes, deploys, maintenance, incidents, status, openapi):
+        module.add_routes(app)
+    return app
+
+
+__all__ = ["GATEWAY", "build_admin_app"]

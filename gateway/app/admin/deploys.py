@@ -1,0 +1,75 @@
+"""Admin API routes for deploys: POST /deploys, GET /deploys[/{id}], abort, resume."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.app.admin.core import GATEWAY, BadInput, error_json, field, json_response, read_json
+from monitor.deploy.runner import DeployConflict, DeployNotFound, DeployRefused
+
+
+async def create(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    data = await read_json(request, required=True)
+    version = field(data, "version", str)
+    if not version or not version.strip():
+        raise BadInput("version: expected a non-empty string")
+    try:
+        record = await gw.deploys.begin(version.strip(), force=bool(field(data, "force", bool)),
+                                        force_reason=field(data, "reason", str) or "")
+    except DeployConflict as exc:
+        return error_json(409, "conflict", str(exc))
+    except DeployRefused as exc:
+        return error_json(422, "refused", str(exc))
+    return json_response({**record.summary(), "location": f"/deploys/{record.id}"}, status=202)
+
+
+async def list_deploys(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response({"deploys": [r.summary() for r in gw.deploys.history()]})
+
+
+async def get_deploy(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    deploy_id = request.match_info["id"]
+    if deploy_id == "current":
+        history = gw.deploys.history()
+        if not history:
+            return error_json(404, "not_found", "no deploy has run yet")
+        return json_response(history[0].to_json())
+    try:
+        return json_response(gw.deploys.get(deploy_id).to_json())
+    except DeployNotFound:
+        return error_json(404, "not_found", f"no deploy {deploy_id!r}")
+
+
+async def abort(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    data = await read_json(request)
+    try:
+        record = await gw.deploys.abort(request.match_info["id"], field(data, "reason", str)
+                                        or "aborted by operator")
+    except DeployNotFound:
+        return error_json(404, "not_found", f"no deploy {request.match_info['id']!r}")
+    except DeployConflict as exc:
+        return error_json(409, "conflict", str(exc))
+    return json_response(record.summary())
+
+
+async def resume(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        record = await gw.deploys.resume(request.match_info["id"])
+    except DeployNotFound:
+        return error_json(404, "not_found", f"no deploy {request.match_info['id']!r}")
+    except DeployConflict as exc:
+        return error_json(409, "conflict", str(exc))
+    return json_response(record.summary())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/deploys", create)
+    app.router.add_get("/deploys", list_deploys)
+    app.router.add_get("/deploys/{id}", get_deploy)
+    app.router.add_post("/deploys/{id}/abort", abort)
+    app.router.add_post("/deploys/{id}/resume", resume)

@@ -1,0 +1,109 @@
+"""The ``hagw`` command line: run the gateway, check configs, and operate a running one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from gateway import __version__
+from gateway.app.cli import commands, operations
+from gateway.app.cli.client import AdminError
+from gateway.app.cli.common import DEFAULT_CONFIG
+from gateway.app.demo import redeploy
+from gateway.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hagw", description="hagw: a high-availability "
+                                     "HTTP gateway")
+    parser.add_argument("--version", action="version", version=f"hagw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help: str,
+                admin: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("-c", "--config", help=f"config file (default: $HAGW_CONFIG or "
+                                              f"{DEFAULT_CONFIG})")
+        if admin:
+            p.add_argument("--admin", help="admin API URL (default: from the config)")
+            p.add_argument("--token", help="admin token (default: from the config)")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("run", commands.cmd_run, "run the gateway")
+    command("demo", commands.cmd_demo, "run demo nodes and the gateway in front of them")
+    command("check", commands.cmd_check, "validate a config file")
+    p = command("nodes", commands.cmd_nodes, "show the nodes of a running gateway", admin=True)
+    p.add_argument("--watch", action="store_true", help="refresh in place")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--json", action="store_true")
+    p = command("drain", commands.cmd_drain,
+                "take a node out of rotation; in-flight requests finish", admin=True)
+    p.add_argument("node")
+    p.add_argument("--reason")
+    p.add_argument("--wait", action="store_true", help="wait until nothing is in flight")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p = command("undrain", commands.cmd_undrain, "put a drained node back in rotation", admin=True)
+    p.add_argument("node")
+    p.add_argument("--force", action="store_true", help="also release a deploy's hold")
+    command("reload", commands.cmd_reload, "reload the config of a running gateway", admin=True)
+    p = command("deploy", operations.cmd_deploy, "rolling deploy: 'hagw deploy VERSION', or "
+                "status, abort, resume, history", admin=True)
+    p.add_argument("target", metavar="VERSION|status|abort|resume|history")
+    p.add_argument("id", nargs="?", help="deploy id (default: the current one)")
+    p.add_argument("--force", action="store_true",
+                   help="start even with the error budget below deploy.min_error_budget")
+    p.add_argument("--reason", help="why (recorded with --force or abort)")
+    p.add_argument("--no-follow", action="store_true", help="do not wait and show progress")
+    p = command("maintenance", operations.cmd_maintenance, "maintenance windows: schedule, "
+                "list, cancel, start (now), end", admin=True)
+    p.add_argument("action", choices=["schedule", "list", "cancel", "start", "end"])
+    p.add_argument("id", nargs="?", help="window id (cancel, end)")
+    p.add_argument("--start", help='when, e.g. "2026-12-01T02:00Z" (schedule)')
+    p.add_argument("--duration", default="1h", help="e.g. 45m (default 1h)")
+    p.add_argument("--reason")
+    p.add_argument("--nodes", help="comma-separated node names; default: the whole fleet")
+    p = command("incident", operations.cmd_incident,
+                "incidents: list, show ID, note ID TEXT, report ID", admin=True)
+    p.add_argument("action", choices=["list", "show", "note", "report"])
+    p.add_argument("id", nargs="?")
+    p.add_argument("text", nargs="*")
+    command("status", commands.cmd_status,
+            "overall state, availability, nodes, deploy and maintenance", admin=True)
+    p = command("events", commands.cmd_events, "show recent events", admin=True)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--node")
+    p = sub.add_parser("node", help="run one demo backend node")
+    p.add_argument("--name", default="node-1")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9601)
+    p.add_argument("--version", default="v1")
+    p.add_argument("--health", choices=["ok", "warn", "fail"], default="ok")
+    p.add_argument("--pidfile")
+    p.set_defaults(fn=commands.cmd_node)
+    # Listed for --help; main() hands its arguments to gateway.app.demo.redeploy untouched.
+    sub.add_parser("demo-redeploy", help="the demo fleet's deploy action (stop a demo node, "
+                   "start a new version on its port)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo-redeploy"]:
+        sys.exit(redeploy.main(argv[1:]))
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.fn(args)
+    except ConfigError as exc:
+        print(f"hagw: invalid config: {exc}", file=sys.stderr)
+        code = 2
+    except AdminError as exc:
+        print(f"hagw: {exc}", file=sys.stderr)
+        code = 1
+    except OSError as exc:  # e.g. a listen address already in use
+        print(f"hagw: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

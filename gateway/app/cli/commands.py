@@ -1,0 +1,191 @@
+"""The commands that run things (the gateway, the demo, a demo node, a config check) and
+that read or change a running gateway's nodes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.app.cli.common import admin_client, config_path
+from gateway.app.cli.render import Style, node_rows, table
+from gateway.app.demo.backend import serve_backend
+from gateway.app.demo.fleet import run_demo
+from gateway.app.runtime import Gateway
+from gateway.config import load_config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path = config_path(args)
+    config = load_config(path)
+    setup_logging(config.log_level)
+    use_uvloop()
+
+    async def main() -> None:
+        gateway = Gateway(config, config_path=path)
+        await gateway.start()
+        logging.getLogger("hagw").info("serving traffic on %s, admin on %s",
+                                       gateway.traffic_url, gateway.admin_url)
+        gateway.install_signal_handlers()
+        await gateway.wait()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging("info")
+    use_uvloop()
+    asyncio.run(run_demo(args.config))
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    if args.pidfile:
+        with open(args.pidfile, "w") as out:
+            out.write(str(os.getpid()))
+    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health))
+    return 0
+
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = config_path(args)
+    config = load_config(path)
+    print(f"{path}: ok ({len(config.nodes)} nodes, balancer {config.balancer}, "
+          f"listen {config.listen}, admin {config.admin.listen})")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    client = admin_client(args)
+    style = Style()
+
+    def render() -> str:
+        data = client.get("/nodes")
+        if args.json:
+            return json.dumps(data, indent=2)
+        cluster = data["cluster"]
+        head = (f"{cluster['serving']}/{cluster['nodes']} nodes serving, "
+                f"min_healthy={cluster['min_healthy']}"
+                + (style.paint("  PANIC MODE", "31;1") if cluster["panic"] else ""))
+        return head + "\n" + table(node_rows(data["nodes"]),
+                                   ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION", "URL",
+                                    "REASON"], style, colour_col=1)
+
+    if not args.watch:
+        print(render())
+        return 0
+    return _watch(render, args.interval)
+
+
+def _watch(render: Callable[[], str], interval: float) -> int:
+    """Redraw in place until Ctrl-C."""
+    try:
+        while True:
+            text = render()
+            if sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            sys.stdout.write(time.strftime("%H:%M:%S  ") + "(Ctrl-C to stop)\n" + text + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    client = admin_client(args)
+    body = {"reason": args.reason} if args.reason else {}
+    node = client.post(f"/nodes/{args.node}/drain", body)
+    print(f"{node['name']}: {node['state']} ({node['reason']}), {node['in_flight']} in flight")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while node["in_flight"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            node = client.get(f"/nodes/{args.node}")
+        if node["in_flight"] > 0:
+            print(f"{node['name']}: still {node['in_flight']} in flight after {args.timeout:g}s",
+                  file=sys.stderr)
+            return 1
+        print(f"{node['name']}: drained, nothing in flight")
+    return 0
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    client = admin_client(args)
+    body: dict[str, Any] = {"force": True} if args.force else {}
+    node = client.post(f"/nodes/{args.node}/undrain", body)
+    print(f"{node['name']}: {node['state']} ({node['reason']})")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    client = admin_client(args)
+    result = client.post("/reload")
+    print(f"reloaded: nodes {', '.join(result['nodes'])}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = admin_client(args)
+    style = Style()
+    data = client.get("/status.json")
+    colour = {"operational": "32", "degraded": "33", "partial_outage": "31",
+              "major_outage": "31;1", "maintenance": "34"}[data["state"]]
+    slo = data["slo"]
+    print(style.paint(data["state_text"], colour + ";1"))
+    target = slo["target"]
+    avail = "  ".join(f"{w} {v * 100:.3f}%" for w, v in slo["availability"].items())
+    print(f"availability  {avail}  (target {target * 100:.2f}%)")
+    budget = slo["error_budget_remaining"]
+    print(f"error budget  {budget * 100:.1f}% left   burn rate 1h "
+          f"{slo['burn_rate']['1h']:.2f}x")
+    cap = data["capacity"]
+    print(f"nodes         {cap['serving']}/{cap['nodes']} serving (min_healthy "
+          f"{cap['min_healthy']})")
+    print(table(node_rows(data["nodes"]), ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION",
+                                            "URL", "REASON"], style, colour_col=1))
+    deploy = data.get("deploy")
+    if deploy and deploy["status"] in ("running", "rolling_back", "interrupted"):
+        print(f"deploy        {deploy['id']} to {deploy['version']}: {deploy['status']} "
+              f"({deploy['nodes_done']}/{deploy['nodes']} nodes)")
+    maintenance = data["maintenance"]
+    for window in maintenance["active"]:
+        print(f"maintenance   ACTIVE until {window['end_iso']}: {window['reason']} "
+              f"({window['scope']})")
+    for window in maintenance["upcoming"][:3]:
+        print(f"maintenance   {window['start_iso']} to {window['end_iso']}: "
+              f"{window['reason']} ({window['scope']})")
+    for incident in data["incidents"]["open"]:
+        print(style.paint(f"incident      {incident['id']}: {incident['title']}", "31"))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = admin_client(args)
+    query = f"/events?limit={args.limit}" + (f"&node={args.node}" if args.node else "")
+    for event in client.get(query)["events"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+        node = f" {event['node']}" if event.get("node") else ""
+        print(f"{stamp}  {event['kind']}{node}: {event['message']}")
+    return 0
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def use_uvloop() -> None:
+    """uvloop when installed (the ``speed`` extra); the gateway is correct without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,217 @@
+"""Running the gateway: start, signals and shutdown of the wired parts (gateway.app.parts).
+
+Resources start and stop through the admin app's ``cleanup_ctx`` (in order: state
+store, upstream pools, WebSockets and notifiers, health checks, deploys, maintenance,
+incidents, traffic listener; they stop in reverse). Every background task runs in one
+TaskGroup owned by the ``hagw-main`` task. Shutdown follows uvicorn's discipline as
+ordered, timed steps (gateway.app.shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from gateway.app.shutdown import shutdown
+
+from gateway.app.admin import build_admin_app
+from gateway.app.parts import Parts, log
+from gateway.app.status import routes as status_routes
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.config import ConfigError, GatewayConfig
+from gateway.events import News
+from gateway.listener import GuardedServer, PublicPage
+from monitor import slo_store
+
+
+class Gateway(Parts):
+    def __init__(self, config: GatewayConfig, *, config_path: str | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(config, config_path=config_path, clock=clock)
+        # The public status page answers even during maintenance, so it comes first.
+        self.traffic.local_routes.insert(0, PublicPage(
+            lambda: self.config.status.public, lambda: self.config.status.path,
+            lambda: status_routes.html_response(self, public=True),
+            lambda: status_routes.json_response(self, public=True)))
+        self.started_at = clock.time()
+        self.traffic_runner: web.ServerRunner | None = None
+        self.admin_runner: web.AppRunner | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._stop: asyncio.Event | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._stop = asyncio.Event()
+        self._main = asyncio.create_task(self._supervise(), name="hagw-main")
+        await asyncio.shield(self._started)
+
+    async def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._main is not None:
+            await self._main
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads the config."""
+        await self.start()
+        self.install_signal_handlers()
+        await self.wait()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
+
+    async def wait(self) -> None:
+        """Until the gateway has stopped."""
+        assert self._main is not None
+        await self._main
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        if self._stop is not None and not self._stop.is_set():
+            log.info("%s: shutting down", why)
+            self._stop.set()
+
+    async def _supervise(self) -> None:
+        assert self._started is not None and self._stop is not None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self.tasks.bind(tg)
+                app = self._admin_app()
+                self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                try:
+                    await self.admin_runner.setup()
+                    admin = self.config.admin.listen
+                    site = web.TCPSite(self.admin_runner, admin.host, admin.port)
+                    await site.start()
+                except BaseException:
+                    # Unwind whatever started (the cleanup contexts entered so far).
+                    self.tasks.cancel_all()
+                    await self.admin_runner.cleanup()
+                    raise
+                self.admin_address = self.admin_runner.addresses[0][:2]
+                self.ready = True
+                self.bus.publish(News("gateway.started", f"traffic on {self.traffic_url}, "
+                                      f"admin on {self.admin_url}"))
+                self._started.set_result(None)
+                await self._stop.wait()
+                await shutdown(self)
+                self.tasks.cancel_all()
+        except BaseException as exc:
+            if not self._started.done():
+                # Start-up failed (say, a port in use): report the cause, not the group.
+                while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                    exc = exc.exceptions[0]
+                self._started.set_exception(exc)
+                return
+            raise
+        finally:
+            self.tasks.bind(None)
+
+    def _admin_app(self) -> web.Application:
+        app = build_admin_app(self)
+        app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
+                                self._health_ctx, self._deploys_ctx, self._maintenance_ctx,
+                                self._incidents_ctx, self._traffic_ctx])
+        return app
+
+    # -- resources, in start order -------------------------------------------------------
+
+    async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.store.open(slo_store.SCHEMA)
+        await self.drains.restore()
+        await slo_store.restore(self.store, self.slo)
+        self.uptime.load(await self.store.get("uptime", "nodes") or {})
+        flusher = self.tasks(self._flush_loop(), name="flush state")
+        yield
+        flusher.cancel()
+        await self._flush()
+        await self.store.close()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.slo.flush_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Persist the SLO history and node uptime (and so survive a restart)."""
+        await slo_store.flush(self.store, self.slo)
+        await self.store.put("uptime", "nodes", self.uptime.totals())
+
+    async def _pools_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        for node in self.cluster:
+            self.add_pool(node)
+        yield
+        for pool in self.pools.values():
+            pool.abort_all()
+
+    async def _websockets_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.websockets.start()
+        await self.notifier.start()
+        yield
+        await self.notifier.close()
+        await self.websockets.close()
+
+    async def _health_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.health.start()
+        yield
+        await self.health.stop()
+
+    async def _deploys_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.deploys.start()
+        yield
+        await self.deploys.stop()
+
+    async def _maintenance_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.queue.open()
+        await self.maintenance.start()
+        yield
+        await self.maintenance.stop()
+        await self.queue.close()
+
+    async def _incidents_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.incidents.start()
+        yield
+        await self.incidents.stop()
+
+    async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        cfg = self.config
+        limits = cfg.limits
+        server = GuardedServer(
+            self.traffic.handle, header_timeout=limits.client_header_timeout,
+            keepalive_timeout=limits.client_keepalive, max_line_size=limits.max_header,
+            max_field_size=limits.max_header, max_headers=limits.max_headers,
+            auto_decompress=False, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False, access_log=None,
+                                  shutdown_timeout=cfg.shutdown.drain_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, backlog=4096)
+        await site.start()
+        self.traffic_runner = runner
+        self.traffic_address = runner.addresses[0][:2]
+        yield
+        if self.traffic_runner is not None:  # not already stopped by the shutdown steps
+            await self.traffic_runner.cleanup()
+            self.traffic_runner = None
+
+    # -- reload on SIGHUP ----------------------------------------------------------------
+
+    def _reload_from_signal(self) -> None:
+        # A bad config is already logged and counted; the old config keeps serving.
+        with contextlib.suppress(ConfigError):
+            self.reload()

@@ -1,0 +1,56 @@
+"""Graceful shutdown, in uvicorn's order, as logged and timed steps: stop being ready,
+stop accepting, drain what is in flight, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from aiohttp import web
+
+from gateway.app.reactions import EjectionTimer
+from gateway.config import GatewayConfig
+from gateway.events import EventBus, News
+from gateway.listener import WebSocketProxy
+
+log = logging.getLogger("hagw")
+
+
+class Running(Protocol):
+    config: GatewayConfig
+    ready: bool
+    bus: EventBus
+    websockets: WebSocketProxy
+    ejections: EjectionTimer
+    traffic_runner: web.ServerRunner | None
+    admin_runner: web.AppRunner | None
+
+
+async def shutdown(gw: Running) -> None:
+    cfg = gw.config.shutdown
+    began = time.monotonic()
+
+    def step(what: str) -> None:
+        log.info("shutdown: %s (t=%.2fs)", what, time.monotonic() - began)
+
+    step(f"reporting not-ready for {cfg.grace:g}s")
+    gw.ready = False
+    gw.bus.publish(News("gateway.stopping", f"not ready; grace {cfg.grace:g}s"))
+    if cfg.grace > 0:
+        await asyncio.sleep(cfg.grace)
+    runner = gw.traffic_runner
+    if runner is not None:
+        step("stop accepting connections")
+        for site in list(runner.sites):
+            await site.stop()
+        step(f"draining in-flight requests (up to {cfg.drain_timeout:g}s)")
+        await gw.websockets.close_all("gateway shutting down", grace=0)
+        await runner.cleanup()  # closes idle keep-alives, waits for handlers, closes
+        gw.traffic_runner = None
+    step("closing")
+    gw.ejections.cancel()
+    assert gw.admin_runner is not None
+    await gw.admin_runner.cleanup()
+    step("stopped")

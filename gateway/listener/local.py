@@ -1,0 +1,51 @@
+"""Answers the traffic listener gives itself instead of proxying: the public status page,
+maintenance mode and queue tickets are ``LocalRoute``s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import web
+
+#: How an answer counts for the SLO (see monitor.slo): None for normal accounting.
+Accounting = str | None
+
+
+class LocalRoute(Protocol):
+    def matches(self, request: web.BaseRequest) -> bool:
+        """A cheap synchronous check, made on every request."""
+
+    async def answer(self, request: web.BaseRequest,
+                     request_id: str) -> tuple[web.StreamResponse, Accounting] | None:
+        """The response and how it counts for the SLO, or None to let the request through
+        after all."""
+
+
+class PublicPage:
+    """Serves a page at ``path`` (HTML) and ``path + ".json"`` on the traffic listener, from
+    renderers the composition root provides (the public status page)."""
+
+    def __init__(self, enabled: Callable[[], bool], path: Callable[[], str],
+                 html: Callable[[], web.Response], json: Callable[[], web.Response]) -> None:
+        self._enabled = enabled
+        self._path = path
+        self._html = html
+        self._json = json
+
+    def matches(self, request: web.BaseRequest) -> bool:
+        return self._enabled() and request.path.startswith(self._path())
+
+    async def answer(self, request: web.BaseRequest,
+                     request_id: str) -> tuple[web.StreamResponse, Accounting] | None:
+        if request.method not in ("GET", "HEAD"):
+            return None
+        path = self._path()
+        if request.path == path:
+            return self._html(), None
+        if request.path == path + ".json":
+            return self._json(), None
+        return None
+
+    def __repr__(self) -> str:
+        return f"<PublicPage {self._path()} enabled={self._enabled()}>"

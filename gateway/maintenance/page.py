@@ -1,0 +1,44 @@
+"""The answer to a request a whole-fleet window refuses: JSON, or an HTML page for
+browsers, with ``Retry-After`` set to the window's end."""
+
+from __future__ import annotations
+
+import html
+
+from aiohttp import web
+
+from gateway.clock import strftime_utc
+from gateway.errors import error_response
+
+#: The maintenance page may show nothing but itself: no scripts, no external anything.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                           "frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def unavailable(request: web.BaseRequest, request_id: str, *, reason: str, end: float | None,
+                retry_after: float, coming_back: bool, read: bool) -> web.Response:
+    until = strftime_utc("%Y-%m-%d %H:%M UTC", end) if end else "shortly"
+    message = (f"{'Coming back' if coming_back else 'Down'} for maintenance: {reason}. "
+               f"Back at {until}."
+               + ("" if read else " This request was not accepted; please retry then."))
+    accept = request.headers.get("Accept", "")
+    if "text/html" in accept and "application/json" not in accept:
+        page = _PAGE.format(reason=html.escape(reason), until=html.escape(until),
+                            request_id=html.escape(request_id))
+        return web.Response(status=503, text=page, content_type="text/html", headers={
+            "Retry-After": str(int(retry_after + 0.999)), "X-Request-Id": request_id,
+            **PAGE_HEADERS})
+    return error_response(503, message, request_id, error="maintenance",
+                          retry_after=retry_after)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Down for maintenance</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:15vh auto;padding:0 1rem;
+color:#1f2937}}h1{{font-size:1.6rem}}.muted{{color:#6b7280;font-size:.85rem}}</style></head>
+<body><h1>Down for planned maintenance</h1><p>{reason}</p>
+<p>We expect to be back at <strong>{until}</strong>.</p>
+<p class="muted">Request id {request_id}</p></body></html>
+"""

@@ -1,0 +1,218 @@
+"""Replaying queued writes to the nodes, in arrival order.
+
+Each entry is marked ``replaying`` on disk before it is sent, so after a crash it
+is sent again with the same ``Idempotency-Key`` (the client's own, or its ticket
+id) and the backend can drop the duplicate. Transient failures (no answer, 502,
+503, 504) are retried with backoff by tenacity; after ``max_attempts`` an entry
+ends ``failed``. A fleet with no serving node pauses the replay without using
+attempts: nothing is dropped because the nodes are still coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from gateway.config.schema import MaintenanceConfig
+from gateway.events import Event
+from gateway.node import Node, NodeChanged
+from gateway.queue.store import DONE, FAILED, Entry, QueueStore
+from gateway.router import NoNode
+from gateway.upstream import UpstreamError
+from monitor.ports import ClusterView, Events, Forwarder, Spawn
+
+log = logging.getLogger("hagw.replay")
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+#: Entries marked, replayed and recorded together (two store writes per batch).
+REPLAY_BATCH = 256
+
+
+class Transient(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFinished(Event):
+    """A queued write was replayed (``entry.status`` done) or gave up (failed)."""
+
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayIdle(Event):
+    """A replay run emptied the queue."""
+
+
+class Replayer:
+    def __init__(self, store: QueueStore, forwarder: Forwarder, cluster: ClusterView,
+                 config: MaintenanceConfig, *, spawn: Spawn, events: Events) -> None:
+        self.store = store
+        self.forwarder = forwarder
+        self.cluster = cluster
+        self.config = config
+        self.spawn = spawn
+        self.events = events
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: dict[str, list[asyncio.Future[Entry]]] = {}
+        self._recent: deque[float] = deque(maxlen=10_000)
+        self._changed = asyncio.Event()
+        events.subscribe(NodeChanged, lambda _event: self._changed.set())
+
+    def __repr__(self) -> str:
+        return f"<Replayer running={self.running} waiting={len(self._waiters)}>"
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def ensure_running(self) -> None:
+        if not self.running:
+            self._task = self.spawn(self._run(), name="queue replay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def rate(self, window: float = 10.0) -> float:
+        """Entries finished per second over the last ``window`` seconds."""
+        cutoff = time.monotonic() - window
+        return sum(1 for t in self._recent if t >= cutoff) / window
+
+    async def wait_result(self, ticket: str, timeout: float) -> Entry | None:
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(ticket, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(ticket, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(ticket, None)
+
+    async def _run(self) -> None:
+        config = self.config
+        while True:
+            batch = await self.store.next_batch(REPLAY_BATCH, time.time())
+            if not batch:
+                break
+            await self._wait_for_a_node()
+            # One write marks the whole batch as being replayed, each entry with the node
+            # it is planned for, before any of it is sent; one write records the results.
+            # A crash in between re-sends the batch with the same keys, to the same nodes.
+            for entry in batch:
+                entry.node = self._plan(entry)
+            await self.store.mark_replaying_many(batch)
+            finished: list[Entry] = []
+            if config.replay_concurrency == 1:
+                for entry in batch:
+                    await self._replay(entry, finished)  # strictly one after another
+            else:
+                limit = asyncio.Semaphore(config.replay_concurrency)
+
+                async def one(entry: Entry, limit: asyncio.Semaphore = limit,
+                              finished: list[Entry] = finished) -> None:
+                    async with limit:
+                        await self._replay(entry, finished)
+
+                # The semaphore is fair (FIFO), so entries are dispatched in arrival order.
+                async with asyncio.TaskGroup() as tg:
+                    for entry in batch:
+                        tg.create_task(one(entry))
+            await self.store.finish_many(finished)
+            for entry in finished:
+                self.events.publish(ReplayFinished(entry))
+        self.events.publish(ReplayIdle())
+
+    def _plan(self, entry: Entry) -> str | None:
+        """The node an entry goes to first: where it went before a crash, if that node
+        serves (a per-node key store then drops the repeat), else the balancer's pick."""
+        cluster = self.cluster
+        if entry.node is not None:
+            node = cluster.get(entry.node)
+            if node is not None and node.serving:
+                return entry.node
+        picked = cluster.pick()
+        return picked.name if picked is not None else None
+
+    async def _replay(self, entry: Entry, finished: list[Entry]) -> None:
+        try:
+            await self._replay_with_retries(entry)
+            finished.append(entry)
+        except Exception as exc:
+            # A bug or a store error must not stop the replay or strand the entry: it goes
+            # back in line and the replay carries on after a pause.
+            log.exception("replaying %s failed unexpectedly; it stays queued", entry.ticket)
+            await self.store.retry_later(entry, time.time(), f"internal error: {exc!r}")
+            await asyncio.sleep(1.0)
+
+    async def _replay_with_retries(self, entry: Entry) -> None:
+        config = self.config
+        # The batch mark counted the first attempt already.
+        remaining = max(1, config.max_attempts - entry.attempts + 1)
+        fresh = True
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(remaining),
+                    wait=wait_exponential_jitter(multiplier=config.retry_base,
+                                                 max=config.retry_max),
+                    retry=retry_if_exception_type(Transient), reraise=True):
+                with attempt:
+                    first_try, fresh = fresh, False
+                    await self._attempt(entry, first_try)
+        except Transient as exc:
+            entry.status, entry.error = FAILED, str(exc)
+            log.warning("queued write %s failed after %d attempts: %s", entry.ticket,
+                        entry.attempts, exc)
+        entry.finished = time.time()
+        self._recent.append(time.monotonic())
+        for future in self._waiters.pop(entry.ticket, []):
+            if not future.done():
+                future.set_result(entry)
+
+    async def _attempt(self, entry: Entry, fresh: bool) -> None:
+        """One try; ``fresh``: the batch mark already recorded it (and its planned node)."""
+        await self._wait_for_a_node()
+        headers = [(k, v) for k, v in entry.headers if k.lower() != "idempotency-key"]
+        headers.append(("Idempotency-Key", entry.idempotency_key))
+        first = not fresh
+
+        async def before_send(node: Node) -> None:
+            # On record before the first byte goes out, with the node it goes to: after a
+            # crash the entry is re-sent there first, so a per-node key store dedupes it.
+            nonlocal first
+            if first:
+                await self.store.mark_replaying(entry, node.name)
+                first = False
+            elif entry.node != node.name:
+                await self.store.sent_to(entry, node.name)
+
+        try:
+            status, answer, body = await self.forwarder.forward(
+                entry.method, entry.target, headers, entry.body, request_id=entry.ticket,
+                prefer=entry.node, before_send=before_send)
+        except (UpstreamError, TimeoutError, NoNode) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            await self.store.retry_later(entry, time.time(), error)
+            raise Transient(error) from None
+        if status in TRANSIENT_STATUSES:
+            await self.store.retry_later(entry, time.time(), f"node answered {status}")
+            raise Transient(f"node answered {status}")
+        entry.status, entry.result_status, entry.result_headers = DONE, status, answer
+        entry.result_body, entry.error = body, None
+
+    async def _wait_for_a_node(self) -> None:
+        cluster = self.cluster
+        while not any(n.serving for n in cluster):
+            self._changed.clear()
+            await self._changed.wait()
