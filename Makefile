@@ -16,15 +16,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hagw demo
 
-## test: set up .venv and run the whole suite (lint, type checks, tests)
-test: $(STAMP)
-	$(BIN)/ruff check gateway monitor tests bench chaos
-	$(BIN)/mypy
+## test: set up .venv and run the whole suite (lint, type checks, layer contracts, tests)
+test: lint
 	$(BIN)/pytest
 
+## lint: ruff, strict mypy, and the import-linter layer contracts (.importlinter)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway monitor tests bench chaos
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## bench: the performance suite (gateway vs direct, nginx and haproxy)
 bench: $(STAMP)

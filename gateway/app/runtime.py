@@ -15,10 +15,10 @@ import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from gateway.app.shutdown import shutdown
 
 from gateway.app.admin import build_admin_app
 from gateway.app.parts import Parts, log
+from gateway.app.shutdown import shutdown
 from gateway.app.status import routes as status_routes
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import ConfigError, GatewayConfig
