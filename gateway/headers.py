@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -61,7 +61,7 @@ def origin_form(target: str) -> tuple[str, bytes]:
                                                                                 "replace")
 
 
-def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes], ...], *,
+def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, bytes]], *,
                  client_ip: str, scheme: str, node_host: bytes, request_id: str,
                  content_length: int | None, chunked: bool) -> bytes:
     """The request line and headers sent to a node, framed as the gateway sends the body."""
@@ -121,7 +121,9 @@ def request_head(method: str, target: str, raw_headers: tuple[tuple[bytes, bytes
 _STATUS_LINES: dict[int, bytes] = {}
 
 
-def _status_line(status: int) -> bytes:
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>``: always HTTP/1.1, the highest version the gateway
+    speaks (RFC 9112 section 2.3), whatever the request's."""
     line = _STATUS_LINES.get(status)
     if line is None:
         try:
@@ -135,7 +137,8 @@ def _status_line(status: int) -> bytes:
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
-def _date_header() -> bytes:
+def date_header() -> bytes:
+    """The Date header line, rebuilt at most once a second."""
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
@@ -149,7 +152,7 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
     """The status line and headers of a complete answer, built straight from the node's raw
     headers: hop-by-hop and framing headers removed, Via and X-Request-Id added, framed by
     ``content_length`` (None: no body allowed, as for 204 and 304)."""
-    out = [_status_line(status)]
+    out = [status_line(status)]
     append = out.append
     # Headers named in Connection are hop-by-hop too, wherever Connection sits.
     drop = RESPONSE_DROP | connection_tokens(raw)
@@ -171,7 +174,7 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
     if not has_id:
         append(b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n")
     if not has_date:
-        append(_date_header())
+        append(date_header())
     if content_length is not None:
         append(b"Content-Length: " + str(content_length).encode() + b"\r\n")
     if not keep_alive:

@@ -108,8 +108,9 @@ async def test_slow_header_clients_are_cut_off(backends: Any, gateway: Any) -> N
     writer.close()
     # A connection that sends nothing at all is cut too.
     reader, writer = await asyncio.open_connection(host, port)
-    assert await asyncio.wait_for(reader.read(), timeout=3) == b"HTTP/1.1 408 Request " \
-        b"Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    answer = await asyncio.wait_for(reader.read(), timeout=3)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"\r\nConnection: close\r\n" in answer
     writer.close()
     # Normal keep-alive clients are not affected.
     reader, writer = await asyncio.open_connection(host, port)

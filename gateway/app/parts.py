@@ -19,7 +19,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.events import EventBus, EventLog, News
-from gateway.listener import Responder, TrafficHandler, WebSocketProxy
+from gateway.listener import Responder, TrafficHandler, WebSocketTunnels
 from gateway.maintenance import MaintenanceMode
 from gateway.node import Node
 from gateway.outlier import OutlierDetector
@@ -71,7 +71,7 @@ class Parts:
         self.pools: dict[Node, ConnectionPool] = {}
         self.router = Router(self.cluster, self.pools, self.outlier, passive, self.accounting,
                              config)
-        self.websockets = WebSocketProxy(self.cluster)
+        self.websockets = WebSocketTunnels(self.cluster)
         self.traffic = TrafficHandler(
             self.router, Admission(config.rate_limit, config.overload, clock),
             Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),

@@ -10,7 +10,7 @@ from gateway.app.metrics import ControlMetrics
 from gateway.app.tasks import Tasks
 from gateway.cluster import Cluster, DrainRefused
 from gateway.events import EventBus
-from gateway.listener import WebSocketProxy
+from gateway.listener import WebSocketTunnels
 from gateway.node import NodeChanged, NodeState
 from gateway.outlier import NodeEjected
 from monitor.uptime import NodeUptime
@@ -42,7 +42,7 @@ class EjectionTimer:
 
 
 def wire(bus: EventBus, *, metrics: ControlMetrics, uptime: NodeUptime,
-         websockets: WebSocketProxy, timer: EjectionTimer, tasks: Tasks,
+         websockets: WebSocketTunnels, timer: EjectionTimer, tasks: Tasks,
          grace: Callable[[], float]) -> None:
     """Subscribe the root's reactions: uptime and transition counts, WebSockets closed
     with 1001 when their node drains, the ejection timer re-armed."""

@@ -23,7 +23,7 @@ from gateway.app.status import routes as status_routes
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import ConfigError, GatewayConfig
 from gateway.events import News
-from gateway.listener import GuardedServer, PublicPage
+from gateway.listener import PublicPage, ServerState, TrafficServer
 from monitor import slo_store
 
 
@@ -34,10 +34,9 @@ class Gateway(Parts):
         # The public status page answers even during maintenance, so it comes first.
         self.traffic.local_routes.insert(0, PublicPage(
             lambda: self.config.status.public, lambda: self.config.status.path,
-            lambda: status_routes.html_response(self, public=True),
-            lambda: status_routes.json_response(self, public=True)))
+            lambda: status_routes.public_html(self), lambda: status_routes.public_json(self)))
         self.started_at = clock.time()
-        self.traffic_runner: web.ServerRunner | None = None
+        self.traffic_server: TrafficServer | None = None
         self.admin_runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
@@ -191,23 +190,17 @@ class Gateway(Parts):
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config
-        limits = cfg.limits
-        server = GuardedServer(
-            self.traffic.handle, header_timeout=limits.client_header_timeout,
-            keepalive_timeout=limits.client_keepalive, max_line_size=limits.max_header,
-            max_field_size=limits.max_header, max_headers=limits.max_headers,
-            auto_decompress=False, access_log=None)
-        runner = web.ServerRunner(server, handle_signals=False, access_log=None,
-                                  shutdown_timeout=cfg.shutdown.drain_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, backlog=4096)
-        await site.start()
-        self.traffic_runner = runner
-        self.traffic_address = runner.addresses[0][:2]
+        state = ServerState(self.traffic, cfg.limits,
+                            spawn=lambda coro: self.tasks(coro, name="request"))
+        server = TrafficServer(state)
+        await server.start(cfg.listen.host, cfg.listen.port)
+        self.traffic_server = server
+        self.traffic_address = server.addresses[0]
         yield
-        if self.traffic_runner is not None:  # not already stopped by the shutdown steps
-            await self.traffic_runner.cleanup()
-            self.traffic_runner = None
+        if self.traffic_server is not None:  # not already stopped by the shutdown steps
+            self.traffic_server.stop_accepting()
+            await self.traffic_server.drain(cfg.shutdown.drain_timeout)
+            self.traffic_server = None
 
     # -- reload on SIGHUP ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.app.reactions import EjectionTimer
 from gateway.config import GatewayConfig
 from gateway.events import EventBus, News
-from gateway.listener import WebSocketProxy
+from gateway.listener import TrafficServer, WebSocketTunnels
 
 log = logging.getLogger("hagw")
 
@@ -22,9 +22,9 @@ class Running(Protocol):
     config: GatewayConfig
     ready: bool
     bus: EventBus
-    websockets: WebSocketProxy
+    websockets: WebSocketTunnels
     ejections: EjectionTimer
-    traffic_runner: web.ServerRunner | None
+    traffic_server: TrafficServer | None
     admin_runner: web.AppRunner | None
 
 
@@ -40,15 +40,14 @@ async def shutdown(gw: Running) -> None:
     gw.bus.publish(News("gateway.stopping", f"not ready; grace {cfg.grace:g}s"))
     if cfg.grace > 0:
         await asyncio.sleep(cfg.grace)
-    runner = gw.traffic_runner
-    if runner is not None:
+    server = gw.traffic_server
+    if server is not None:
         step("stop accepting connections")
-        for site in list(runner.sites):
-            await site.stop()
+        server.stop_accepting()
         step(f"draining in-flight requests (up to {cfg.drain_timeout:g}s)")
         await gw.websockets.close_all("gateway shutting down", grace=0)
-        await runner.cleanup()  # closes idle keep-alives, waits for handlers, closes
-        gw.traffic_runner = None
+        await server.drain(cfg.drain_timeout)  # idle keep-alives close at once
+        gw.traffic_server = None
     step("closing")
     gw.ejections.cancel()
     assert gw.admin_runner is not None

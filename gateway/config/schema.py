@@ -127,6 +127,9 @@ class LimitsConfig:
     client_body_timeout: Duration = field(default=30.0, metadata=positive)
     #: Idle client keep-alive connections are closed after this.
     client_keepalive: Duration = field(default=75.0, metadata=positive)
+    #: A client that reads nothing of its answer for this long is cut, and the node
+    #: connection behind it freed (nginx's send_timeout, HAProxy's timeout client).
+    client_send_timeout: Duration = field(default=60.0, metadata=positive)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,12 @@
 """The traffic listener: the client side of the data plane (Envoy's listener and its HTTP
-connection manager): accept, screen, admit, answer locally or route, respond."""
+connection manager): accept, parse, screen, admit, answer locally or route, respond."""
 
+from gateway.listener.connection import ClientConnection, ServerState
 from gateway.listener.handler import OutcomeSink, TrafficHandler
 from gateway.listener.local import LocalRoute, PublicPage
 from gateway.listener.respond import Responder
-from gateway.listener.server import GuardedServer, screen
-from gateway.listener.websocket import WebSocketProxy
+from gateway.listener.server import TrafficServer
+from gateway.listener.websocket import WebSocketTunnels
 
-__all__ = ["GuardedServer", "LocalRoute", "OutcomeSink", "PublicPage", "Responder",
-           "TrafficHandler", "WebSocketProxy", "screen"]
+__all__ = ["ClientConnection", "LocalRoute", "OutcomeSink", "PublicPage", "Responder",
+           "ServerState", "TrafficHandler", "TrafficServer", "WebSocketTunnels"]

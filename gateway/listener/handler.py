@@ -1,24 +1,24 @@
-"""What the traffic listener does with each request: refuse what must be refused, admit
-it, answer it locally (status page, maintenance mode) or hand it to the router, and send
-the node's answer back. Every request is counted once, whatever became of it."""
+"""What the traffic listener does with each request: admit it, answer it locally (status
+page, maintenance mode) or hand it to the router, and send the node's answer back. Every
+request is counted once, whatever became of it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Protocol
-
-from aiohttp import web
 
 from gateway.accounting import Accounting
 from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
-from gateway.errors import error_response
+from gateway.errors import Answer, error_response
 from gateway.headers import BadHeader, new_request_id
+from gateway.listener.connection import ClientConnection
 from gateway.listener.local import LocalRoute
 from gateway.listener.respond import Responder
-from gateway.listener.server import screen
-from gateway.listener.websocket import WebSocketProxy
+from gateway.listener.websocket import WebSocketTunnels
+from gateway.request import Body, BodyBroken, Request
 from gateway.router import (
     BodyTooLarge,
     ClientBodyError,
@@ -33,6 +33,10 @@ from gateway.upstream import UpstreamError
 log = logging.getLogger("hagw.proxy")
 access_log = logging.getLogger("hagw.access")
 
+#: A client's X-Request-Id is kept only if it looks like one; otherwise a new one is made
+#: (Envoy does the same for external clients), so it can never inject into logs or headers.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
 
 class OutcomeSink(Protocol):
     """Who counts every client request's outcome (SLO accounting, in the control plane)."""
@@ -41,29 +45,49 @@ class OutcomeSink(Protocol):
         """One answered request: its status, and why the gateway answered itself if it did."""
 
 
-class _RequestBody:
+class _StreamedBody:
     """The client's body as the router's BodySource: each read bounded by
-    ``limits.client_body_timeout``, aiohttp's payload errors turned into a 400."""
+    ``limits.client_body_timeout``; a broken body becomes a ClientBodyError."""
 
-    __slots__ = ("_content", "_timeout")
+    __slots__ = ("_body", "_timeout")
 
-    def __init__(self, request: web.BaseRequest, timeout: float) -> None:
-        self._content = request.content
+    def __init__(self, body: Body, timeout: float) -> None:
+        self._body = body
         self._timeout = timeout
 
     async def read(self) -> bytes:
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._content.readany()
+                return await self._body.read()
         except TimeoutError:
             raise ClientBodyError(408, "the request body stalled") from None
-        except Exception as exc:  # aiohttp raises its own payload errors here
-            raise ClientBodyError(400, f"bad request body: {exc}") from None
+        except BodyBroken as exc:
+            raise ClientBodyError(exc.status, f"bad request body: {exc}") from None
+
+
+async def read_whole(body: Body, limit: int, timeout: float) -> bytes:
+    """A body read whole, at most ``limit`` bytes, each part within ``timeout``. Raises
+    ClientBodyError (408 slow, 413 too large, 400 broken)."""
+    if body.complete:
+        data = body.take()
+    else:
+        parts = []
+        size = 0
+        source = _StreamedBody(body, timeout)
+        while chunk := await source.read():
+            size += len(chunk)
+            if size > limit:
+                raise ClientBodyError(413, f"request body exceeds {limit} bytes")
+            parts.append(chunk)
+        data = b"".join(parts)
+    if len(data) > limit:
+        raise ClientBodyError(413, f"request body exceeds {limit} bytes")
+    return data
 
 
 class TrafficHandler:
     def __init__(self, router: Router, admission: Admission, responder: Responder,
-                 websockets: WebSocketProxy, accounting: Accounting, outcomes: OutcomeSink,
+                 websockets: WebSocketTunnels, accounting: Accounting, outcomes: OutcomeSink,
                  config: GatewayConfig) -> None:
         self.router = router
         self.admission = admission
@@ -95,7 +119,6 @@ class TrafficHandler:
         self.request_timeout = config.timeouts.request
         self.retry_buffer = config.retries.buffer
         self.max_body = config.limits.max_body
-        self.max_header = config.limits.max_header
         self.body_timeout = config.limits.client_body_timeout
         self.responder.stream_idle = config.timeouts.stream_idle
         self.admission.configure(config.rate_limit, config.overload)
@@ -105,20 +128,17 @@ class TrafficHandler:
     def __repr__(self) -> str:
         return f"<TrafficHandler routes={len(self.local_routes)} {self.admission!r}>"
 
-    # -- entry point ------------------------------------------------------------------------
+    # -- entry points (gateway.listener.connection.Handler) ---------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request, conn: ClientConnection) -> bool:
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
         start = loop.time()
-        refused_early = screen(request)
-        if refused_early is not None:
-            log.info("refused a request from %s: %s", request.remote, refused_early.text)
-            return refused_early
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        given = request.headers.get("X-Request-Id")
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
         admission = self.admission
-        key = admission.client_key(request.remote or "", request.headers.get(self._key_header)
+        key = admission.client_key(request.remote, request.headers.get(self._key_header)
                                    if self._key_header else None)
         refused = admission.admit(key)
         if refused is not None:
@@ -126,9 +146,9 @@ class TrafficHandler:
             self.accounting.admission_refused.labels("shed" if shed else "rate_limit").inc()
             self.accounting.observe_request(refused.status, loop.time() - start)
             self.outcomes.record(refused.status, "shed" if shed else None)
-            return error_response(refused.status, refused.message, request_id,
-                                  error="overloaded" if shed else None,
-                                  retry_after=refused.retry_after)
+            return self._answer(conn, request, error_response(
+                refused.status, refused.message, request_id,
+                error="overloaded" if shed else None, retry_after=refused.retry_after))
         status = 500
         failure: str | None = None
         try:
@@ -137,16 +157,14 @@ class TrafficHandler:
                     continue
                 local = await route.answer(request, request_id)
                 if local is not None:
-                    response, failure = local
-                    status = response.status
-                    return response
-            ex, response = await self._proxy(request, request_id)
-            status = response.status
-            failure = ex.failure if ex is not None else None
-            return response
+                    answer, failure = local
+                    status = answer.status
+                    return self._answer(conn, request, answer)
+            status, failure, keep = await self._proxy(request, conn, request_id)
+            return keep
         except UpstreamBroke:
             status, failure = 502, "reset"
-            raise
+            return False
         except (ConnectionError, asyncio.CancelledError):
             status, failure = 499, "client_closed"  # nginx's code for a client that hung up
             raise
@@ -157,72 +175,85 @@ class TrafficHandler:
             self.outcomes.record(status, failure)
             if self.config.access_log:
                 access_log.info("%s %s %s %d %.1fms %s", request.remote, request.method,
-                                request.path_qs, status, elapsed * 1000, request_id)
+                                request.target, status, elapsed * 1000, request_id)
 
-    async def _proxy(self, request: web.BaseRequest,
-                     request_id: str) -> tuple[Exchange | None, web.StreamResponse]:
-        headers = request.headers
-        if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > self.max_header:
-            return None, error_response(431, f"request headers exceed {self.max_header} bytes",
-                                        request_id, close=True)
+    async def upgrade(self, request: Request, conn: ClientConnection, rest: bytes) -> None:
+        """A WebSocket upgrade: relayed to a node, the node's own handshake answer back."""
+        given = request.headers.get("X-Request-Id")
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        status = await self.websockets.tunnel(request, conn, rest, request_id)
+        self.accounting.observe_request(status, 0.0)
+
+    def _answer(self, conn: ClientConnection, request: Request, answer: Answer) -> bool:
+        keep = conn.keep_alive(request) and not answer.close
+        conn.send(answer, keep_alive=keep, head_only=request.method == "HEAD")
+        return keep
+
+    # -- proxying -------------------------------------------------------------------------
+
+    async def _proxy(self, request: Request, conn: ClientConnection,
+                     request_id: str) -> tuple[int, str | None, bool]:
+        """(status, failure, keep the connection) of a proxied request."""
         length = request.content_length
-        if length is not None and length > self.max_body:
-            return None, error_response(413, f"request body of {length} bytes exceeds "
-                                             f"{self.max_body}", request_id, close=True)
-        if headers.get("Upgrade", "").lower() == "websocket":
-            return None, await self.websockets.proxy(request, request_id)
-        chunked = length is None and request.body_exists
         body: bytes | None = b""
-        if request.body_exists:
-            if headers.get("Expect", "").lower() == "100-continue":
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = None
+        source = None
+        if request.body is not None:
             if length is not None and length <= self.retry_buffer:
                 try:
-                    async with asyncio.timeout(self.body_timeout):
-                        body = await request.content.readexactly(length)
-                except (TimeoutError, asyncio.IncompleteReadError):
-                    return None, error_response(408, "the request body did not arrive in time",
-                                                request_id, close=True)
-        method = request.method
-        ex = Exchange(request_id, method, request.raw_path, request.raw_headers,
-                      request.remote or "", request.scheme, body, length, chunked,
-                      self.router.idempotent(method, "Idempotency-Key" in headers),
-                      source=None if body is not None else _RequestBody(request,
-                                                                        self.body_timeout))
+                    body = await read_whole(request.body, length, self.body_timeout)
+                except ClientBodyError as exc:
+                    return self._refusal(conn, request, exc.status, str(exc), request_id)
+            else:
+                body = None
+                source = _StreamedBody(request.body, self.body_timeout)
+        ex = Exchange(request_id, request.method, request.target, request.raw_headers,
+                      request.remote, request.scheme, body, length, request.chunked,
+                      self.router.idempotent(request.method, "Idempotency-Key" in request.headers),
+                      source=source)
         try:
-            conn, node = await self.router.send(ex)
+            up, node = await self.router.send(ex)
         except TryTimeout as exc:
-            ex.failure = "timeout"
-            self.accounting.gateway_errors.labels("timeout").inc()
-            return ex, error_response(504, str(exc), request_id)
+            return self._failed(conn, request, ex, "timeout", error_response(
+                504, str(exc), request_id))
         except TimeoutError:
-            ex.failure = "timeout"
-            self.accounting.gateway_errors.labels("timeout").inc()
-            return ex, error_response(504, f"no answer from a node within "
-                                           f"{self.request_timeout:g}s", request_id)
+            return self._failed(conn, request, ex, "timeout", error_response(
+                504, f"no answer from a node within {self.request_timeout:g}s", request_id))
         except NoNode:
-            ex.failure = "no_node"
-            self.accounting.gateway_errors.labels("no_node").inc()
-            return ex, error_response(503, "no node is available to take the request",
-                                      request_id, retry_after=1)
+            return self._failed(conn, request, ex, "no_node", error_response(
+                503, "no node is available to take the request", request_id, retry_after=1))
         except BadHeader as exc:
-            return ex, error_response(400, str(exc), request_id, close=True)
+            return self._refusal(conn, request, 400, str(exc), request_id)
         except BodyTooLarge:
-            return ex, error_response(413, f"request body exceeds {self.max_body} bytes",
-                                      request_id, close=True)
+            return self._refusal(conn, request, 413, f"request body exceeds {self.max_body} "
+                                                     "bytes", request_id)
         except ClientBodyError as exc:
-            return ex, error_response(exc.status, str(exc), request_id, close=True)
+            return self._refusal(conn, request, exc.status, str(exc), request_id)
         except UpstreamError as exc:
-            ex.failure = "upstream"
-            self.accounting.gateway_errors.labels(exc.kind).inc()
             if exc.kind == "overflow":
-                return ex, error_response(503, str(exc), request_id, retry_after=1)
-            if not exc.sent:
+                answer = error_response(503, str(exc), request_id, retry_after=1)
+            elif not exc.sent:
                 # Nothing reached a node (every try failed to connect): a 503 with
                 # Retry-After tells the client that retrying later is safe, even for a
                 # write. The nodes' addresses stay out of the answer.
-                return ex, error_response(503, "no node could be reached", request_id,
-                                          retry_after=1)
-            return ex, error_response(502, str(exc), request_id)
-        return ex, await self.responder.respond(ex, request, conn, node, self._advisory_line)
+                answer = error_response(503, "no node could be reached", request_id,
+                                        retry_after=1)
+            else:  # what broke, in words that name no node (the connection's messages)
+                answer = error_response(502, str(exc), request_id)
+            return self._failed(conn, request, ex, "upstream", answer, reason=exc.kind)
+        status, keep = await self.responder.respond(ex, request, conn, up, node,
+                                                    self._advisory_line)
+        return status, None, keep
+
+    def _failed(self, conn: ClientConnection, request: Request, ex: Exchange, failure: str,
+                answer: Answer, reason: str | None = None) -> tuple[int, str | None, bool]:
+        """The gateway answers for a node that did not: counted against the SLO."""
+        ex.failure = failure
+        self.accounting.gateway_errors.labels(reason or failure).inc()
+        return answer.status, failure, self._answer(conn, request, answer)
+
+    def _refusal(self, conn: ClientConnection, request: Request, status: int, message: str,
+                 request_id: str) -> tuple[int, str | None, bool]:
+        """The client's own fault (a body too large, too slow, malformed): never charged
+        to the SLO, and the connection closes (the rest of the body is not read)."""
+        self._answer(conn, request, error_response(status, message, request_id, close=True))
+        return status, None, False

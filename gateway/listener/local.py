@@ -6,18 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from aiohttp import web
+from gateway.errors import Answer
+from gateway.request import Request
 
 #: How an answer counts for the SLO (see monitor.slo): None for normal accounting.
 Accounting = str | None
 
 
 class LocalRoute(Protocol):
-    def matches(self, request: web.BaseRequest) -> bool:
+    def matches(self, request: Request) -> bool:
         """A cheap synchronous check, made on every request."""
 
-    async def answer(self, request: web.BaseRequest,
-                     request_id: str) -> tuple[web.StreamResponse, Accounting] | None:
+    async def answer(self, request: Request,
+                     request_id: str) -> tuple[Answer, Accounting] | None:
         """The response and how it counts for the SLO, or None to let the request through
         after all."""
 
@@ -27,17 +28,17 @@ class PublicPage:
     renderers the composition root provides (the public status page)."""
 
     def __init__(self, enabled: Callable[[], bool], path: Callable[[], str],
-                 html: Callable[[], web.Response], json: Callable[[], web.Response]) -> None:
+                 html: Callable[[], Answer], json: Callable[[], Answer]) -> None:
         self._enabled = enabled
         self._path = path
         self._html = html
         self._json = json
 
-    def matches(self, request: web.BaseRequest) -> bool:
+    def matches(self, request: Request) -> bool:
         return self._enabled() and request.path.startswith(self._path())
 
-    async def answer(self, request: web.BaseRequest,
-                     request_id: str) -> tuple[web.StreamResponse, Accounting] | None:
+    async def answer(self, request: Request,
+                     request_id: str) -> tuple[Answer, Accounting] | None:
         if request.method not in ("GET", "HEAD"):
             return None
         path = self._path()

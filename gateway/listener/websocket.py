@@ -1,115 +1,385 @@
-"""WebSocket upgrades, proxied both ways.
+"""WebSocket upgrades, tunnelled both ways, as nginx and Envoy do.
 
-A WebSocket outlives any request, so drains cannot wait for it: when its node
-drains (or the gateway shuts down) it gets a grace period, then both sides are
-closed with 1001 (going away) so the client reconnects to another node.
+The client's upgrade request goes to a node on a connection of its own; the node's own
+handshake answer comes back, whatever it is (a node that does not upgrade that path
+answers for itself, and the gateway charges nothing to anyone). After a 101 the bytes
+flow both ways untouched, with flow control. The gateway only follows the frame
+boundaries (``FrameCursor``), so that when the node drains (or the gateway shuts down)
+it can close both sides with 1001 (going away) at a boundary, after a grace period,
+and the client reconnects to another node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
 from collections import defaultdict
+from typing import Any, Protocol, cast
 
-import aiohttp
-from aiohttp import WSMsgType, web
+import httptools
 
 from gateway.cluster import Cluster
 from gateway.errors import error_response
-from gateway.headers import HOP_BY_HOP
+from gateway.headers import HOP_BY_HOP, connection_tokens
 from gateway.node import Node
+from gateway.request import Request
 
 log = logging.getLogger("hagw.websocket")
 
-GOING_AWAY = aiohttp.WSCloseCode.GOING_AWAY
-_SKIP = HOP_BY_HOP | {b"host", b"sec-websocket-key", b"sec-websocket-version",
-                      b"sec-websocket-extensions", b"content-length"}
+GOING_AWAY = 1001
+#: A node's answer that is not a 101 is relayed whole, up to this size.
+_MAX_REFUSAL = 64 * 1024
+_HIGH_WATER = 256 * 1024
+_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                      b"x-request-id"}
 
 
-class WebSocketProxy:
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self._session: aiohttp.ClientSession | None = None
-        self.open: dict[Node, set[web.WebSocketResponse]] = defaultdict(set)
+class Client(Protocol):
+    """The client connection, as the tunnel sees it (gateway.listener.connection)."""
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+    transport: asyncio.Transport | None
+    remote: str
+    tunnel: Any
 
-    async def close(self) -> None:
-        await self.close_all("gateway shutting down", grace=0)
-        if self._session is not None:
-            await self._session.close()
+
+class FrameCursor:
+    """Where one direction of a WebSocket stream is between frames (RFC 6455 section 5.2),
+    from the frame headers alone: payloads are skipped, never unmasked or copied."""
+
+    __slots__ = ("_head", "_remaining", "closed")
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._remaining = 0
+        #: A close frame passed this way.
+        self.closed = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._remaining == 0 and not self._head
+
+    def advance(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._remaining:
+                step = min(self._remaining, end - pos)
+                self._remaining -= step
+                pos += step
+                continue
+            head = self._head + data[pos:pos + 14 - len(self._head)]
+            size = _header_size(head)
+            if size is None or len(head) < size:
+                self._head = head  # a header cut across chunks: everything left is in it
+                return
+            taken = size - len(self._head)
+            length = head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", head[2:4])[0]
+            elif length == 127:
+                length = struct.unpack("!Q", head[2:10])[0]
+            if head[0] & 0x0F == 0x8:
+                self.closed = True
+            self._head = b""
+            self._remaining = length
+            pos += taken
+
+
+def _header_size(head: bytes) -> int | None:
+    """The length of the frame header starting ``head``, or None if not known yet."""
+    if len(head) < 2:
+        return None
+    length = head[1] & 0x7F
+    size = 2 + (2 if length == 126 else 8 if length == 127 else 0)
+    return size + (4 if head[1] & 0x80 else 0)
+
+
+def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:
+    payload = struct.pack("!H", code) + reason[:123]
+    if not masked:
+        return bytes((0x88, len(payload))) + payload
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x88, 0x80 | len(payload))) + mask + body
+
+
+class _NodeSide(asyncio.Protocol):
+    """The connection to the node: first its handshake answer, then tunnel bytes."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.head = b""
+        self.status = 0
+        self.answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered.done():
+            self.tunnel.from_node(data)
+            return
+        self.head += data
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # The 101 head ends at the offset into this chunk; frames may follow.
+            offset = len(self.head) - len(data) + upgrade.args[0]
+            self.head, rest = self.head[:offset], self.head[offset:]
+            self.answered.set_result(rest)
+        except httptools.HttpParserError as exc:
+            self.answered.set_exception(ConnectionError(f"invalid answer from the node: {exc}"))
+        if not self.answered.done() and len(self.head) > _MAX_REFUSAL:
+            self.answered.set_exception(ConnectionError("the node's answer is too large"))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        if self.status == 101:
+            return  # the upgrade: data_received takes it from here
+        if not self.answered.done():
+            self.done = True
+            self.answered.set_result(b"")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answered.done():
+            if self.status:
+                self.answered.set_result(b"")  # an answer delimited by the close
+            else:
+                self.answered.set_exception(ConnectionError("the node closed the connection"))
+        self.tunnel.node_lost()
+
+    def pause_writing(self) -> None:
+        self.tunnel.pause_client()
+
+    def resume_writing(self) -> None:
+        self.tunnel.resume_client()
+
+
+class Tunnel:
+    """One upgraded connection: client bytes to the node, node bytes to the client."""
+
+    def __init__(self, client: Client, node: Node) -> None:
+        self.client = client
+        self.node = node
+        self.upstream: _NodeSide | None = None
+        self.to_node = FrameCursor()
+        self.to_client = FrameCursor()
+        self.finished = asyncio.get_running_loop().create_future()
+        self._closing: tuple[int, bytes] | None = None
+        self._sent_node = self._sent_client = False
 
     def __repr__(self) -> str:
-        return f"<WebSocketProxy open={sum(len(s) for s in self.open.values())}>"
+        return f"<Tunnel {self.client.remote} <-> {self.node.name}>"
 
-    async def proxy(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
-        assert self._session is not None
+    # -- bytes both ways ----------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> None:
+        up = self.upstream
+        if up is None or up.transport is None or self._sent_node:
+            return
+        self.to_node.advance(data)
+        up.transport.write(data)
+        if self._closing is not None and self.to_node.at_boundary:
+            self._close_node_side()
+
+    def from_node(self, data: bytes) -> None:
+        transport = self.client.transport
+        if transport is None or self._sent_client:
+            return
+        self.to_client.advance(data)
+        transport.write(data)
+        if self._closing is not None and self.to_client.at_boundary:
+            self._close_client_side()
+
+    def pause_client(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_client(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    def pause_node(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_node(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    def client_lost(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+        self._finish()
+
+    def node_lost(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    # -- going away -----------------------------------------------------------------------
+
+    def go_away(self, reason: bytes = b"going away") -> None:
+        """Close both sides with 1001, each at its next frame boundary."""
+        if self._closing is not None:
+            return
+        self._closing = (GOING_AWAY, reason)
+        if self.to_client.at_boundary:
+            self._close_client_side()
+        if self.to_node.at_boundary:
+            self._close_node_side()
+
+    def _close_client_side(self) -> None:
+        transport = self.client.transport
+        if self._closing is None or self._sent_client or transport is None:
+            return
+        self._sent_client = True
+        code, reason = self._closing
+        transport.write(close_frame(code, reason, masked=False))
+
+    def _close_node_side(self) -> None:
+        up = self.upstream
+        if self._closing is None or self._sent_node or up is None or up.transport is None:
+            return
+        self._sent_node = True
+        code, reason = self._closing
+        up.transport.write(close_frame(code, reason, masked=True))
+
+
+class WebSocketTunnels:
+    def __init__(self, cluster: Cluster, *, connect_timeout: float = 5.0) -> None:
+        self.cluster = cluster
+        self.connect_timeout = connect_timeout
+        self.open: dict[Node, set[Tunnel]] = defaultdict(set)
+
+    def __repr__(self) -> str:
+        return f"<WebSocketTunnels open={sum(len(s) for s in self.open.values())}>"
+
+    async def tunnel(self, request: Request, client: Client, rest: bytes,
+                     request_id: str) -> int:
+        """Relay the upgrade; returns the status the client got."""
+        conn = cast(_Sendable, client)
         node = self.cluster.pick()
         if node is None:
-            return error_response(503, "no node is available", request_id, retry_after=1)
-        url = f"ws://{node.config.url.host}:{node.config.url.port}{request.raw_path}"
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.raw_headers
-                   if k.lower() not in _SKIP}
-        headers["X-Request-Id"] = request_id
-        headers["X-Forwarded-For"] = request.remote or ""
-        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                     if p.strip()]
+            conn.send(error_response(503, "no node is available", request_id, retry_after=1),
+                      keep_alive=False)
+            return 503
+        tunnel = Tunnel(client, node)
+        loop = asyncio.get_running_loop()
+        url = node.config.url
         node.acquire()
         try:
             try:
-                upstream = await self._session.ws_connect(
-                    url, headers=headers, protocols=protocols, autoclose=False,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
-            except (aiohttp.ClientError, OSError) as exc:
-                return error_response(502, f"WebSocket upgrade to {node.name} failed: {exc}",
-                                      request_id)
-            client = web.WebSocketResponse(protocols=protocols, autoclose=False)
-            await client.prepare(request)
+                async with asyncio.timeout(self.connect_timeout):
+                    _, up = await loop.create_connection(lambda: _NodeSide(tunnel), url.host,
+                                                         url.port)
+            except (OSError, TimeoutError):
+                conn.send(error_response(502, "the WebSocket upgrade could not reach a node",
+                                         request_id), keep_alive=False)
+                return 502
+            tunnel.upstream = up
+            assert up.transport is not None
+            up.transport.write(_upgrade_head(request, node, request_id) + rest)
+            try:
+                leftover = await asyncio.wait_for(asyncio.shield(up.answered),
+                                                  self.connect_timeout * 6)
+            except (ConnectionError, TimeoutError):
+                up.transport.abort()
+                conn.send(error_response(502, "the node did not answer the WebSocket upgrade",
+                                         request_id), keep_alive=False)
+                return 502
+            if client.transport is None:
+                up.transport.abort()
+                return 499
+            # The node's own answer, exactly: its 101 (then the tunnel), or its refusal.
+            client.transport.write(up.head)
+            if up.status != 101:
+                up.transport.close()
+                return up.status
         finally:
             node.release()
-        self.open[node].add(client)
+        client.tunnel = tunnel
+        self.open[node].add(tunnel)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump(client, upstream))
-                tg.create_task(_pump(upstream, client))
+            if leftover:
+                tunnel.from_node(leftover)
+            await tunnel.finished
         finally:
-            self.open[node].discard(client)
-            await upstream.close()
-            await client.close()
-        return client
+            self.open[node].discard(tunnel)
+            client.tunnel = None
+            if up.transport is not None:
+                up.transport.close()
+        return 101
 
     async def close_node(self, node: Node, grace: float) -> None:
-        """Close the node's WebSockets with 1001 once ``grace`` has passed."""
+        """Close the node's tunnels with 1001 once ``grace`` has passed."""
         if not self.open.get(node):
             return
         await asyncio.sleep(grace)
-        for ws in list(self.open.get(node, ())):
-            await ws.close(code=GOING_AWAY, message=b"node draining")
+        await self._go_away(list(self.open.get(node, ())), b"node draining")
 
     async def close_all(self, why: str, grace: float) -> None:
-        if not any(self.open.values()):
+        tunnels = [t for sockets in self.open.values() for t in sockets]
+        if not tunnels:
             return
         if grace:
             await asyncio.sleep(grace)
-        for sockets in list(self.open.values()):
-            for ws in list(sockets):
-                await ws.close(code=GOING_AWAY, message=why.encode()[:120])
+        await self._go_away(tunnels, why.encode()[:120])
+
+    async def _go_away(self, tunnels: list[Tunnel], reason: bytes, wait: float = 5.0) -> None:
+        for tunnel in tunnels:
+            tunnel.go_away(reason)
+        pending = [t.finished for t in tunnels if not t.finished.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=wait)
+        for tunnel in tunnels:
+            if not tunnel.finished.done():
+                tunnel.node_lost()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.close_all("gateway shutting down", grace=0)
 
 
-async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
-    async for msg in source:
-        if msg.type is WSMsgType.TEXT:
-            await sink.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await sink.send_bytes(msg.data)
-        elif msg.type is WSMsgType.PING:
-            await sink.ping(msg.data)
-        elif msg.type is WSMsgType.PONG:
-            await sink.pong(msg.data)
-        else:
-            break
-    code = source.close_code or GOING_AWAY
-    if not sink.closed:
-        await sink.close(code=code)
+class _Sendable(Protocol):
+    def send(self, answer: object, *, keep_alive: bool) -> None: ...
+
+
+def _upgrade_head(request: Request, node: Node, request_id: str) -> bytes:
+    """The upgrade request for the node: hop-by-hop headers stripped but the upgrade
+    itself, the forwarding headers set."""
+    drop = _SKIP | (connection_tokens(request.raw_headers) - {b"upgrade"})
+    lines = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1", "replace")]
+    upgrade = b"websocket"
+    host = b""
+    for name, value in request.raw_headers:
+        lower = name.lower()
+        if lower == b"upgrade":
+            upgrade = value
+            continue
+        if lower in drop:
+            continue
+        if lower == b"host":
+            host = value
+        lines.append(name + b": " + value + b"\r\n")
+    if not host:
+        host = node.host_header
+        lines.append(b"Host: " + host + b"\r\n")
+    lines += [b"Upgrade: " + upgrade + b"\r\n", b"Connection: Upgrade\r\n",
+              b"X-Forwarded-For: " + request.remote.encode() + b"\r\n",
+              b"X-Forwarded-Proto: " + request.scheme.encode() + b"\r\n",
+              b"X-Forwarded-Host: " + host + b"\r\n",
+              b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n", b"\r\n"]
+    return b"".join(lines)

@@ -7,22 +7,21 @@ import asyncio
 import secrets
 import time
 
-from aiohttp import web
-
-from gateway.errors import error_response
+from gateway.errors import Answer, error_response
 from gateway.headers import HOP_BY_HOP, connection_tokens
 from gateway.queue.store import Entry
+from gateway.request import BodyBroken, Request
 
 _NOT_STORED = HOP_BY_HOP | {b"content-length", b"expect", b"x-forwarded-for", b"x-request-id"}
 
 
 class BodyRefused(Exception):
-    def __init__(self, response: web.Response) -> None:
+    def __init__(self, response: Answer) -> None:
         super().__init__(response.status)
         self.response = response
 
 
-async def read_entry(request: web.BaseRequest, request_id: str, *, limit: int,
+async def read_entry(request: Request, request_id: str, *, limit: int,
                      timeout: float) -> Entry:
     """The queued write ``request`` becomes; BodyRefused (413, 408) if its body is too
     large or too slow."""
@@ -33,30 +32,33 @@ async def read_entry(request: web.BaseRequest, request_id: str, *, limit: int,
     size = 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise BodyRefused(error_response(
-                        413, f"a queued request body may be at most {limit} bytes",
-                        request_id, close=True))
-                chunks.append(chunk)
+            if request.body is not None:
+                async for chunk in request.body:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyRefused(error_response(
+                            413, f"a queued request body may be at most {limit} bytes",
+                            request_id, close=True))
+                    chunks.append(chunk)
     except TimeoutError:
         raise BodyRefused(error_response(408, "the request body did not arrive in time",
                                          request_id, close=True)) from None
+    except BodyBroken as exc:
+        raise BodyRefused(error_response(exc.status, str(exc), request_id, close=True)) from None
     ticket = secrets.token_urlsafe(16)
     return Entry(ticket=ticket, created=time.time(), method=request.method,
-                 target=request.raw_path, headers=stored_headers(request, request_id),
+                 target=request.target, headers=stored_headers(request, request_id),
                  body=b"".join(chunks),
                  idempotency_key=request.headers.get("Idempotency-Key") or ticket)
 
 
-def stored_headers(request: web.BaseRequest, request_id: str) -> list[tuple[str, str]]:
+def stored_headers(request: Request, request_id: str) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones, with the client recorded in XFF."""
     drop = _NOT_STORED | connection_tokens(request.raw_headers)
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
                if k.lower() not in drop]
     forwarded = request.headers.get("X-Forwarded-For")
-    client = request.remote or ""
+    client = request.remote
     headers.append(("X-Forwarded-For", f"{forwarded}, {client}" if forwarded else client))
     headers.append(("X-Request-Id", request_id))
     return headers

@@ -16,16 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from gateway.config.schema import MaintenanceConfig
-from gateway.errors import error_response
+from gateway.errors import Answer, error_response, json_answer
 from gateway.events import Event, Publish
 from gateway.maintenance.intake import BodyRefused, read_entry
 from gateway.maintenance.page import unavailable
 from gateway.maintenance.routes import RouteSet
 from gateway.maintenance.tickets import result_response, ticket_status
 from gateway.queue.store import DONE, Entry, QueueFull, QueueStore
+from gateway.request import Request
 
 MAINTENANCE = "maintenance"  # how these answers count for the SLO (see monitor.slo)
 
@@ -88,14 +87,14 @@ class MaintenanceMode:
 
     # -- the LocalRoute ------------------------------------------------------------------
 
-    def matches(self, request: web.BaseRequest) -> bool:
+    def matches(self, request: Request) -> bool:
         return self.phase is not Phase.NORMAL or request.path.startswith(self._ticket_prefix)
 
-    async def answer(self, request: web.BaseRequest,
-                     request_id: str) -> tuple[web.StreamResponse, str | None] | None:
+    async def answer(self, request: Request,
+                     request_id: str) -> tuple[Answer, str | None] | None:
         if request.path.startswith(self._ticket_prefix):
             ticket = request.path[len(self._ticket_prefix):]
-            return await ticket_status(self.queue, request, ticket, request_id), None
+            return await ticket_status(self.queue, request.method, ticket, request_id), None
         phase = self.phase
         if phase is Phase.NORMAL:
             return None
@@ -119,8 +118,8 @@ class MaintenanceMode:
             return max(1.0, float(self.window["end"]) - time.time())
         return 5.0  # recovering: the nodes are being verified
 
-    async def _enqueue(self, request: web.BaseRequest, request_id: str,
-                       wait: bool) -> tuple[web.StreamResponse, str | None]:
+    async def _enqueue(self, request: Request, request_id: str,
+                       wait: bool) -> tuple[Answer, str | None]:
         try:
             entry = await read_entry(request, request_id, limit=self.config.max_queued_body,
                                      timeout=self.body_timeout)
@@ -142,5 +141,5 @@ class MaintenanceMode:
                 "status_url": location, "request_id": request_id}
         if self.window is not None and self.phase is not Phase.REPLAYING:
             body["replay_after"] = self.window.get("end")
-        return web.json_response(body, status=202, headers={
-            "Location": location, "X-Request-Id": request_id}), MAINTENANCE
+        return json_answer(body, 202, headers=[("Location", location),
+                                               ("X-Request-Id", request_id)]), MAINTENANCE

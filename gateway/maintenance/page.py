@@ -4,20 +4,30 @@ browsers, with ``Retry-After`` set to the window's end."""
 from __future__ import annotations
 
 import html
-
-from aiohttp import web
+from typing import Protocol
 
 from gateway.clock import strftime_utc
-from gateway.errors import error_response
+from gateway.errors import Answer, error_response
+
+
+class Asking(Protocol):
+    """What of a request the page looks at."""
+
+    @property
+    def headers(self) -> _Headers: ...
+
+
+class _Headers(Protocol):
+    def get(self, name: str, default: str = "") -> str: ...
 
 #: The maintenance page may show nothing but itself: no scripts, no external anything.
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                           "frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+PAGE_HEADERS = [("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; "
+                                            "frame-ancestors 'none'"),
+                ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
 
 
-def unavailable(request: web.BaseRequest, request_id: str, *, reason: str, end: float | None,
-                retry_after: float, coming_back: bool, read: bool) -> web.Response:
+def unavailable(request: Asking, request_id: str, *, reason: str, end: float | None,
+                retry_after: float, coming_back: bool, read: bool) -> Answer:
     until = strftime_utc("%Y-%m-%d %H:%M UTC", end) if end else "shortly"
     message = (f"{'Coming back' if coming_back else 'Down'} for maintenance: {reason}. "
                f"Back at {until}."
@@ -26,9 +36,9 @@ def unavailable(request: web.BaseRequest, request_id: str, *, reason: str, end: 
     if "text/html" in accept and "application/json" not in accept:
         page = _PAGE.format(reason=html.escape(reason), until=html.escape(until),
                             request_id=html.escape(request_id))
-        return web.Response(status=503, text=page, content_type="text/html", headers={
-            "Retry-After": str(int(retry_after + 0.999)), "X-Request-Id": request_id,
-            **PAGE_HEADERS})
+        return Answer(503, page.encode(), [("Retry-After", str(int(retry_after + 0.999))),
+                                           ("X-Request-Id", request_id), *PAGE_HEADERS],
+                      "text/html; charset=utf-8")
     return error_response(503, message, request_id, error="maintenance",
                           retry_after=retry_after)
 

@@ -4,19 +4,16 @@ write's stored answer is shown."""
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
-from aiohttp import web
-
-from gateway.errors import error_response
+from gateway.errors import Answer, error_response, json_answer
 from gateway.headers import RESPONSE_DROP
 from gateway.queue.store import DONE, FAILED, QUEUED, Entry, QueueStore
 
 
-async def ticket_status(queue: QueueStore, request: web.BaseRequest, ticket: str,
-                        request_id: str) -> web.StreamResponse:
-    if request.method not in ("GET", "HEAD"):
+async def ticket_status(queue: QueueStore, method: str, ticket: str,
+                        request_id: str) -> Answer:
+    if method not in ("GET", "HEAD"):
         return error_response(405, "ticket status is read-only", request_id)
     entry = await queue.get(ticket) if ticket else None
     if entry is None:
@@ -33,8 +30,7 @@ async def ticket_status(queue: QueueStore, request: web.BaseRequest, ticket: str
     elif entry.status == FAILED:
         body["error"] = entry.error
         body["finished"] = entry.finished
-    return web.Response(status=200, body=json.dumps(body).encode(),
-                        content_type="application/json", headers={"X-Request-Id": request_id})
+    return json_answer(body, headers=[("X-Request-Id", request_id)])
 
 
 def result_json(entry: Entry) -> dict[str, Any]:
@@ -48,11 +44,9 @@ def result_json(entry: Entry) -> dict[str, Any]:
     return result
 
 
-def result_response(entry: Entry, request_id: str) -> web.Response:
+def result_response(entry: Entry, request_id: str) -> Answer:
     """A write replayed while its client waited (``live_wait``): the node's own answer."""
-    keep = {k: v for k, v in entry.result_headers or []
-            if k.lower().encode() not in RESPONSE_DROP}
-    keep["X-Request-Id"] = request_id
-    keep["X-Queue-Ticket"] = entry.ticket
-    return web.Response(status=entry.result_status or 200, body=entry.result_body or b"",
-                        headers=keep)
+    keep = [(k, v) for k, v in entry.result_headers or []
+            if k.lower().encode() not in RESPONSE_DROP and k.lower() != "x-request-id"]
+    keep += [("X-Request-Id", request_id), ("X-Queue-Ticket", entry.ticket)]
+    return Answer(entry.result_status or 200, entry.result_body or b"", keep)

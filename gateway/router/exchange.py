@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,7 +51,7 @@ class Exchange:
     method: str
     #: Path and query as received.
     target: str
-    raw_headers: tuple[tuple[bytes, bytes], ...]
+    raw_headers: Sequence[tuple[bytes, bytes]]
     client_ip: str
     scheme: str
     body: bytes | None
