@@ -58,9 +58,12 @@ class DrainRefused(Event):
 
 class Cluster:
     def __init__(self, config: GatewayConfig, *, clock: Clock, bus: EventBus,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, decides: bool = True) -> None:
         self.clock = clock
         self.bus = bus
+        #: False for a worker's replica: the capacity floor's decisions (which WARNING node
+        #: drains) are the supervisor's, and arrive with its snapshots.
+        self.decides = decides
         self.config = config
         self.nodes: dict[str, Node] = {}
         self.version = 0
@@ -112,7 +115,8 @@ class Cluster:
                 added.append(self._add(node_config, boot=False))
                 self.bus.publish(News("node.added", f"added {node_config.url}", name))
         self.version += 1
-        self._rebalance()
+        if self.decides:
+            self._rebalance()
         return added, removed
 
     def forget(self, node: Node) -> None:
@@ -154,7 +158,7 @@ class Cluster:
 
     def _on_node(self, event: NodeChanged) -> None:
         self.version += 1
-        if not self._rebalancing:
+        if not self._rebalancing and self.decides:
             self._rebalance()
 
     @property

@@ -127,6 +127,8 @@ class Node:
         self.expected_version: str | None = None
         self.ramp_start: float | None = None
         self.in_flight = 0
+        #: Requests in flight in the worker processes (the supervisor's nodes only).
+        self.remote_in_flight = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         # Derived.
         self.state = self._derive()
@@ -454,16 +456,32 @@ class Node:
     def release(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0 and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._woken()
+
+    @property
+    def busy(self) -> int:
+        """Requests in flight here and in the workers."""
+        return self.in_flight + self.remote_in_flight
+
+    def set_remote_in_flight(self, count: int) -> None:
+        """What the workers report they have in flight on this node."""
+        self.remote_in_flight = count
+        if self.busy == 0 and self._idle_waiters:
+            self._woken()
+
+    def _woken(self) -> None:
+        if self.busy:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if ``timeout`` passed first. Each
         waiter has its own future, so overlapping waiters (a retire and a deploy's drain)
         are all woken."""
-        if self.in_flight == 0:
+        if self.busy == 0:
             return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._idle_waiters.append(waiter)
@@ -472,10 +490,37 @@ class Node:
                 await waiter
             return True
         except TimeoutError:
-            return self.in_flight == 0
+            return self.busy == 0
         finally:
             if waiter in self._idle_waiters:
                 self._idle_waiters.remove(waiter)
+
+    # -- replicas (a worker's copy of the supervisor's node) ---------------------------------
+
+    #: The conditions a snapshot carries; everything else is derived or local.
+    _CONDITIONS = ("probe", "passes", "failures", "boot", "verified", "probe_reason", "warning",
+                   "warning_note", "warning_drained", "holds", "maintenance", "ejected_until",
+                   "eject_reason", "ejections", "version", "expected_version", "ramp_start",
+                   "since")
+
+    def conditions(self) -> dict[str, Any]:
+        """The node's conditions as plain data, for the workers' replicas."""
+        data = {name: getattr(self, name) for name in self._CONDITIONS}
+        data["probe"] = self.probe.value
+        data["holds"] = dict(self.holds)
+        return data
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Take the supervisor's conditions in one step (monotonic times are the host's
+        and mean the same in every process)."""
+        for name in self._CONDITIONS:
+            if name in data and name not in ("probe", "holds"):
+                setattr(self, name, data[name])
+        self.probe = Probe(data.get("probe", self.probe.value))
+        self.holds = dict(data.get("holds", {}))
+        since = self.since
+        self._settle(self.probe_reason)
+        self.since = since
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -489,7 +534,7 @@ class Node:
             "serving": self.serving,
             "weight": self.config.weight,
             "effective_weight": round(self.weight_at(now), 4) if self.serving else 0.0,
-            "in_flight": self.in_flight,
+            "in_flight": self.busy,
             "version": self.version,
             "zone": self.config.zone,
             "backup": self.config.backup,

@@ -52,6 +52,20 @@ class OutlierDetector:
         self._eject(node, reason, reason)
         return True
 
+    def eject_reported(self, node: Node, until: float, reason: str) -> bool:
+        """A worker ejected ``node`` on its own view: eject it fleet-wide if the cap allows
+        (its own ejection lasts until the supervisor's snapshot says otherwise)."""
+        if not self.config.enabled or node.ejected_until is not None:
+            return node.ejected_until is not None
+        refusal = self._refusal(node, panic=False)
+        if refusal is not None:
+            self.cluster.bus.publish(News("node.ejection_refused", f"{reason}, but {refusal}",
+                                          node.name, logging.WARNING))
+            return False
+        node.eject(until, reason)
+        self.cluster.bus.publish(NodeEjected(node, until, reason))
+        return True
+
     def cap(self, nodes: int) -> int:
         """How many of ``nodes`` may be ejected at once (at least one)."""
         return max(1, math.floor(nodes * self.config.max_ejection_percent + 1e-9))

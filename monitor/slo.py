@@ -118,14 +118,15 @@ class SloTracker:
             return BAD
         return GOOD
 
-    def record(self, status: int, failure: str | None = None) -> int:
+    def record(self, status: int, failure: str | None = None, count: int = 1) -> int:
+        """``count`` requests answered ``status`` (a worker reports them in batches)."""
         kind = self.classify(status, failure)
-        self.totals[kind] += 1
+        self.totals[kind] += count
         minute = int(self.clock.time() // MINUTE)
         if minute != self._pending_minute:
             self._fold()
             self._pending_minute = minute
-        self._pending[kind] += 1
+        self._pending[kind] += count
         return kind
 
     def _fold(self) -> None:

@@ -9,9 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from gateway.accounting import Accounting
-from gateway.admission import Admission
 from gateway.app import reactions
+from gateway.app.dataplane import DataPlane
 from gateway.app.drains import OperatorDrains
 from gateway.app.metrics import ControlMetrics
 from gateway.app.tasks import Tasks
@@ -19,14 +18,9 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.events import EventBus, EventLog, News
-from gateway.listener import Responder, TrafficHandler, WebSocketTunnels
-from gateway.maintenance import MaintenanceMode
 from gateway.node import Node
-from gateway.outlier import OutlierDetector
-from gateway.queue.store import SqliteQueue
-from gateway.router import Forwarder, Router
+from gateway.queue.store import Entry
 from gateway.store import StateStore
-from gateway.upstream import ConnectionPool
 from monitor.deploy.runner import DeployRunner
 from monitor.health import HealthChecker
 from monitor.incident.watch import IncidentWatcher
@@ -38,6 +32,16 @@ from monitor.uptime import NodeUptime
 
 log = logging.getLogger("hagw")
 
+class _NoReplay:
+    """Stands in until the replayer exists (it needs the data plane's queue and router)."""
+
+    def ensure_running(self) -> None:
+        raise RuntimeError("no replay yet")
+
+    async def wait_result(self, ticket: str, timeout: float) -> Entry | None:
+        raise RuntimeError("no replay yet")
+
+
 #: Keys that only take effect after a restart; a reload that changes them says so.
 RESTART_KEYS = ("listen", "admin", "state_dir")
 
@@ -46,7 +50,8 @@ class Parts:
     """The parts of one gateway, wired: each built with the ports it takes."""
 
     def __init__(self, config: GatewayConfig, *, config_path: str | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK,
+                 data_registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock
@@ -55,10 +60,8 @@ class Parts:
         self.events = EventLog(self.bus, clock=clock)
         self.tasks = Tasks()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.accounting = Accounting(self.registry)
         self.metrics = ControlMetrics(self.registry)
         self.cluster = Cluster(config, clock=clock, bus=self.bus)
-        self.outlier = OutlierDetector(self.cluster, config.outlier_detection)
         self.store = StateStore(config.state_dir)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
@@ -66,24 +69,27 @@ class Parts:
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,
                                     events=self.bus, registry=self.registry)
-        passive = self.health.detector
         # -- the data plane ---------------------------------------------------------------
-        self.pools: dict[Node, ConnectionPool] = {}
-        self.router = Router(self.cluster, self.pools, self.outlier, passive, self.accounting,
-                             config)
-        self.websockets = WebSocketTunnels(self.cluster)
-        self.traffic = TrafficHandler(
-            self.router, Admission(config.rate_limit, config.overload, clock),
-            Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),
-            self.websockets, self.accounting, self.slo, config)
+        #: The data plane's own series: on the gateway's registry in one process; apart in
+        #: a supervisor, whose /metrics sums them with every worker's.
+        self.data_registry = data_registry or self.registry
+        self.data = data = DataPlane(
+            config, cluster=self.cluster, clock=clock, registry=self.data_registry,
+            passive=self.health.detector, outcomes=self.slo, replay=_NoReplay(),
+            publish=self.bus.publish)
+        self.accounting = data.accounting
+        self.outlier = data.outlier
+        self.pools = data.pools
+        self.router = data.router
+        self.websockets = data.websockets
+        self.traffic = data.traffic
+        self.queue = data.queue
+        self.mode = mode = data.mode
         # -- maintenance: the queue and mode are the data plane's, the rest the monitor's ----
         self.notifier = NotifierHub(config.notifiers, self.tasks, self.bus.publish)
-        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
-        replayer = Replayer(self.queue, Forwarder(self.router), self.cluster,
-                            config.maintenance, spawn=self.tasks, events=self.bus)
-        self.mode = mode = MaintenanceMode(config.maintenance, self.queue, replayer,
-                                           self.bus.publish,
-                                           body_timeout=config.limits.client_body_timeout)
+        replayer = Replayer(self.queue, data.forwarder, self.cluster, config.maintenance,
+                            spawn=self.tasks, events=self.bus)
+        mode.replay = replayer
         self.maintenance = MaintenanceManager(
             config, cluster=self.cluster, store=self.store, queue=self.queue,
             replayer=replayer, mode=mode, advisory=self.traffic, notifier=self.notifier,
@@ -95,7 +101,6 @@ class Parts:
             config.incidents, cluster=self.cluster, budget=self.slo, maintenance=mode,
             store=self.store, events=self.bus, notifier=self.notifier, spawn=self.tasks,
             clock=clock, registry=self.registry)
-        self.traffic.local_routes.append(mode)
         # -- the root's own reactions -------------------------------------------------------
         self.metrics.watch(lambda: iter(self.cluster), lambda: self.cluster.floor,
                            self.uptime, self.slo)
@@ -126,12 +131,18 @@ class Parts:
         return self.tasks(coro, name)
 
     def add_pool(self, node: Node) -> None:
-        url = node.config.url
-        cfg = self.config
-        self.pools[node] = ConnectionPool(
-            node.name, url.host, url.port, connect_timeout=cfg.timeouts.connect,
-            idle_timeout=cfg.timeouts.idle_upstream, max_connections=cfg.overload.max_connections,
-            max_pending=cfg.overload.max_pending, clock=self.clock)
+        self.data.add_pool(node)
+
+    # -- what a multi-process gateway does more (gateway.app.supervisor) -------------------
+
+    async def converge(self) -> None:
+        """Until every process routes by the current state (a drain answers after this)."""
+
+    async def before_scrape(self) -> None:
+        """Before /metrics is rendered: collect what other processes counted."""
+
+    async def reload_workers(self) -> None:
+        """After a reload: replace worker processes, one at a time."""
 
     # -- reload --------------------------------------------------------------------------
 
@@ -154,14 +165,7 @@ class Parts:
         pending = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
         added, removed = self.cluster.update(new)
         self.config = new
-        self.router.configure(new)
-        self.traffic.configure(new)
-        self.outlier.config = new.outlier_detection
-        for pool in self.pools.values():
-            pool.connect_timeout = new.timeouts.connect
-            pool.idle_timeout = new.timeouts.idle_upstream
-            pool.max_connections = new.overload.max_connections
-            pool.max_pending = new.overload.max_pending
+        self.data.configure(new)
         for node in added:
             self.add_pool(node)
             self.health.add(node)
@@ -171,7 +175,6 @@ class Parts:
         self.deploys.config = new.deploy
         self.incidents.tracker.config = new.incidents
         self.notifier.configure(new.notifiers)
-        self.mode.configure(new.maintenance, new.limits.client_body_timeout)
         self.tasks(self.maintenance.configure(new), name="reconfigure maintenance")
         self.metrics.reloads.labels("success").inc()
         note = f"; restart needed for: {', '.join(pending)}" if pending else ""
@@ -184,8 +187,6 @@ class Parts:
         finish, then it goes."""
         self.health.remove(node)
         await node.wait_idle(self.config.shutdown.drain_timeout)
-        pool = self.pools.pop(node, None)
-        if pool is not None:
-            pool.close()
+        self.data.close_pool(node)
         self.cluster.forget(node)
         self.uptime.forget(node.name)

@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from gateway.app.admin import build_admin_app
 from gateway.app.parts import Parts, log
@@ -29,13 +30,17 @@ from monitor import slo_store
 
 class Gateway(Parts):
     def __init__(self, config: GatewayConfig, *, config_path: str | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
-        super().__init__(config, config_path=config_path, clock=clock)
+                 clock: Clock = SYSTEM_CLOCK,
+                 data_registry: CollectorRegistry | None = None) -> None:
+        super().__init__(config, config_path=config_path, clock=clock,
+                         data_registry=data_registry)
         # The public status page answers even during maintenance, so it comes first.
         self.traffic.local_routes.insert(0, PublicPage(
             lambda: self.config.status.public, lambda: self.config.status.path,
             lambda: status_routes.public_html(self), lambda: status_routes.public_json(self)))
         self.started_at = clock.time()
+        #: The state files are written and closed (see release_state).
+        self.state_released = False
         self.traffic_server: TrafficServer | None = None
         self.admin_runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
@@ -95,9 +100,7 @@ class Gateway(Parts):
                 self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
                 try:
                     await self.admin_runner.setup()
-                    admin = self.config.admin.listen
-                    site = web.TCPSite(self.admin_runner, admin.host, admin.port)
-                    await site.start()
+                    await self._admin_site(self.admin_runner).start()
                 except BaseException:
                     # Unwind whatever started (the cleanup contexts entered so far).
                     self.tasks.cancel_all()
@@ -122,6 +125,10 @@ class Gateway(Parts):
         finally:
             self.tasks.bind(None)
 
+    def _admin_site(self, runner: web.AppRunner) -> web.BaseSite:
+        admin = self.config.admin.listen
+        return web.TCPSite(runner, admin.host, admin.port)
+
     def _admin_app(self) -> web.Application:
         app = build_admin_app(self)
         app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
@@ -139,6 +146,19 @@ class Gateway(Parts):
         flusher = self.tasks(self._flush_loop(), name="flush state")
         yield
         flusher.cancel()
+        if not self.state_released:
+            await self._flush()
+            await self.store.close()
+
+    async def release_state(self) -> None:
+        """Before a new supervisor takes over (an upgrade): stop what writes state, write
+        everything down and let go of the state file; the shutdown steps then leave it."""
+        if self.state_released:
+            return
+        self.state_released = True
+        await self.deploys.stop()
+        await self.incidents.stop()
+        await self.maintenance.stop()
         await self._flush()
         await self.store.close()
 
@@ -174,19 +194,22 @@ class Gateway(Parts):
     async def _deploys_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await self.deploys.start()
         yield
-        await self.deploys.stop()
+        if not self.state_released:
+            await self.deploys.stop()
 
     async def _maintenance_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await self.queue.open()
         await self.maintenance.start()
         yield
-        await self.maintenance.stop()
+        if not self.state_released:
+            await self.maintenance.stop()
         await self.queue.close()
 
     async def _incidents_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await self.incidents.start()
         yield
-        await self.incidents.stop()
+        if not self.state_released:
+            await self.incidents.stop()
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config
@@ -197,10 +220,16 @@ class Gateway(Parts):
         self.traffic_server = server
         self.traffic_address = server.addresses[0]
         yield
-        if self.traffic_server is not None:  # not already stopped by the shutdown steps
-            self.traffic_server.stop_accepting()
-            await self.traffic_server.drain(cfg.shutdown.drain_timeout)
-            self.traffic_server = None
+        await self.stop_traffic()  # unless the shutdown steps did already
+
+    async def stop_traffic(self) -> None:
+        server = self.traffic_server
+        if server is None:
+            return
+        self.traffic_server = None
+        server.stop_accepting()
+        await self.websockets.close_all("gateway shutting down", grace=0)
+        await server.drain(self.config.shutdown.drain_timeout)  # idle keep-alives close now
 
     # -- reload on SIGHUP ----------------------------------------------------------------
 
@@ -208,3 +237,4 @@ class Gateway(Parts):
         # A bad config is already logged and counted; the old config keeps serving.
         with contextlib.suppress(ConfigError):
             self.reload()
+            self.tasks(self.reload_workers(), name="replace workers")

@@ -13,7 +13,6 @@ from aiohttp import web
 from gateway.app.reactions import EjectionTimer
 from gateway.config import GatewayConfig
 from gateway.events import EventBus, News
-from gateway.listener import TrafficServer, WebSocketTunnels
 
 log = logging.getLogger("hagw")
 
@@ -22,10 +21,11 @@ class Running(Protocol):
     config: GatewayConfig
     ready: bool
     bus: EventBus
-    websockets: WebSocketTunnels
     ejections: EjectionTimer
-    traffic_server: TrafficServer | None
     admin_runner: web.AppRunner | None
+
+    async def stop_traffic(self) -> None:
+        """Stop accepting, let what is in flight finish (up to drain_timeout), close."""
 
 
 async def shutdown(gw: Running) -> None:
@@ -40,14 +40,9 @@ async def shutdown(gw: Running) -> None:
     gw.bus.publish(News("gateway.stopping", f"not ready; grace {cfg.grace:g}s"))
     if cfg.grace > 0:
         await asyncio.sleep(cfg.grace)
-    server = gw.traffic_server
-    if server is not None:
-        step("stop accepting connections")
-        server.stop_accepting()
-        step(f"draining in-flight requests (up to {cfg.drain_timeout:g}s)")
-        await gw.websockets.close_all("gateway shutting down", grace=0)
-        await server.drain(cfg.drain_timeout)  # idle keep-alives close at once
-        gw.traffic_server = None
+    step(f"stop accepting connections; draining in-flight requests (up to "
+         f"{cfg.drain_timeout:g}s)")
+    await gw.stop_traffic()
     step("closing")
     gw.ejections.cancel()
     assert gw.admin_runner is not None

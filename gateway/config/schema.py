@@ -21,6 +21,7 @@ from gateway.config.types import (
     Ratio,
     Size,
     StatusSet,
+    Workers,
 )
 from gateway.units import Quota
 
@@ -557,6 +558,12 @@ class GatewayConfig:
     #: The gateway's own zone, for ``locality: prefer_zone``.
     zone: str | None = None
     locality: Literal["none", "prefer_zone"] = "none"
+    #: Data-plane worker processes under a supervisor: a count, or "auto" (one per CPU).
+    #: 0 runs everything in one process (no supervisor), as the tests embed it.
+    workers: Workers = "auto"
+    #: A worker whose supervisor is gone serves on its last snapshot this long, waiting to
+    #: be adopted by a new supervisor, then stops.
+    orphan_grace: Duration = 5.0
     #: Where durable state lives (SLO history, deploys, maintenance queue, incidents).
     state_dir: str = "var/hagw"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

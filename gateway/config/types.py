@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,3 +123,21 @@ NodeQuota = Annotated[Quota, parse_quota]
 Address = Annotated[HostPort, HostPort.parse]
 URL = Annotated[NodeURL, NodeURL.parse]
 StatusSet = Annotated[frozenset[int], parse_status_set]
+
+
+@_described('a number of workers like 2, or "auto"')
+def parse_workers(value: object) -> int | str:
+    """``"auto"`` (one worker per CPU) or a whole number from 0 (everything in one process)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1024:
+        return value
+    raise ValueError(f'expected a number of workers from 0 to 1024, or "auto", found {value!r}')
+
+
+Workers = Annotated[int | str, parse_workers]
+
+
+def worker_count(value: int | str) -> int:
+    """How many worker processes ``workers`` asks for on this machine."""
+    return (os.cpu_count() or 1) if value == "auto" else int(value)

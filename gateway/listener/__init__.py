@@ -2,11 +2,11 @@
 connection manager): accept, parse, screen, admit, answer locally or route, respond."""
 
 from gateway.listener.connection import ClientConnection, ServerState
-from gateway.listener.handler import OutcomeSink, TrafficHandler
+from gateway.listener.handler import AdvisoryChanged, OutcomeSink, TrafficHandler
 from gateway.listener.local import LocalRoute, PublicPage
 from gateway.listener.respond import Responder
 from gateway.listener.server import TrafficServer
 from gateway.listener.websocket import WebSocketTunnels
 
-__all__ = ["ClientConnection", "LocalRoute", "OutcomeSink", "PublicPage", "Responder",
-           "ServerState", "TrafficHandler", "TrafficServer", "WebSocketTunnels"]
+__all__ = ["AdvisoryChanged", "ClientConnection", "LocalRoute", "OutcomeSink", "PublicPage",
+           "Responder", "ServerState", "TrafficHandler", "TrafficServer", "WebSocketTunnels"]

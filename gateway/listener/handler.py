@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.accounting import Accounting
 from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
 from gateway.errors import Answer, error_response
+from gateway.events import Event, Publish
 from gateway.headers import BadHeader, new_request_id
 from gateway.listener.connection import ClientConnection
 from gateway.listener.local import LocalRoute
@@ -36,6 +38,13 @@ access_log = logging.getLogger("hagw.access")
 #: A client's X-Request-Id is kept only if it looks like one; otherwise a new one is made
 #: (Envoy does the same for external clients), so it can never inject into logs or headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class AdvisoryChanged(Event):
+    """The X-Maintenance-Scheduled header changed (workers must follow)."""
+
+    advisory: str | None
 
 
 class OutcomeSink(Protocol):
@@ -88,8 +97,9 @@ async def read_whole(body: Body, limit: int, timeout: float) -> bytes:
 class TrafficHandler:
     def __init__(self, router: Router, admission: Admission, responder: Responder,
                  websockets: WebSocketTunnels, accounting: Accounting, outcomes: OutcomeSink,
-                 config: GatewayConfig) -> None:
+                 config: GatewayConfig, publish: Publish | None = None) -> None:
         self.router = router
+        self.publish = publish
         self.admission = admission
         self.responder = responder
         self.websockets = websockets
@@ -110,9 +120,12 @@ class TrafficHandler:
 
     @advisory.setter
     def advisory(self, value: str | None) -> None:
+        changed = value != self._advisory
         self._advisory = value
         self._advisory_line = (b"" if value is None
                                else f"X-Maintenance-Scheduled: {value}\r\n".encode())
+        if changed and self.publish is not None:
+            self.publish(AdvisoryChanged(value))
 
     def configure(self, config: GatewayConfig) -> None:
         self.config = config

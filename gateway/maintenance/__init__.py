@@ -5,9 +5,11 @@ plane's (monitor.maintenance)."""
 from gateway.maintenance.mode import (
     MAINTENANCE,
     MaintenanceMode,
+    ModeChanged,
     Phase,
     ReplayWaiter,
     WriteQueued,
 )
 
-__all__ = ["MAINTENANCE", "MaintenanceMode", "Phase", "ReplayWaiter", "WriteQueued"]
+__all__ = ["MAINTENANCE", "MaintenanceMode", "ModeChanged", "Phase", "ReplayWaiter",
+           "WriteQueued"]

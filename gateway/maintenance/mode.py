@@ -45,6 +45,11 @@ class Phase(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ModeChanged(Event):
+    """Maintenance mode or the advisory header changed (workers must follow)."""
+
+
+@dataclass(frozen=True, slots=True)
 class WriteQueued(Event):
     """A write was committed to the queue (its client gets a 202 next)."""
 
@@ -66,10 +71,30 @@ class MaintenanceMode:
         self.replay = replay
         self.publish = publish
         self.body_timeout = body_timeout
-        self.phase = Phase.NORMAL
-        #: The window behind ACTIVE/RECOVERING: id, reason and end (Unix seconds).
-        self.window: dict[str, Any] | None = None
+        self._phase = Phase.NORMAL
+        self._window: dict[str, Any] | None = None
         self.configure(config)
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: Phase) -> None:
+        if value is not self._phase:
+            self._phase = value
+            self.publish(ModeChanged())
+
+    @property
+    def window(self) -> dict[str, Any] | None:
+        """The window behind ACTIVE/RECOVERING: id, reason and end (Unix seconds)."""
+        return self._window
+
+    @window.setter
+    def window(self, value: dict[str, Any] | None) -> None:
+        if value != self._window:
+            self._window = value
+            self.publish(ModeChanged())
 
     def configure(self, config: MaintenanceConfig, body_timeout: float | None = None) -> None:
         self.config = config

@@ -340,8 +340,13 @@ class SqliteQueue(SqliteFile):
 
     @property
     def depth(self) -> int:
-        """Entries not yet replayed (kept in memory; exact, since this process writes them)."""
+        """Entries not yet replayed (kept in memory: read at open, then counted as this
+        process writes them and as workers report theirs, ``enqueued_elsewhere``)."""
         return self._depth
+
+    def enqueued_elsewhere(self, count: int = 1) -> None:
+        """Another process (a worker) committed ``count`` entries to the same file."""
+        self._depth += count
 
     async def purge(self, before: float) -> int:
         """Forget finished entries whose results are older than the result TTL."""

@@ -55,6 +55,19 @@ class TrafficWindow:
             slot.errors += 1
         slot.hist[bisect.bisect_left(_BOUNDS, seconds)] += 1
 
+    def record_counts(self, hist: list[int], errors: int) -> None:
+        """A batch of outcomes, bucketed by ``bucket_of`` (a worker's report)."""
+        now = int(self.clock.monotonic())
+        slot = self._slots[now % len(self._slots)]
+        if slot.second != now:
+            slot.second = now
+            slot.count = slot.errors = 0
+            slot.hist = [0] * (len(_BOUNDS) + 1)
+        slot.count += sum(hist)
+        slot.errors += errors
+        for i, n in enumerate(hist):
+            slot.hist[i] += n
+
     def reset(self) -> None:
         for slot in self._slots:
             slot.second = -1
@@ -71,6 +84,14 @@ class TrafficWindow:
                 for i, n in enumerate(slot.hist):
                     hist[i] += n
         return count, errors, hist
+
+
+def bucket_of(seconds: float) -> int:
+    """The histogram bucket a latency falls in (what workers batch by)."""
+    return bisect.bisect_left(_BOUNDS, seconds)
+
+
+BUCKETS = len(_BOUNDS) + 1
 
 
 def percentile(hist: list[int], q: float) -> float:

@@ -84,8 +84,7 @@ class MaintenanceManager:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.queue.open()
-        recovered = await self.queue.recover()
+        recovered = await self.queue.recover()  # the queue is open: its owner opened it
         if recovered:
             self.events.publish(News("queue.recovered", f"{recovered} write(s) were being "
                                       "replayed when the gateway stopped; they go back in "
@@ -106,7 +105,6 @@ class MaintenanceManager:
         if self._loop_task is not None:
             self._loop_task.cancel()
         await self.replayer.stop()
-        await self.queue.close()
 
     async def configure(self, config: GatewayConfig) -> None:
         self.config = config

@@ -36,6 +36,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    await gw.before_scrape()
     return web.Response(body=generate_latest(gw.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -56,6 +57,7 @@ async def drain_node(request: web.Request) -> web.Response:
     data = await read_json(request)
     reason = field(data, "reason", str) or "drained by operator"
     await gw.drains.drain(node, reason)
+    await gw.converge()  # no worker sends it a new request once this answers
     return json_response(node.snapshot())
 
 
@@ -73,6 +75,7 @@ async def undrain_node(request: web.Request) -> web.Response:
                                             "to override"}),
             content_type="application/json")
     await gw.drains.undrain(node, reason, force=force)
+    await gw.converge()
     return json_response(node.snapshot())
 
 
@@ -95,6 +98,7 @@ async def reload_config(request: web.Request) -> web.Response:
     except ConfigError as exc:
         return json_response({"error": "invalid_config", "message": str(exc),
                               "kept": "the running config"}, status=422)
+    await gw.reload_workers()  # new workers on the new config, one at a time
     return json_response({"status": "reloaded", "nodes": [n.name for n in gw.cluster]})
 
 

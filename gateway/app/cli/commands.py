@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -18,14 +19,22 @@ from gateway.app.cli.render import Style, node_rows, table
 from gateway.app.demo.backend import serve_backend
 from gateway.app.demo.fleet import run_demo
 from gateway.app.runtime import Gateway
+from gateway.app.supervisor import run_supervisor
+from gateway.app.worker import run_worker
 from gateway.config import load_config
+from gateway.config.types import parse_workers, worker_count
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     path = config_path(args)
     config = load_config(path)
+    if args.workers is not None:
+        config = dataclasses.replace(config, workers=args.workers)
     setup_logging(config.log_level)
     use_uvloop()
+    if worker_count(config.workers) > 0:
+        run_supervisor(config, path)
+        return 0
 
     async def main() -> None:
         gateway = Gateway(config, config_path=path)
@@ -36,6 +45,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         await gateway.wait()
 
     asyncio.run(main())
+    return 0
+
+
+def workers_arg(text: str) -> int | str:
+    try:
+        return parse_workers("auto" if text == "auto" else int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A data-plane worker (the supervisor starts these; not for operators)."""
+    config = load_config(config_path(args))
+    setup_logging(config.log_level)
+    use_uvloop()
+    run_worker(config, args.id, args.listen_fd, args.channel_fd)
     return 0
 
 

@@ -1,0 +1,88 @@
+"""The data plane of one process, wired: pools, router, traffic handler, maintenance mode
+and the queue it writes to, on a cluster. In one process the cluster is the control
+plane's own; in a worker it is a replica the supervisor's snapshots keep current."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from gateway.accounting import Accounting
+from gateway.admission import Admission
+from gateway.clock import Clock
+from gateway.cluster import Cluster
+from gateway.config import GatewayConfig
+from gateway.events import Publish
+from gateway.listener import OutcomeSink, Responder, TrafficHandler, WebSocketTunnels
+from gateway.maintenance import MaintenanceMode, ReplayWaiter
+from gateway.node import Node
+from gateway.outlier import OutlierDetector
+from gateway.queue.store import SqliteQueue
+from gateway.router import Forwarder, PassiveObserver, Router
+from gateway.upstream import ConnectionPool
+
+
+class DataPlane:
+    def __init__(self, config: GatewayConfig, *, cluster: Cluster, clock: Clock,
+                 registry: CollectorRegistry, passive: PassiveObserver,
+                 outcomes: OutcomeSink, replay: ReplayWaiter, publish: Publish) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.clock = clock
+        self.accounting = Accounting(registry)
+        self.outlier = OutlierDetector(cluster, config.outlier_detection)
+        self.pools: dict[Node, ConnectionPool] = {}
+        self.router = Router(cluster, self.pools, self.outlier, passive, self.accounting,
+                             config)
+        self.forwarder = Forwarder(self.router)
+        self.websockets = WebSocketTunnels(cluster)
+        self.traffic = TrafficHandler(
+            self.router, Admission(config.rate_limit, config.overload, clock),
+            Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),
+            self.websockets, self.accounting, outcomes, config, publish)
+        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
+        self.mode = MaintenanceMode(config.maintenance, self.queue, replay, publish,
+                                    body_timeout=config.limits.client_body_timeout)
+        self.traffic.local_routes.append(self.mode)
+
+    def __repr__(self) -> str:
+        return f"<DataPlane {len(self.pools)} pools {self.traffic!r}>"
+
+    # -- pools ------------------------------------------------------------------------------
+
+    def add_pool(self, node: Node) -> None:
+        url = node.config.url
+        cfg = self.config
+        self.pools[node] = ConnectionPool(
+            node.name, url.host, url.port, connect_timeout=cfg.timeouts.connect,
+            idle_timeout=cfg.timeouts.idle_upstream, max_connections=cfg.overload.max_connections,
+            max_pending=cfg.overload.max_pending, clock=self.clock)
+
+    def open_pools(self) -> None:
+        for node in self.cluster:
+            if node not in self.pools:
+                self.add_pool(node)
+
+    def close_pool(self, node: Node) -> None:
+        pool = self.pools.pop(node, None)
+        if pool is not None:
+            pool.close()
+
+    def abort_pools(self) -> None:
+        for pool in self.pools.values():
+            pool.abort_all()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def configure(self, new: GatewayConfig) -> None:
+        """Apply a reloaded config to everything but the cluster's membership (the caller
+        updates the cluster, then opens pools for added nodes)."""
+        self.config = new
+        self.router.configure(new)
+        self.traffic.configure(new)
+        self.outlier.config = new.outlier_detection
+        self.mode.configure(new.maintenance, new.limits.client_body_timeout)
+        for pool in self.pools.values():
+            pool.connect_timeout = new.timeouts.connect
+            pool.idle_timeout = new.timeouts.idle_upstream
+            pool.max_connections = new.overload.max_connections
+            pool.max_pending = new.overload.max_pending

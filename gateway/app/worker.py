@@ -1,0 +1,252 @@
+"""A worker: one data-plane process. It serves the traffic listener on the socket the
+supervisor opened (every worker accepts on the same one, so a worker's death loses no
+queued connection), routes on a replica of the supervisor's cluster that snapshots keep
+current, and reports what it saw in batches.
+
+If the supervisor goes away, the worker keeps serving on its last snapshot for
+``orphan_grace`` (its own outlier and stall detection still work), then stops accepting,
+finishes what is in flight and exits; a supervisor started meanwhile adopts its socket
+(gateway.app.handoff)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.app import handoff
+from gateway.app.dataplane import DataPlane
+from gateway.app.ipc import Channel, ChannelClosed
+from gateway.app.reactions import EjectionTimer
+from gateway.app.report import Outcomes, Tries, build_report
+from gateway.app.tasks import Tasks
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.cluster import Cluster
+from gateway.config import GatewayConfig
+from gateway.events import EventBus
+from gateway.listener import ServerState, TrafficServer
+from gateway.maintenance import Phase, WriteQueued
+from gateway.outlier import NodeEjected
+from gateway.queue.store import Entry
+
+log = logging.getLogger("hagw.worker")
+
+#: How often a worker reports (and so how fresh the supervisor's counts are).
+REPORT_EVERY = 0.1
+
+
+class RemoteReplay:
+    """The supervisor's replay, as a write queued during it needs it (over the channel)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._waiting: dict[str, list[asyncio.Future[Entry | None]]] = {}
+
+    def ensure_running(self) -> None:
+        self.worker.send({"type": "replay"})
+
+    async def wait_result(self, ticket: str, timeout: float) -> Entry | None:
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(ticket, []).append(future)
+        self.worker.send({"type": "watch", "ticket": ticket, "timeout": timeout})
+        try:
+            async with asyncio.timeout(timeout + 1.0):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiting.get(ticket, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiting.pop(ticket, None)
+
+    def replayed(self, ticket: str, data: dict[str, Any] | None) -> None:
+        entry = None if data is None else entry_from_json(data)
+        for future in self._waiting.pop(ticket, []):
+            if not future.done():
+                future.set_result(entry)
+
+
+def entry_to_json(entry: Entry) -> dict[str, Any]:
+    return {"ticket": entry.ticket, "status": entry.status,
+            "result_status": entry.result_status, "result_headers": entry.result_headers,
+            "result_body": base64.b64encode(entry.result_body or b"").decode()}
+
+
+def entry_from_json(data: dict[str, Any]) -> Entry:
+    return Entry(ticket=data["ticket"], created=0.0, method="", target="", headers=[],
+                 body=b"", idempotency_key="", status=data["status"],
+                 result_status=data.get("result_status"),
+                 result_headers=[(k, v) for k, v in data.get("result_headers") or []],
+                 result_body=base64.b64decode(data.get("result_body") or ""))
+
+
+class Worker:
+    def __init__(self, config: GatewayConfig, *, worker_id: str, listen: socket.socket,
+                 channel: socket.socket, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.listen = listen
+        self.channel_sock = channel
+        self.clock = clock
+        self.bus = EventBus()
+        self.cluster = Cluster(config, clock=clock, bus=self.bus, decides=False)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.outcomes = Outcomes()
+        self.tries = Tries()
+        self.replay = RemoteReplay(self)
+        self.data = DataPlane(config, cluster=self.cluster, clock=clock, registry=self.registry,
+                              passive=self.tries, outcomes=self.outcomes, replay=self.replay,
+                              publish=self.bus.publish)
+        self.tasks = Tasks()
+        self.ejections = EjectionTimer(self.cluster)
+        self.server: TrafficServer | None = None
+        self.channel: Channel | None = None
+        self.version = -1
+        self._stop = asyncio.Event()
+        self._snapshot = asyncio.Event()
+        self._adopt_requested = asyncio.Event()
+        self.bus.subscribe(NodeEjected, self._ejected)
+        self.bus.subscribe(WriteQueued, self._queued)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.worker_id} pid={os.getpid()} snapshot={self.version}>"
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.channel is not None:
+            with contextlib.suppress(ChannelClosed):
+                self.channel.send(message)
+
+    # -- what flows up --------------------------------------------------------------------
+
+    def _ejected(self, event: NodeEjected) -> None:
+        self.ejections.arm()
+        self.send({"type": "ejected", "node": event.node.name, "until": event.until,
+                   "reason": event.reason})
+
+    def _queued(self, event: WriteQueued) -> None:
+        self.send({"type": "queued", "seq": event.entry.seq, "created": event.entry.created})
+
+    def report(self, flush: int | None = None) -> None:
+        message = build_report(self.outcomes, self.tries, self.cluster, self.registry)
+        if flush is not None:
+            message["flush"] = flush
+        self.send(message)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            self.report()
+
+    # -- what flows down ------------------------------------------------------------------
+
+    def apply(self, snapshot: dict[str, Any]) -> None:
+        """A snapshot of the supervisor's state, in one synchronous step."""
+        for name, conditions in snapshot.get("nodes", {}).items():
+            node = self.cluster.get(name)
+            if node is not None:
+                node.restore(conditions)
+        mode = self.data.mode
+        mode.phase = Phase(snapshot.get("phase", "normal"))
+        mode.window = snapshot.get("window")
+        self.data.traffic.advisory = snapshot.get("advisory")
+        self.version = int(snapshot["version"])
+        self.ejections.arm()
+        self._snapshot.set()
+
+    async def _listen(self, channel: Channel) -> None:
+        while (message := await channel.recv()) is not None:
+            kind = message.get("type")
+            if kind == "snapshot":
+                self.apply(message)
+                self.send({"type": "ack", "version": self.version})
+            elif kind == "flush":
+                self.report(int(message["id"]))
+            elif kind == "replayed":
+                self.replay.replayed(message["ticket"], message.get("entry"))
+            elif kind == "stop":
+                self._stop.set()
+        log.warning("worker %s: the supervisor is gone; serving on the last snapshot for "
+                    "%gs, or until a new supervisor adopts this worker", self.worker_id,
+                    self.config.orphan_grace)
+        self.channel = None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, self._adopt_requested.set)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.orphan_grace):
+                await self._adopt_requested.wait()
+                await self._hand_over()
+        self._stop.set()
+
+    async def _hand_over(self) -> None:
+        """A new supervisor asked (SIGUSR1): give it the traffic socket, serve until it
+        says its own workers serve, then stop."""
+        path = handoff.control_path(self.config.state_dir)
+        conn = await asyncio.to_thread(handoff.connect, path)
+        if conn is None:
+            return
+        try:
+            conn.settimeout(None)
+            handoff.send(conn, {"type": "orphan", "id": self.worker_id, "pid": os.getpid()},
+                         [self.listen.fileno()])
+            with contextlib.suppress(OSError, ConnectionError):
+                await asyncio.to_thread(handoff.receive, conn)  # "stop"
+        finally:
+            conn.close()
+
+    # -- the process ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+        async with asyncio.TaskGroup() as group:
+            self.tasks.bind(group)
+            try:
+                await self._serve()
+            finally:
+                self.tasks.cancel_all()
+                self.tasks.bind(None)
+
+    async def _serve(self) -> None:
+        self.channel = channel = await Channel.over(self.channel_sock)
+        self.tasks(self._listen(channel), name="channel")
+        async with asyncio.timeout(30):
+            await self._snapshot.wait()  # no request is routed on a stale view
+        data = self.data
+        await data.queue.open()
+        data.open_pools()
+        await data.websockets.start()
+        state = ServerState(data.traffic, self.config.limits,
+                            spawn=lambda coro: self.tasks(coro, name="request"))
+        self.server = server = TrafficServer(state)
+        await server.start(sock=self.listen)
+        self.send({"type": "ready", "pid": os.getpid(), "version": self.version})
+        self.tasks(self._report_loop(), name="report")
+        await self._stop.wait()
+        # Stop as the single process does: stop accepting, drain, close.
+        server.stop_accepting()
+        await data.websockets.close_all("gateway shutting down", grace=0)
+        await server.drain(self.config.shutdown.drain_timeout)
+        self.report()
+        if self.channel is not None:
+            with contextlib.suppress(ChannelClosed):
+                await self.channel.drain()
+        data.abort_pools()
+        await data.queue.close()
+        self.ejections.cancel()
+
+
+def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd: int) -> None:
+    listen = socket.socket(fileno=listen_fd)
+    channel = socket.socket(fileno=channel_fd)
+    worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel)
+    asyncio.run(worker.run())
