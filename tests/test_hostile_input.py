@@ -610,6 +610,12 @@ WRONG = {
     "/deploys": [({}, "version: expected a non-empty string"),
                  ({"version": 2}, "version: expected str"),
                  ({"version": "  "}, "version: expected a non-empty string"),
+                 # It reaches deploy commands and scripts: checked as given, never stripped.
+                 ({"version": "v2; touch X"}, "version: invalid version 'v2; touch X'"),
+                 ({"version": "$(id)"}, "version: invalid version"),
+                 ({"version": "../../x"}, "version: invalid version"),
+                 ({"version": "--help"}, "version: invalid version"),
+                 ({"version": " v2\n"}, "version: invalid version"),
                  ({"version": "v2", "force": "yes"}, "force: expected bool"),
                  ({"version": "v2", "reason": {}}, "reason: expected str")],
     "/deploys/d-unknown/abort": [({"reason": 1.5}, "reason: expected str")],

@@ -3,6 +3,10 @@
 Transient failures are retried with tenacity: a command that timed out or exited
 with one of ``retry_exit_codes`` (75, EX_TEMPFAIL, by default), a webhook that
 could not be reached or answered 5xx or 429. Output is kept for the record.
+
+Whatever the runner hands over, a ``{version}`` or ``{previous_version}`` that is not a
+valid version (``monitor.versions``) never reaches a command or a webhook: the action
+fails at once, without a retry.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -20,7 +25,10 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from gateway.config.schema import DeployConfig
 from monitor.deploy.record import OUTPUT_LIMIT
+from monitor.versions import validate_version
 
+#: The placeholders of ``deploy.command`` (``DeployConfig.validate`` refuses any other).
+_PLACEHOLDER = re.compile(r"\{(node|url|version|previous_version)\}")
 #: After the command exits, how long to keep reading output a background child may hold open.
 _OUTPUT_GRACE = 1.0
 
@@ -42,9 +50,32 @@ class ActionTarget:
     previous_version: str | None
 
     def fill(self, arg: str) -> str:
-        return (arg.replace("{node}", self.node).replace("{url}", self.url)
-                .replace("{version}", self.version)
-                .replace("{previous_version}", self.previous_version or ""))
+        """``arg`` with its placeholders filled in, in one pass (a value is never scanned
+        for placeholders again). ActionFailed, not transient, for a version placeholder
+        whose value is unknown or not a valid version."""
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name == "node":
+                return self.node
+            if name == "url":
+                return self.url
+            return self.checked(name)
+
+        return _PLACEHOLDER.sub(value, arg)
+
+    def checked(self, name: str) -> str:
+        """The value of ``version`` or ``previous_version``; ActionFailed (not transient)
+        unless it is known and a valid version."""
+        text = self.version if name == "version" else self.previous_version
+        if text is None:
+            raise ActionFailed(f"{{{name}}} is unknown for {self.node}: refusing to run the "
+                               "action without it")
+        try:
+            return validate_version(text)
+        except ValueError as exc:
+            raise ActionFailed(f"{{{name}}} for {self.node}: {exc}; refusing to run the "
+                               "action") from None
 
 
 async def run_command(argv: list[str], timeout: float, retry_codes: tuple[int, ...]) -> str:
@@ -91,8 +122,11 @@ async def call_webhook(session: aiohttp.ClientSession, config: DeployConfig,
                        target: ActionTarget) -> str:
     hook = config.webhook
     assert hook is not None
+    # A JSON body cannot inject anything, but the receiver may run what it gets.
     body = {"deploy": target.deploy, "node": target.node, "url": target.url,
-            "version": target.version, "previous_version": target.previous_version}
+            "version": target.checked("version"),
+            "previous_version": (None if target.previous_version is None
+                                 else target.checked("previous_version"))}
     try:
         async with session.post(hook.url, json=body, headers=hook.headers,
                                 timeout=aiohttp.ClientTimeout(total=hook.timeout)) as resp:

@@ -10,6 +10,8 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from monitor.versions import valid_or_none
+
 
 class Status(enum.StrEnum):
     RUNNING = "running"
@@ -80,6 +82,27 @@ class DeployRecord:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    def touched(self, name: str) -> bool:
+        """This deploy ran its action on node ``name``."""
+        run = self.nodes.get(name)
+        return run is not None and run.moved
+
+    def left_at(self, name: str) -> str | None:
+        """The version this deploy left node ``name`` at, if it knows: the new version when
+        the node's batch passed and no rollback action ran on it, the previous version when
+        the rollback verified it. None when unknown (the deploy failed or stopped mid-way on
+        the node, or a rollback of it failed), not touched, or not a valid version (a record
+        written before versions were checked)."""
+        run = self.nodes.get(name)
+        if run is None or not run.moved or self.active:
+            return None
+        if run.rolled_back:
+            return valid_or_none(run.previous_version)
+        rollback_ran = any(s.rollback and s.kind == "action" for s in run.steps)
+        if run.done and not rollback_ran:
+            return valid_or_none(self.version)
+        return None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -26,6 +26,7 @@ from monitor.deploy.actions import ActionFailed, ActionTarget, run_action
 from monitor.deploy.plan import Deploy, Step
 from monitor.deploy.record import ACTIVE, DeployRecord, Status
 from monitor.ports import ClusterView, ErrorBudget, Events, Spawn, Store
+from monitor.versions import valid_or_none, validate_version
 
 log = logging.getLogger("hagw.deploy")
 NAMESPACE = "deploys"
@@ -159,12 +160,27 @@ class DeployRunner:
                     f"{self.config.min_error_budget:.0%} (--force overrides)")
         return None
 
+    def previous_version(self, node: Node) -> str | None:
+        """What a rollback returns ``node`` to: the version the newest finished deploy that
+        touched it left it at; failing that, the version the node reports, if it is valid
+        (a node's own word is the last resort: a compromised one could say anything); else
+        None, and a rollback of the node fails rather than guess."""
+        for record in self.history():
+            if not record.active and record.touched(node.name):
+                recorded = record.left_at(node.name)
+                if recorded is not None:
+                    return recorded
+                break  # that deploy left the node in an unknown state: older ones are stale
+        return valid_or_none(node.version)
+
     async def begin(self, version: str, *, force: bool = False,
                     force_reason: str = "") -> DeployRecord:
+        """Start a deploy of ``version``; ValueError if it is not a valid version."""
+        version = validate_version(version)
         if self.current is not None and self.current.record.active:
             record = self.current.record
             raise DeployConflict(f"deploy {record.id} to {record.version} is {record.status}")
-        nodes = [(n.name, n.version) for n in self.cluster]
+        nodes = [(n.name, self.previous_version(n)) for n in self.cluster]
         total = len(nodes)
         batch = max(1, self.config.max_unavailable.of(total, round_up=False))
         plan = Deploy.new(f"d-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
@@ -330,6 +346,10 @@ class DeployRunner:
                       step: Step) -> tuple[bool, str, str]:
         assert self._session is not None
         run = record.nodes[node.name]
+        if step.rollback and step.version is None:
+            return False, (f"no version to roll {node.name} back to: no earlier deploy "
+                           "recorded one and the node reported no valid version when this "
+                           "deploy started"), ""
         target = ActionTarget(record.id, node.name, str(node.config.url), step.version or "",
                               run.previous_version if not step.rollback else record.version)
         try:

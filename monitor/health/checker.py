@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from gateway.accounting import LATENCY_BUCKETS
 from gateway.clock import Clock
 from gateway.config.schema import GatewayConfig
+from gateway.events import News
 from gateway.node import Node, NodeChanged, NodeState, Probe
 from monitor.health.probe import ProbeResult, probe, verify
 from monitor.health.warning import WarningDetector
@@ -33,6 +34,7 @@ class HealthChecker:
                  spawn: Spawn, events: Events, registry: CollectorRegistry) -> None:
         self.cluster = cluster
         self.spawn = spawn
+        self.events = events
         #: The warning detector; the router feeds it every try's outcome (``record``).
         self.detector = WarningDetector(config.warning, clock)
         self.checks = Counter("hagw_health_checks", "Active health checks, by result",
@@ -45,6 +47,8 @@ class HealthChecker:
         self._evaluator: asyncio.Task[None] | None = None
         self._first_round: dict[Node, asyncio.Event] = {}
         self._rng = random.Random()
+        #: Nodes whose last health answer carried an invalid version (said once, not per probe).
+        self._invalid_version: set[str] = set()
         events.subscribe(NodeChanged, self._on_change)
 
     def __repr__(self) -> str:
@@ -96,6 +100,7 @@ class HealthChecker:
         if task is not None:
             task.cancel()
         self._first_round.pop(node, None)
+        self._invalid_version.discard(node.name)
         self.detector.forget(node.name)
 
     # -- the loops -----------------------------------------------------------------------
@@ -131,12 +136,26 @@ class HealthChecker:
     def _apply(self, node: Node, result: ProbeResult) -> None:
         self.checks.labels(node.name, result.result).inc()
         self.durations.labels(node.name).observe(result.latency)
+        self._note_version(node, result)
         if result.ok:
             node.probe_passed(result.detail, result.version)
             self.detector.observe_probe(node.name, result.latency, result.warn)
         else:
             node.probe_failed(result.detail)
         self._judge(node)
+
+    def _note_version(self, node: Node, result: ProbeResult) -> None:
+        if result.invalid_version is None:
+            if result.version is not None:
+                self._invalid_version.discard(node.name)
+            return
+        if node.name in self._invalid_version:
+            return
+        self._invalid_version.add(node.name)
+        self.events.publish(News(
+            "node.invalid_version", f"{node.name} reported an invalid version "
+            f"{result.invalid_version} in its health answer; treated as unknown (never used "
+            "by a deploy)", node=node.name, level=logging.WARNING))
 
     async def _evaluate_loop(self) -> None:
         while True:

@@ -1,7 +1,9 @@
 """Active health checks and the verify check: the I/O half of health checking.
 
 A probe only observes; what its result means for the node is decided by the
-node's state machine and the warning detector.
+node's state machine and the warning detector. The version a node reports is its own
+word: one that is not a valid version (``monitor.versions``) is treated as unknown,
+and the result says so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import aiohttp
 
 from gateway.config.schema import HealthCheckConfig, VerifyConfig
 from gateway.config.types import NodeURL
+from monitor.versions import is_valid_version, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +32,10 @@ class ProbeResult:
     status: int | None = None
     #: The node says it is degrading (``{"status": "warn"}`` or ``X-Health-Status: warn``).
     warn: str | None = None
+    #: The version the node reports, if it reports a valid one.
     version: str | None = None
+    #: A safe rendering of an invalid version the node reported (then ``version`` is None).
+    invalid_version: str | None = None
 
     @property
     def result(self) -> str:
@@ -37,6 +43,19 @@ class ProbeResult:
         if not self.ok:
             return "timeout" if self.detail.startswith("probe timeout") else "failure"
         return "warn" if self.warn else "success"
+
+
+def version_in(data: dict[str, Any] | None, version_field: str
+               ) -> tuple[str | None, str | None]:
+    """The valid version in a health answer (or None), and a safe rendering of an invalid
+    one (or None)."""
+    raw = data.get(version_field) if data else None
+    if raw is None:
+        return None, None
+    text = str(raw)
+    if is_valid_version(text):
+        return text, None
+    return None, shown(text)
 
 
 def _json(body: bytes) -> dict[str, Any] | None:
@@ -67,22 +86,25 @@ async def http_probe(session: aiohttp.ClientSession, url: NodeURL,
     latency = time.monotonic() - started
     data = _json(body)
     body_state = str(data.get("status", "")).lower() if data else ""
-    version = data.get(check.version_field) if data else None
-    version = str(version) if version is not None else None
+    version, invalid = version_in(data, check.version_field)
+    note = f"; reported an invalid version {invalid}, treated as unknown" if invalid else ""
+
+    def result(ok: bool, detail: str, warn: str | None = None) -> ProbeResult:
+        return ProbeResult(ok, detail + note, latency, status, warn=warn, version=version,
+                           invalid_version=invalid)
+
     if status not in check.expect_status:
-        return ProbeResult(False, f"probe got HTTP {status}", latency, status, version=version)
+        return result(False, f"probe got HTTP {status}")
     if body_state in ("fail", "failing", "down") or header_state == "fail":
-        return ProbeResult(False, "health endpoint reports fail", latency, status,
-                           version=version)
+        return result(False, "health endpoint reports fail")
     if check.body_match is not None and not re.search(check.body_match,
                                                       body.decode("utf-8", "replace")):
-        return ProbeResult(False, f"probe body does not match {check.body_match!r}", latency,
-                           status, version=version)
+        return result(False, f"probe body does not match {check.body_match!r}")
     warn = None
     if body_state in ("warn", "warning") or header_state in ("warn", "warning"):
         reason = data.get("reason") if data else None
         warn = "health endpoint reports warn" + (f": {reason}" if reason else "")
-    return ProbeResult(True, "probe ok", latency, status, warn=warn, version=version)
+    return result(True, "probe ok", warn)
 
 
 async def tcp_probe(url: NodeURL, check: HealthCheckConfig) -> ProbeResult:
@@ -127,9 +149,14 @@ async def verify(session: aiohttp.ClientSession, url: NodeURL, check: HealthChec
             return f"verify {verify_cfg.path} failed: {exc}"
         if status not in verify_cfg.expect_status:
             return f"verify {verify_cfg.path} got HTTP {status}"
-        data = _json(body)
-        if data is not None and data.get(check.version_field) is not None:
-            version = str(data[check.version_field])
+        answer, invalid = version_in(_json(body), check.version_field)
+        if invalid is not None:
+            if expected_version is not None:
+                return (f"verify {verify_cfg.path} reports an invalid version {invalid}, "
+                        f"expected {expected_version}")
+            version = None
+        elif answer is not None:
+            version = answer
     if expected_version is not None and version != expected_version:
         return f"reports version {version or 'unknown'}, expected {expected_version}"
     return None

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.app.admin.core import GATEWAY, BadInput, error_json, field, json_response, read_json
 from monitor.deploy.runner import DeployConflict, DeployNotFound, DeployRefused
+from monitor.versions import validate_version
 
 
 async def create(request: web.Request) -> web.Response:
@@ -15,7 +16,12 @@ async def create(request: web.Request) -> web.Response:
     if not version or not version.strip():
         raise BadInput("version: expected a non-empty string")
     try:
-        record = await gw.deploys.begin(version.strip(), force=bool(field(data, "force", bool)),
+        # Checked as given (no stripping): it ends up in deploy commands and scripts.
+        version = validate_version(version)
+    except ValueError as exc:
+        raise BadInput(f"version: {exc}") from None
+    try:
+        record = await gw.deploys.begin(version, force=bool(field(data, "force", bool)),
                                         force_reason=field(data, "reason", str) or "")
     except DeployConflict as exc:
         return error_json(409, "conflict", str(exc))

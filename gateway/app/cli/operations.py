@@ -10,6 +10,7 @@ from typing import Any
 from gateway.app.cli.client import AdminClient
 from gateway.app.cli.common import admin_client
 from gateway.app.cli.render import deploy_summary, print_step, table, when
+from monitor.versions import validate_version
 
 DEPLOY_ACTIONS = ("status", "abort", "resume", "history")
 
@@ -31,6 +32,12 @@ def _follow(client: AdminClient, deploy_id: str, interval: float = 0.5) -> dict[
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.target not in DEPLOY_ACTIONS:
+        try:
+            validate_version(args.target)
+        except ValueError as exc:
+            print(f"hagw: deploy: {exc}", file=sys.stderr)
+            return 2
     client = admin_client(args)
     if args.target == "history":
         rows = [[d["id"], d["version"], d["status"], f"{d['nodes_done']}/{d['nodes']}",
