@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.config.redis_url import RedisURL, redact_url
 from gateway.config.types import HostPort
 
+ROOT = Path(__file__).resolve().parent.parent
 BASE = 'admin: {token: "t"}\nnodes: [{name: node-1, url: "http://127.0.0.1:9601"}]\n'
 SECRET = "hunter2"
 
@@ -92,3 +94,19 @@ def test_scrub_takes_the_password_out_of_any_message() -> None:
     target = RedisURL.parse(f"redis://:{SECRET}@h:6379")
     assert target.scrub(f"AUTH {SECRET} failed for redis://:{SECRET}@h") == \
         "AUTH *** failed for redis://:***@h"
+
+
+def test_the_commented_peers_block_of_the_shipped_config_is_valid() -> None:
+    text = (ROOT / "configs/gateway.yaml").read_text()
+    head, sep, tail = text.partition("# peers:\n")
+    assert sep, "configs/gateway.yaml documents the peers keys"
+    lines = ["peers:"]
+    for line in tail.splitlines():
+        assert line.startswith("#"), line
+        if not line.startswith("#   #"):  # the keys themselves, not their comments
+            lines.append(line[2:])
+    config = parse_config(head + "\n".join(lines) + "\n", "gateway.yaml",
+                          env={"HAGW_ADMIN_TOKEN": "x", "REDIS_PASSWORD": SECRET})
+    assert config.peers is not None
+    assert config.peers.target.password == SECRET
+    assert config.peers.name == "gw-a"

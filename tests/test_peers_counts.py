@@ -11,6 +11,8 @@ from gateway.config.schema import SloConfig
 from monitor.peers.connection import PeerLink, PeersUnavailable
 from monitor.peers.counts import FleetRateLimit, FleetSlo
 from monitor.slo import BAD, EXCLUDED, GOOD, HOUR, MINUTE, Counts
+from tests.conftest import wait_for
+from tests.fakes import Spawner
 from tests.redis_server import RedisServer
 
 FAST = {"timeout": "300ms", "lease_ttl": "1s"}
@@ -81,3 +83,17 @@ async def test_rate_limit_counts_are_fleet_wide_per_second(
     assert await b.hit({"10.0.0.1": 1}) == {"10.0.0.1": 1}
     many = {f"client-{i}": i for i in range(1, 501)}  # one round trip for a batch
     assert await a.hit(many) == many
+
+
+async def test_slo_counts_flush_in_the_background(peer_link: Callable[..., PeerLink],
+                                                  spawner: Spawner) -> None:
+    clock = FakeClock(start=1_800_000_000.0)
+    link = peer_link("gw-a", clock=clock, **FAST)
+    counts = FleetSlo(link, SloConfig(), clock=clock, spawn=spawner, flush_every=0.05)
+    await counts.start()
+    counts.add(GOOD, 4)
+    await wait_for(lambda: counts.unflushed == Counts(), 5.0, "flushed")
+    counts.add(BAD, 1)
+    await counts.close()  # flushes what is left
+    other = slo(peer_link("gw-b", clock=clock, **FAST), clock)
+    assert await other.window(MINUTE) == Counts(4, 1, 0)

@@ -120,3 +120,11 @@ def test_fence_tokens_round_trip() -> None:
     assert Fence.parse(None) is None
     assert Fence.parse("garbage") is None
     assert str(Fence("gw-a", 2)) == "gw-a:2"
+
+
+def test_a_lease_under_its_own_name_is_never_adopted() -> None:
+    clock, events = FakeClock(), []
+    state = machine(clock, events)
+    state.observed(Fence("gw-a", 3))  # an earlier run, or a second process with this name
+    assert not state.leading()
+    assert "carries this instance's name" in state.reason

@@ -100,6 +100,8 @@ async def test_accepted_entries_survive_a_sigkill(redis_server: RedisServer,
         [e.ticket for e in accepted]
     found = await again.get(accepted[7].ticket)
     assert found is not None and found.body == accepted[7].body and found.seq == 8
+    # The restarted server lost its script cache; the first queue carries on regardless.
+    assert (await queue.enqueue(entry(51))).seq == 51
 
 
 async def test_replay_marks_results_and_drops_requests(
@@ -287,3 +289,21 @@ async def test_forwarding_is_idempotent(peer_link: Callable[..., PeerLink], spaw
     finally:
         await queue.close()
 
+
+
+async def test_a_spooled_queue_opens_without_redis(
+        redis_server: RedisServer, peer_link: Callable[..., PeerLink], spawner: Spawner,
+        tmp_path: Path) -> None:
+    redis_server.kill()
+    queue = await spooled(peer_link("gw-a", **FAST), tmp_path, spawner)
+    try:
+        accepted = [await queue.enqueue(entry(i)) for i in range(3)]
+        assert queue.spooled == 3
+        with pytest.raises(PeersUnavailable):
+            await queue.stats()
+        redis_server.start()
+        await wait_for(lambda: queue.spooled == 0, 10.0, "the spool was forwarded")
+        assert await stream_tickets(queue.shared.link) == [e.ticket for e in accepted]
+        assert "spooled=0" in repr(queue)
+    finally:
+        await queue.close()

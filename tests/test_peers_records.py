@@ -38,7 +38,8 @@ async def started(link: PeerLink, spawner: Spawner) -> tuple[SharedStore, Inbox]
     inbox = Inbox()
     store.subscribe(inbox)
     await store.start()
-    await wait_for(lambda: bool(inbox.resyncs), 5.0, "the first snapshot")
+    assert await store.wait_synced(5.0)
+    assert inbox.resyncs
     return store, inbox
 
 
@@ -142,3 +143,29 @@ async def test_a_failing_handler_does_not_stop_the_others(peer_link: Callable[..
     await wait_for(lambda: "node-2" in b.known("drains"), 5.0)
     assert len(inbox.changes) == 1
     await b.close()
+
+
+async def test_versions_that_go_back_force_a_resync(peer_link: Callable[..., PeerLink],
+                                                    spawner: Spawner) -> None:
+    a = SharedStore(peer_link("gw-a"), spawn=spawner)
+    b, inbox_b = await started(peer_link("gw-b"), spawner)
+    await a.put("drains", "node-1", DRAIN)
+    await a.put("drains", "node-2", DRAIN)
+    await wait_for(lambda: len(inbox_b.changes) == 2, 5.0)
+    async with a.link.io("flushing") as redis:
+        await redis.flushdb()  # an operator wipes Redis: nobody is disconnected
+    await a.put("windows", "w1", {"start": 1})  # version 1 again
+    await wait_for(lambda: len(inbox_b.resyncs) == 2, 5.0, "B noticed and resynchronised")
+    assert inbox_b.resyncs[-1] == Resync({"windows": {"w1": {"start": 1}}}, 1)
+    assert b.known("drains") == {}
+
+
+async def test_waiting_for_the_first_snapshot_is_bounded(
+        redis_server: RedisServer, peer_link: Callable[..., PeerLink],
+        spawner: Spawner) -> None:
+    redis_server.kill()
+    store = SharedStore(peer_link("gw-a", timeout="200ms", lease_ttl="1s"), spawn=spawner)
+    await store.start()
+    assert not await store.wait_synced(0.5)
+    redis_server.start()
+    assert await store.wait_synced(10.0)

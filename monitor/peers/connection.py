@@ -176,6 +176,11 @@ class PeerLink:
             return False
         return True
 
+    async def start(self) -> bool:
+        """Connect once (nothing connects before the first call); True if Redis answered.
+        A gateway starts serving either way, on whatever state it has."""
+        return await self.ping()
+
     async def close(self) -> None:
         await self.redis.aclose()
         if self._sentinel is not None:

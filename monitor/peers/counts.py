@@ -67,6 +67,7 @@ class FleetSlo:
         self._pending: dict[int, list[int]] = {}
         self._sum = link.redis.register_script(SUM)
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<FleetSlo {self.keys.prefix} unflushed_minutes={len(self._pending)}>"
@@ -119,8 +120,8 @@ class FleetSlo:
                         # Relative to our clock, so a skewed server clock does not matter.
                         pipe.expire(key, max(1, int(start + keep - now)))
                 await pipe.execute()
-        except PeersUnavailable:
-            for minute, counts in pending.items():  # merge back, newer deltas included
+        except BaseException:  # PeersUnavailable, or cancelled: keep them for the next one
+            for minute, counts in pending.items():  # merged with newer deltas
                 bucket = self._pending.setdefault(minute, [0, 0, 0])
                 for i in range(3):
                     bucket[i] += counts[i]
@@ -153,16 +154,22 @@ class FleetSlo:
             self._task = self.spawn(self._run(), name="peers SLO counts")
 
     async def close(self) -> None:
+        """Stop flushing (a flush under way finishes) and send what is left, if Redis
+        answers."""
         if self._task is not None:
-            self._task.cancel()
+            self._stop.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         with contextlib.suppress(PeersUnavailable):
             await self.flush()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_every)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_every):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
             try:
                 await self.flush()
             except PeersUnavailable as exc:

@@ -197,10 +197,15 @@ class LeaseState:
     def observed(self, holder: Fence | None) -> None:
         """A follower saw who holds the lease."""
         self.holder = holder
+        if self.role is Role.LEADER:
+            return
         if holder is None:
             self.reason = "nobody holds the lease"
-        elif self.role is Role.FOLLOWER and holder.name != self.name:
+        elif holder.name != self.name:
             self.reason = f"{holder.name} leads (epoch {holder.epoch})"
+        else:  # never adopted: another process may be running under this name
+            self.reason = (f"the lease {holder.token} carries this instance's name (an "
+                           "earlier run, or a duplicate name); waiting for it to run out")
 
     def unreachable(self, reason: str) -> None:
         """A follower could not reach Redis: it cannot lead."""
@@ -326,15 +331,19 @@ class LeaderElection:
         await self._release_pending()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
             try:
                 await self.step()
             except Exception:
                 log.exception("leader election: a round failed; trying again")
-            await asyncio.sleep(self._next_wait())
+            await asyncio.sleep(self._next_wait(loop.time() - began))
 
-    def _next_wait(self) -> float:
-        wait = self.config.renew_interval
+    def _next_wait(self, elapsed: float = 0.0) -> float:
+        """Rounds start every ``renew_every`` (however long the last one took), sooner
+        to step down at the deadline or to take a lease that is running out."""
+        wait = self.config.renew_interval - elapsed
         left = self.state.until_deadline()
         if left is not None:
             wait = min(wait, left)  # wake at the deadline to step down on time
@@ -364,7 +373,10 @@ class LeaderElection:
         self.state.released()
 
     async def _renew_once(self) -> None:
-        fence = self.state.fence()
+        try:
+            fence = self.state.fence()
+        except StaleLeader:
+            return  # the deadline passed just now: stepped down
         started = self.state.begin()
         left = self.state.until_deadline() or 0.0
         try:

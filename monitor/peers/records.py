@@ -13,8 +13,10 @@ Pub/sub is at-most-once: a notice sent while a subscriber is disconnected is los
 version it is at), and does so again after every reconnect: handlers get a ``Resync``
 with all records (they replace what they knew, which covers deletes they missed), then
 ``Change``\\s from other instances, in version order, skipping what the snapshot had. A
-gap in the versions, or a silent connection (pings go unanswered), forces a resync too.
-``known()`` is this instance's copy of the last known state, kept for when Redis is down.
+gap in the versions, versions that go back (Redis lost or dropped data without closing
+the connection), or a silent connection (pings go unanswered) force a resync too.
+``known()`` is this instance's copy of the last known state, kept for when Redis is down;
+``wait_synced()`` waits for the first snapshot.
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class SharedStore:
         self._known: dict[str, dict[str, Any]] = {}
         #: The last version seen (snapshot or notice); 0 before any.
         self.version = 0
+        self._snapshot_version = 0
+        #: Set once a snapshot has been read (``known()`` is then complete).
+        self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -248,8 +253,19 @@ class SharedStore:
     async def _resync(self) -> None:
         snapshot = await self.snapshot()
         self._known = {ns: dict(records) for ns, records in snapshot.records.items()}
-        self.version = snapshot.version
+        self.version = self._snapshot_version = snapshot.version
+        self.synced.set()
         self._deliver(snapshot)
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Wait (at most ``timeout``) for the first snapshot after ``start()``: then
+        ``known()`` holds every record. False if Redis did not answer in time."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.synced.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _notice(self, data: bytes | str) -> None:
         head, _, body = _text(data).partition(" ")
@@ -260,7 +276,13 @@ class SharedStore:
             log.warning("record changes: ignoring a malformed notice %r", _text(data)[:200])
             return
         if version <= self.version:
-            return  # the snapshot had it
+            if self.version == self._snapshot_version:
+                return  # sent before the snapshot was read: the snapshot had it
+            # Versions went back (Redis lost data without a disconnect, or was flushed).
+            log.warning("record changes: version %d after %d; resynchronising", version,
+                        self.version)
+            await self._resync()
+            return
         if version > self.version + 1:
             log.info("record changes: versions %d..%d were missed; resynchronising",
                      self.version + 1, version - 1)
