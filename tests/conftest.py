@@ -22,7 +22,11 @@ from aiohttp import web
 
 from gateway.app.demo.backend import INFO, Faults, NodeInfo, build_backend
 from gateway.app.runtime import Gateway
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig, parse_config
+from monitor.peers.connection import PeerLink
+from tests.fakes import Spawner
+from tests.redis_server import RedisServer, peers_config
 
 TOKEN = "test-token"
 
@@ -40,6 +44,39 @@ def require_tool(name: str) -> str:
     if path is None:
         missing(f"{name} is not installed (.ci/run installs it)")
     return path
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (AOF, appendfsync always), killed after the test."""
+    server = RedisServer(require_tool("redis-server"), tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def spawner() -> AsyncIterator[Spawner]:
+    """The Spawn port; its tasks are cancelled after the test."""
+    spawn = Spawner()
+    yield spawn
+    await spawn.close()
+
+
+@pytest.fixture
+async def peer_link(redis_server: RedisServer) -> AsyncIterator[Callable[..., PeerLink]]:
+    """``link = peer_link("gw-a", lease_ttl="1s")``: a PeerLink to ``redis_server`` as the
+    instance named so, closed after the test."""
+    made: list[PeerLink] = []
+
+    def make(name: str = "gw-a", clock: Clock = SYSTEM_CLOCK, **keys: object) -> PeerLink:
+        link = PeerLink(peers_config(redis_server.url, name, **keys), clock=clock)
+        made.append(link)
+        return link
+
+    yield make
+    for link in made:
+        await link.close()
 
 
 @dataclass

@@ -7,11 +7,13 @@ rest of the program trusts these objects.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from gateway.config.build import check
 from gateway.config.errors import FieldProblem
+from gateway.config.redis_url import RedisURL, redact_url
 from gateway.config.types import (
     URL,
     Address,
@@ -26,6 +28,9 @@ from gateway.config.types import (
 from gateway.units import Quota
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: An instance name among peers: a host name fits (up to 253 characters).
+PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+KEY_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 METHOD = re.compile(r"[A-Z]{1,20}")
 RETRY_CONDITIONS = ("connect-failure", "reset", "timeout", "gateway-error", "5xx")
 
@@ -511,6 +516,74 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PeersConfig:
+    """Several gateways acting as one: shared state in Redis (README "Several gateways").
+
+    ``repr()`` and every message show the Redis URL without its password."""
+
+    #: redis://[user:password@]host[:port][/db], or rediss:// for TLS. With ``sentinels``
+    #: it gives only the credentials, the database and TLS; the master's address comes
+    #: from the sentinels.
+    redis: str
+    #: Sentinel addresses ("10.0.0.7:26379"); when given, the master of
+    #: ``sentinel_service`` is asked of them, again after every failover.
+    sentinels: tuple[Address, ...] = ()
+    sentinel_service: str = "mymaster"
+    #: This instance's name among its peers (the leader lease and change notices carry it).
+    name: str = field(default_factory=socket.gethostname)
+    #: How long a leader's lease lasts without renewal: a dead leader is replaced within it.
+    lease_ttl: Duration = field(default=5.0, metadata=positive)
+    #: How often the leader renews the lease (default: a third of ``lease_ttl``).
+    renew_every: Duration | None = None
+    #: Every Redis key hagw uses starts with this and a colon.
+    prefix: str = "hagw"
+    #: Replicas that must acknowledge a queued write before its 202 (Redis ``WAIT``; 0: the
+    #: master's own AOF is enough).
+    write_replicas: int = field(default=0, metadata=check(lambda v: v >= 0,
+                                                          "expected 0 or more"))
+    #: How long ``WAIT`` waits for those replicas.
+    wait_timeout: Duration = field(default=1.0, metadata=positive)
+    #: Connecting to Redis, and each command, gives up after this.
+    timeout: Duration = field(default=1.0, metadata=positive)
+
+    def validate(self) -> None:
+        try:
+            RedisURL.parse(self.redis)
+        except ValueError as exc:
+            raise FieldProblem("redis", str(exc)) from None
+        if not PEER_NAME.fullmatch(self.name):
+            raise FieldProblem("name", "expected a name of letters, digits, '.', '_' or '-' "
+                                       f"(the default is the host name), found {self.name!r}")
+        if not NAME.fullmatch(self.sentinel_service):
+            raise FieldProblem("sentinel_service", "expected a name of letters, digits, '.', "
+                                                   f"'_' or '-', found {self.sentinel_service!r}")
+        if not KEY_PREFIX.fullmatch(self.prefix):
+            raise FieldProblem("prefix", "expected letters, digits, '.', '_', ':' or '-', "
+                                         f"found {self.prefix!r}")
+        if self.renew_interval >= self.lease_ttl:
+            raise FieldProblem("renew_every", "expected less than lease_ttl "
+                                              f"({self.lease_ttl:g}s), found "
+                                              f"{self.renew_interval:g}s")
+        if self.timeout >= self.lease_ttl:
+            raise FieldProblem("timeout", "expected less than lease_ttl (a renewal must be "
+                                          f"able to finish within it), found {self.timeout:g}s")
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_ttl / 3 if self.renew_every is None else self.renew_every
+
+    @property
+    def target(self) -> RedisURL:
+        """The parsed URL (``validate`` has checked it)."""
+        return RedisURL.parse(self.redis)
+
+    def __repr__(self) -> str:
+        sentinels = f" sentinels={','.join(map(str, self.sentinels))}" if self.sentinels else ""
+        return (f"PeersConfig(redis={redact_url(self.redis)!r}{sentinels} name={self.name!r} "
+                f"prefix={self.prefix!r} lease_ttl={self.lease_ttl:g}s)")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     name: str
     url: URL
@@ -551,6 +624,8 @@ class GatewayConfig:
     notifiers: tuple[NotifierConfig, ...] = ()
     incidents: IncidentConfig = IncidentConfig()
     status: StatusConfig = StatusConfig()
+    #: Several gateways sharing state through Redis; None: this gateway stands alone.
+    peers: PeersConfig | None = None
     #: Below this share of serving nodes the gateway routes to every node it may (panic mode).
     panic_threshold: Ratio = 0.5
     #: Automatic drains never take serving capacity below this (a count or a percentage).

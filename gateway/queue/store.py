@@ -287,6 +287,20 @@ class SqliteQueue(SqliteFile):
         await self.run(write)
         self._depth = max(0, self._depth - len(entries))
 
+    async def forget(self, entries: list[Entry]) -> int:
+        """Remove waiting entries that moved to another queue (a local spool forwarding
+        them to a shared one). Returns how many were removed."""
+        rows = [(e.ticket, QUEUED, REPLAYING) for e in entries]
+
+        def delete() -> int:
+            with self.db:
+                return sum(self.db.execute("DELETE FROM entries WHERE ticket = ? AND status "
+                                           "IN (?, ?)", row).rowcount for row in rows)
+
+        removed = int(await self.run(delete)) if rows else 0
+        self._depth = max(0, self._depth - removed)
+        return removed
+
     async def finish(self, entry: Entry) -> None:
         entry.finished = time.time()
         await self.finish_many([entry])
