@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,7 @@ from gateway.outlier import OutlierDetector
 from gateway.queue.store import SqliteQueue
 from gateway.router import Forwarder, Router
 from gateway.store import StateStore
+from gateway.tls import ServerTls, TlsCollector, TlsError, client_context
 from gateway.upstream import ConnectionPool
 from monitor.deploy.runner import DeployRunner
 from monitor.health import HealthChecker
@@ -57,6 +59,11 @@ class Parts:
         self.registry = CollectorRegistry(auto_describe=True)
         self.accounting = Accounting(self.registry)
         self.metrics = ControlMetrics(self.registry)
+        #: The listeners' TLS (hagw_tls_* metrics): one ServerTls per listener with tls.
+        self.tls_servers: list[ServerTls] = []
+        self.registry.register(TlsCollector(lambda: self.tls_servers))
+        #: The client context for https:// nodes (pools and probes); None without any.
+        self.client_tls = self._client_tls(config)
         self.cluster = Cluster(config, clock=clock, bus=self.bus)
         self.outlier = OutlierDetector(self.cluster, config.outlier_detection)
         self.store = StateStore(config.state_dir)
@@ -65,7 +72,8 @@ class Parts:
         self.drains = OperatorDrains(self.cluster, self.store, clock)
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,
-                                    events=self.bus, registry=self.registry)
+                                    events=self.bus, registry=self.registry,
+                                    client_tls=self.client_tls)
         passive = self.health.detector
         # -- the data plane ---------------------------------------------------------------
         self.pools: dict[Node, ConnectionPool] = {}
@@ -132,6 +140,26 @@ class Parts:
             node.name, url.host, url.port, connect_timeout=cfg.timeouts.connect,
             idle_timeout=cfg.timeouts.idle_upstream, max_connections=cfg.overload.max_connections,
             max_pending=cfg.overload.max_pending, clock=self.clock)
+        self._configure_tls(node, self.pools[node])
+
+    def _configure_tls(self, node: Node, pool: ConnectionPool) -> None:
+        """An https:// node's pool connects with the upstream client context, sending (and
+        checking) ``upstream_tls.server_name`` or the node's host."""
+        url = node.config.url
+        if url.tls:
+            pool.ssl = self.client_tls
+            pool.server_hostname = self.config.upstream_tls.server_name or url.host
+
+    def _client_tls(self, config: GatewayConfig) -> ssl.SSLContext | None:
+        """Build the upstream client context (its files checked) if any node is https://.
+        A bad file is a config error, so start-up and reload report it as one."""
+        if not any(node.url.tls for node in config.nodes):
+            return None
+        try:
+            return client_context(config.upstream_tls, clock=self.clock)
+        except TlsError as exc:
+            raise ConfigError(str(exc), file=self.config_path or "<config>",
+                              path="upstream_tls") from None
 
     # -- reload --------------------------------------------------------------------------
 
@@ -141,33 +169,39 @@ class Parts:
             raise ConfigError("this gateway was not started from a config file")
         try:
             new = load_config(self.config_path)
+            self.apply(new)
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.bus.publish(News("config.reload_failed", f"kept the running config: {exc}",
                                   level=logging.ERROR))
             raise
-        self.apply(new)
         return new
 
     def apply(self, new: GatewayConfig) -> None:
+        # First, as it may refuse the config (ConfigError) before anything changed. The
+        # files are read again on every reload, so `hagw reload` also picks up a rotated
+        # client certificate or CA bundle: new connections use it, pooled ones keep theirs.
+        client_tls = self._client_tls(new)
         old = self.config
         pending = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
         added, removed = self.cluster.update(new)
         self.config = new
+        self.client_tls = client_tls
         self.router.configure(new)
         self.traffic.configure(new)
         self.outlier.config = new.outlier_detection
-        for pool in self.pools.values():
+        for node, pool in self.pools.items():
             pool.connect_timeout = new.timeouts.connect
             pool.idle_timeout = new.timeouts.idle_upstream
             pool.max_connections = new.overload.max_connections
             pool.max_pending = new.overload.max_pending
+            self._configure_tls(node, pool)
         for node in added:
             self.add_pool(node)
             self.health.add(node)
         for node in removed:
             self.tasks(self._retire(node), name=f"retire {node.name}")
-        self.health.configure(new)
+        self.health.configure(new, client_tls)
         self.deploys.config = new.deploy
         self.incidents.tracker.config = new.incidents
         self.notifier.configure(new.notifiers)
