@@ -92,7 +92,7 @@ class Node:
                  publish: Publish = _ignore, boot: bool = True) -> None:
         self.name = config.name
         #: What a request without a Host header gets (built once).
-        self.host_header = f"{config.url.host}:{config.url.port}".encode()
+        self.host_header = config.url.authority.encode()
         self.clock = clock
         self.publish = publish
         self.config = config

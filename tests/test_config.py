@@ -95,12 +95,12 @@ def test_node_errors_point_at_the_node() -> None:
 nodes:
   - {name: node-1, url: "http://127.0.0.1:9601"}
   - {name: node-1, url: "http://127.0.0.1:9602"}
-  - {name: node-3, url: "https://x"}
+  - {name: node-3, url: "ftp://x"}
 """
     with pytest.raises(ConfigError, match=r"gateway.yaml:5: nodes\[2\].url: expected a URL"):
         parse_config(text, "gateway.yaml")
     with pytest.raises(ConfigError, match=r"gateway.yaml:4: nodes\[1\].name: duplicate node"):
-        parse_config(text.replace("https://x", "http://127.0.0.1:9603"), "gateway.yaml")
+        parse_config(text.replace("ftp://x", "http://127.0.0.1:9603"), "gateway.yaml")
 
 
 def test_missing_and_empty_values() -> None:

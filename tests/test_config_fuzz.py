@@ -171,6 +171,8 @@ STRINGS = st.one_of(
     st.text(max_size=20),
     st.sampled_from(["50%", "150%", "-5%", "nan%", "inf%", "1e400%", "0.5", "2xx", "6xx", "[]",
                      "http://127.0.0.1:1", "http://[::1", "http://h:99999", "https://x/y",
+                     "https://x", "https://x:", "1.3", "1.1", "h2", "http/1.1", "*.example.com",
+                     "ECDHE+AESGCM", "0.0.0.0:9901",
                      "127.0.0.1:8080", "[::1]:1", ":1", "host:", "host:²", "2026-12-01T02:00Z",
                      "9999-12-31T23:59-14:00", "now", "/health", "health", "(", "a{99999}",
                      "${HAGW_ADMIN_TOKEN}", "${NOPE}", "${EMPTY:-d}", "GET", "get", "*", "{node}",
@@ -239,6 +241,12 @@ VALID: dict[str, Any] = {
     "slo": {"target": "99.9%", "window": "30d"},
     "min_healthy": 1,
     "panic_threshold": 0.5,
+    "tls": {"cert": "/etc/hagw/gw.pem", "key": "/etc/hagw/gw.key", "min_version": "1.2",
+            "ciphers": "ECDHE+AESGCM", "alpn": ["http/1.1"],
+            "sni": [{"names": ["api.example.com", "*.apps.example.com"], "cert": "/a.pem",
+                     "key": "/a.key"}],
+            "hsts": {"max_age": "365d", "include_subdomains": True}},
+    "upstream_tls": {"ca": "/etc/hagw/nodes-ca.pem", "server_name": "api.internal"},
 }
 
 

@@ -66,6 +66,7 @@ CONTRACT = frozenset({
     "hagw_deploy_last_progress_timestamp_seconds",
     "hagw_deploys_total",
     "hagw_maintenance_active",
+    "hagw_tls_certificate_expiry_timestamp_seconds",
 })
 
 #: Bounds for every wait on Prometheus (seconds); it scrapes and evaluates every second.

@@ -4,13 +4,16 @@ plane's own; in a worker it is a replica the supervisor's snapshots keep current
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 
 from gateway.accounting import Accounting
 from gateway.admission import Admission
 from gateway.clock import Clock
 from gateway.cluster import Cluster
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.events import Publish
 from gateway.listener import OutcomeSink, Responder, TrafficHandler, WebSocketTunnels
 from gateway.maintenance import MaintenanceMode, ReplayWaiter
@@ -18,16 +21,35 @@ from gateway.node import Node
 from gateway.outlier import OutlierDetector
 from gateway.queue.store import SqliteQueue
 from gateway.router import Forwarder, PassiveObserver, Router
+from gateway.tls import TlsError, client_context
 from gateway.upstream import ConnectionPool
+
+
+def upstream_tls(config: GatewayConfig, clock: Clock,
+                 path: str | Path | None = None) -> ssl.SSLContext | None:
+    """The client context for https:// nodes (pools and probes), its files checked; None
+    when no node is https://. A bad file is a config error, so start-up and reload report
+    it as one. The files are read again on every call, so a reload also picks up a
+    rotated client certificate or CA bundle: new connections use it, pooled ones keep
+    theirs."""
+    if not any(node.url.tls for node in config.nodes):
+        return None
+    try:
+        return client_context(config.upstream_tls, clock=clock)
+    except TlsError as exc:
+        raise ConfigError(str(exc), file=str(path or "<config>"), path="upstream_tls") from None
 
 
 class DataPlane:
     def __init__(self, config: GatewayConfig, *, cluster: Cluster, clock: Clock,
                  registry: CollectorRegistry, passive: PassiveObserver,
-                 outcomes: OutcomeSink, replay: ReplayWaiter, publish: Publish) -> None:
+                 outcomes: OutcomeSink, replay: ReplayWaiter, publish: Publish,
+                 client_tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.cluster = cluster
         self.clock = clock
+        #: The client context https:// nodes' pools connect with (``upstream_tls``).
+        self.client_tls = client_tls
         self.accounting = Accounting(registry)
         self.outlier = OutlierDetector(cluster, config.outlier_detection)
         self.pools: dict[Node, ConnectionPool] = {}
@@ -56,6 +78,15 @@ class DataPlane:
             node.name, url.host, url.port, connect_timeout=cfg.timeouts.connect,
             idle_timeout=cfg.timeouts.idle_upstream, max_connections=cfg.overload.max_connections,
             max_pending=cfg.overload.max_pending, clock=self.clock)
+        self._configure_tls(node, self.pools[node])
+
+    def _configure_tls(self, node: Node, pool: ConnectionPool) -> None:
+        """An https:// node's pool connects with the upstream client context, sending (and
+        checking) ``upstream_tls.server_name`` or the node's host."""
+        url = node.config.url
+        if url.tls:
+            pool.ssl = self.client_tls
+            pool.server_hostname = self.config.upstream_tls.server_name or url.host
 
     def open_pools(self) -> None:
         for node in self.cluster:
@@ -73,16 +104,18 @@ class DataPlane:
 
     # -- reload -----------------------------------------------------------------------------
 
-    def configure(self, new: GatewayConfig) -> None:
+    def configure(self, new: GatewayConfig, client_tls: ssl.SSLContext | None) -> None:
         """Apply a reloaded config to everything but the cluster's membership (the caller
         updates the cluster, then opens pools for added nodes)."""
         self.config = new
+        self.client_tls = client_tls
         self.router.configure(new)
         self.traffic.configure(new)
         self.outlier.config = new.outlier_detection
         self.mode.configure(new.maintenance, new.limits.client_body_timeout)
-        for pool in self.pools.values():
+        for node, pool in self.pools.items():
             pool.connect_timeout = new.timeouts.connect
             pool.idle_timeout = new.timeouts.idle_upstream
             pool.max_connections = new.overload.max_connections
             pool.max_pending = new.overload.max_pending
+            self._configure_tls(node, pool)

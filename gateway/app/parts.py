@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import reactions
-from gateway.app.dataplane import DataPlane
+from gateway.app.dataplane import DataPlane, upstream_tls
 from gateway.app.drains import OperatorDrains
 from gateway.app.metrics import ControlMetrics
 from gateway.app.tasks import Tasks
@@ -21,6 +21,7 @@ from gateway.events import EventBus, EventLog, News
 from gateway.node import Node
 from gateway.queue.store import Entry
 from gateway.store import StateStore
+from gateway.tls import ServerTls, TlsCollector
 from monitor.deploy.runner import DeployRunner
 from monitor.health import HealthChecker
 from monitor.incident.watch import IncidentWatcher
@@ -61,6 +62,11 @@ class Parts:
         self.tasks = Tasks()
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = ControlMetrics(self.registry)
+        #: The listeners' TLS (hagw_tls_* metrics): one ServerTls per listener with tls.
+        self.tls_servers: list[ServerTls] = []
+        self.registry.register(TlsCollector(lambda: self.tls_servers))
+        #: The client context for https:// nodes (pools and probes); None without any.
+        self.client_tls = upstream_tls(config, clock, config_path)
         self.cluster = Cluster(config, clock=clock, bus=self.bus)
         self.store = StateStore(config.state_dir)
         self.slo = SloTracker(config.slo, clock)
@@ -68,7 +74,8 @@ class Parts:
         self.drains = OperatorDrains(self.cluster, self.store, clock)
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,
-                                    events=self.bus, registry=self.registry)
+                                    events=self.bus, registry=self.registry,
+                                    client_tls=self.client_tls)
         # -- the data plane ---------------------------------------------------------------
         #: The data plane's own series: on the gateway's registry in one process; apart in
         #: a supervisor, whose /metrics sums them with every worker's.
@@ -76,7 +83,7 @@ class Parts:
         self.data = data = DataPlane(
             config, cluster=self.cluster, clock=clock, registry=self.data_registry,
             passive=self.health.detector, outcomes=self.slo, replay=_NoReplay(),
-            publish=self.bus.publish)
+            publish=self.bus.publish, client_tls=self.client_tls)
         self.accounting = data.accounting
         self.outlier = data.outlier
         self.pools = data.pools
@@ -152,26 +159,31 @@ class Parts:
             raise ConfigError("this gateway was not started from a config file")
         try:
             new = load_config(self.config_path)
+            self.apply(new)
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.bus.publish(News("config.reload_failed", f"kept the running config: {exc}",
                                   level=logging.ERROR))
             raise
-        self.apply(new)
         return new
 
     def apply(self, new: GatewayConfig) -> None:
+        # First, as it may refuse the config (ConfigError) before anything changed. The
+        # files are read again on every reload, so `hagw reload` also picks up a rotated
+        # client certificate or CA bundle: new connections use it, pooled ones keep theirs.
+        client_tls = upstream_tls(new, self.clock, self.config_path)
         old = self.config
         pending = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
         added, removed = self.cluster.update(new)
         self.config = new
-        self.data.configure(new)
+        self.client_tls = client_tls
+        self.data.configure(new, client_tls)
         for node in added:
             self.add_pool(node)
             self.health.add(node)
         for node in removed:
             self.tasks(self._retire(node), name=f"retire {node.name}")
-        self.health.configure(new)
+        self.health.configure(new, client_tls)
         self.deploys.config = new.deploy
         self.incidents.tracker.config = new.incidents
         self.notifier.configure(new.notifiers)

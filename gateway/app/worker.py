@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import handoff
-from gateway.app.dataplane import DataPlane
+from gateway.app.dataplane import DataPlane, upstream_tls
 from gateway.app.ipc import Channel, ChannelClosed
 from gateway.app.reactions import EjectionTimer
 from gateway.app.report import Outcomes, Tries, build_report
@@ -105,7 +105,8 @@ class Worker:
         self.replay = RemoteReplay(self)
         self.data = DataPlane(config, cluster=self.cluster, clock=clock, registry=self.registry,
                               passive=self.tries, outcomes=self.outcomes, replay=self.replay,
-                              publish=self.bus.publish)
+                              publish=self.bus.publish,
+                              client_tls=upstream_tls(config, clock))
         self.tasks = Tasks()
         self.ejections = EjectionTimer(self.cluster)
         self.server: TrafficServer | None = None

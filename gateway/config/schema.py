@@ -6,8 +6,10 @@ rest of the program trusts these objects.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -19,6 +21,7 @@ from gateway.config.types import (
     Address,
     Duration,
     HostPort,
+    MinTlsVersion,
     NodeQuota,
     Ratio,
     Size,
@@ -48,17 +51,187 @@ RetryCondition = Annotated[str, _parse_retry_condition]
 positive = check(lambda v: v > 0, "expected a value above zero")
 at_least_one = check(lambda v: v >= 1, "expected 1 or more")
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+#: A DNS name (``api.example.com``), as a client sends it in SNI.
+HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}", re.IGNORECASE)
+#: ``*.example.com``: any one label in front of at least two (never ``*.com``).
+WILDCARD_NAME = re.compile(rf"\*\.(?:{_LABEL}\.)+{_LABEL}", re.IGNORECASE)
+#: What ``tls.alpn`` may offer. HTTP/2 ("h2") needs a listener that speaks it; not yet.
+ALPN_PROTOCOLS = ("http/1.1",)
+#: hstspreload.org's least max-age for the preload list: one year.
+HSTS_PRELOAD_MIN_AGE = 365 * 86400.0
+
+
+def _check_path(key: str, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise FieldProblem(key, "expected a file path, found an empty string")
+
+
+def _check_cipher_list(ciphers: str) -> None:
+    """Refuse a cipher string OpenSSL selects nothing from, as ``set_ciphers`` would at
+    start-up. (It applies to TLS 1.2; TLS 1.3's suites are OpenSSL's defaults.)"""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+    except (ssl.SSLError, ValueError):
+        raise FieldProblem("ciphers", "expected an OpenSSL cipher list like "
+                                      "'ECDHE+AESGCM:ECDHE+CHACHA20'; OpenSSL selects no "
+                                      f"cipher from {ciphers!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """A certificate served to clients that ask for one of ``names`` (TLS SNI)."""
+
+    #: Exact names (``api.example.com``) or wildcards of one label (``*.example.com``).
+    names: tuple[str, ...]
+    cert: str
+    key: str
+
+    def validate(self) -> None:
+        if not self.names:
+            raise FieldProblem("names", "expected at least one name like api.example.com")
+        for i, name in enumerate(self.names):
+            if len(name) > 253 or not (HOST_NAME.fullmatch(name)
+                                       or WILDCARD_NAME.fullmatch(name)):
+                raise FieldProblem(f"names.{i}", "expected a DNS name like api.example.com or "
+                                                 f"a wildcard like *.example.com, found {name!r}")
+        _check_path("cert", self.cert)
+        _check_path("key", self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class HstsConfig:
+    """``Strict-Transport-Security`` on every answer over TLS (RFC 6797)."""
+
+    max_age: Duration = field(metadata=check(lambda v: v >= 0, "expected 0s or more"))
+    include_subdomains: bool = False
+    #: Ask to be on the browsers' preload list (hstspreload.org): needs include_subdomains
+    #: and a max_age of a year or more. Hard to undo; read hstspreload.org first.
+    preload: bool = False
+
+    def validate(self) -> None:
+        if self.preload and (not self.include_subdomains
+                             or self.max_age < HSTS_PRELOAD_MIN_AGE):
+            raise FieldProblem("preload", "expected include_subdomains: true and a max_age of "
+                                          "365d or more with preload (hstspreload.org requires "
+                                          "both)")
+
+    @property
+    def header(self) -> str:
+        """The header's value: ``max-age=31536000; includeSubDomains; preload``."""
+        value = f"max-age={int(self.max_age)}"
+        if self.include_subdomains:
+            value += "; includeSubDomains"
+        return value + ("; preload" if self.preload else "")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """A listener's TLS: its certificates, protocol floor, ciphers and client certificates.
+
+    Only the structure is checked at load, so ``hagw check`` works on a machine without the
+    files; ``gateway.tls`` reads and checks the files when it builds the contexts."""
+
+    #: PEM certificate chain: the server's certificate first, then its intermediates.
+    cert: str
+    #: PEM private key of that certificate (unencrypted; protect it with file permissions).
+    key: str
+    #: Further certificates chosen by the name the client asks for; others get ``cert``.
+    sni: tuple[SniCertificate, ...] = ()
+    #: The oldest TLS version accepted. TLS 1.0 and 1.1 are always refused (RFC 8996).
+    min_version: MinTlsVersion = "1.2"
+    #: OpenSSL cipher string for TLS 1.2 (default: Python's). TLS 1.3 suites are OpenSSL's.
+    ciphers: str | None = None
+    #: Mutual TLS: clients must present a certificate issued by one of these CAs (PEM).
+    client_ca: str | None = None
+    #: Protocols offered in ALPN. Only http/1.1 for now.
+    alpn: tuple[str, ...] = ("http/1.1",)
+    #: A plain-HTTP listener that answers every request with a 308 to the https URL.
+    http_redirect: Address | None = None
+    hsts: HstsConfig | None = None
+
+    def validate(self) -> None:
+        for key in ("cert", "key", "client_ca"):
+            _check_path(key, getattr(self, key))
+        if self.ciphers is not None:
+            _check_cipher_list(self.ciphers)
+        if not self.alpn:
+            raise FieldProblem("alpn", "expected at least one protocol: [http/1.1]")
+        for i, protocol in enumerate(self.alpn):
+            if protocol == "h2":
+                raise FieldProblem(f"alpn.{i}", "h2 (HTTP/2) is not supported yet; expected "
+                                                "http/1.1")
+            if protocol not in ALPN_PROTOCOLS:
+                raise FieldProblem(f"alpn.{i}", f"expected http/1.1, found {protocol!r}")
+        served: dict[str, int] = {}
+        for i, entry in enumerate(self.sni):
+            for j, name in enumerate(entry.names):
+                other = served.setdefault(name.lower(), i)
+                if other != i:
+                    raise FieldProblem(f"sni.{i}.names.{j}",
+                                       f"{name!r} is already served by sni[{other}]")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file this config reads (watched for rotation)."""
+        paths = [self.cert, self.key]
+        for entry in self.sni:
+            paths += [entry.cert, entry.key]
+        if self.client_ca is not None:
+            paths.append(self.client_ca)
+        return tuple(paths)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsConfig:
+    """How the gateway connects to ``https://`` nodes."""
+
+    #: PEM CA bundle the nodes' certificates are verified against (default: the system's).
+    ca: str | None = None
+    #: A client certificate and its key, for nodes that require mutual TLS.
+    cert: str | None = None
+    key: str | None = None
+    #: Check that the node's certificate names it (``server_name`` or the URL's host). With
+    #: false the chain is still verified against ``ca``.
+    verify_hostname: bool = True
+    #: The name sent in SNI and checked against the certificate (default: the URL's host).
+    server_name: str | None = None
+
+    def validate(self) -> None:
+        for key in ("ca", "cert", "key"):
+            _check_path(key, getattr(self, key))
+        if (self.cert is None) != (self.key is None):
+            missing = "key" if self.key is None else "cert"
+            raise FieldProblem(missing, "expected cert and key together (a client "
+                                        "certificate needs its key)")
+        if self.server_name is not None and not HOST_NAME.fullmatch(self.server_name):
+            raise FieldProblem("server_name", "expected a DNS name like api.internal, found "
+                                              f"{self.server_name!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     #: Bearer token for every mutating admin call. ``${HAGW_ADMIN_TOKEN}`` reads the environment.
     token: str
     listen: Address = HostPort("127.0.0.1", 9901)
+    #: HTTPS for the admin API. Required off loopback unless ``insecure``.
+    tls: TlsConfig | None = None
+    #: Accept an admin listener off loopback without TLS (the token crosses in clear text).
+    insecure: bool = False
 
     def validate(self) -> None:
         if not self.token.strip():
             raise FieldProblem("token", "expected a non-empty token (mutating admin calls "
                                         "need it; set HAGW_ADMIN_TOKEN)")
+        if not self.listen.is_loopback and self.tls is None and not self.insecure:
+            raise FieldProblem("listen", f"{self.listen} is not a loopback address: the admin "
+                                         "token would cross the network in clear text; set "
+                                         "admin.tls, or admin.insecure: true to accept that")
+        if self.tls is not None:
+            for key in ("http_redirect", "hsts"):
+                if getattr(self.tls, key) is not None:
+                    raise FieldProblem(f"tls.{key}", "only the traffic listener's tls takes "
+                                                     f"{key}; remove it from admin.tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +365,6 @@ class RateLimitConfig:
     max_clients: int = field(default=100_000, metadata=at_least_one)
 
     def validate(self) -> None:
-        import ipaddress
-
         for i, cidr in enumerate(self.trusted_proxies):
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -607,6 +778,10 @@ class GatewayConfig:
     admin: AdminConfig
     #: The traffic listener.
     listen: Address = HostPort("127.0.0.1", 8080)
+    #: HTTPS on the traffic listener.
+    tls: TlsConfig | None = None
+    #: How the gateway connects to https:// nodes.
+    upstream_tls: UpstreamTlsConfig = UpstreamTlsConfig()
     balancer: Literal["round_robin", "least_request", "random"] = "round_robin"
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retries: RetriesConfig = RetriesConfig()
@@ -658,6 +833,9 @@ class GatewayConfig:
                 if name not in seen:
                     raise FieldProblem(f"maintenance.windows.{i}.nodes.{j}",
                                        f"no node named {name!r}")
+        if self.tls is not None and self.tls.http_redirect == self.listen:
+            raise FieldProblem("tls.http_redirect", f"{self.listen} is the traffic listener "
+                                                    "itself; expected another address")
         if self.locality == "prefer_zone" and self.zone is None:
             raise FieldProblem("zone",
                                "expected the gateway's own zone when locality is prefer_zone")

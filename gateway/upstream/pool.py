@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -17,10 +18,16 @@ MAX_IDLE = 256
 class ConnectionPool:
     def __init__(self, name: str, host: str, port: int, *, connect_timeout: float,
                  idle_timeout: float, max_connections: int = 0, max_pending: int = 0,
+                 ssl: ssl.SSLContext | None = None, server_hostname: str | None = None,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.name = name
         self.host = host
         self.port = port
+        #: TLS to the node (an https:// node): the client context, and the name sent in SNI
+        #: and checked against the node's certificate (default: ``host``). Connections made
+        #: after a change use the new values; pooled ones keep theirs.
+        self.ssl = ssl
+        self.server_hostname = server_hostname
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         #: 0 means no cap. At the cap, up to max_pending requests wait for a connection.
@@ -61,14 +68,22 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         # Connections being opened count against the cap too, or a burst would overshoot it.
         self._connecting += 1
+        tls = self.ssl
         try:
+            # With TLS, connect_timeout covers the handshake too.
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port)
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=tls,
+                    server_hostname=(self.server_hostname or self.host) if tls else None)
         except TimeoutError:
             self._wake_one()  # the slot this attempt held is free again
             raise ConnectFailure(f"connect to {self.host}:{self.port} timed out after "
                                  f"{self.connect_timeout:g}s") from None
+        except ssl.SSLError as exc:  # certificate refused, no common protocol...
+            self._wake_one()
+            detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+            raise ConnectFailure(f"TLS handshake with {self.host}:{self.port} failed: "
+                                 f"{detail or exc}") from None
         except OSError as exc:
             self._wake_one()
             raise ConnectFailure(f"connect to {self.host}:{self.port} failed: "
@@ -147,5 +162,6 @@ class ConnectionPool:
             conn.abort()
 
     def __repr__(self) -> str:
-        return f"<ConnectionPool {self.name} {self.host}:{self.port} open={len(self._all)} " \
-               f"idle={len(self._idle)}>"
+        tls = " tls" if self.ssl else ""
+        return f"<ConnectionPool {self.name} {self.host}:{self.port}{tls} " \
+               f"open={len(self._all)} idle={len(self._idle)}>"

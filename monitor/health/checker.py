@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -19,7 +20,7 @@ from gateway.clock import Clock
 from gateway.config.schema import GatewayConfig
 from gateway.events import News
 from gateway.node import Node, NodeChanged, NodeState, Probe
-from monitor.health.probe import ProbeResult, probe, verify
+from monitor.health.probe import ProbeResult, ProbeTls, probe, verify
 from monitor.health.warning import WarningDetector
 from monitor.ports import ClusterView, Events, Spawn
 
@@ -31,10 +32,13 @@ EVALUATE_EVERY = 1.0
 
 class HealthChecker:
     def __init__(self, cluster: ClusterView, config: GatewayConfig, *, clock: Clock,
-                 spawn: Spawn, events: Events, registry: CollectorRegistry) -> None:
+                 spawn: Spawn, events: Events, registry: CollectorRegistry,
+                 client_tls: ssl.SSLContext | None = None) -> None:
         self.cluster = cluster
         self.spawn = spawn
         self.events = events
+        #: https:// nodes are probed with the gateway's upstream client context.
+        self.tls = ProbeTls(client_tls, config.upstream_tls.server_name)
         #: The warning detector; the router feeds it every try's outcome (``record``).
         self.detector = WarningDetector(config.warning, clock)
         self.checks = Counter("hagw_health_checks", "Active health checks, by result",
@@ -54,8 +58,9 @@ class HealthChecker:
     def __repr__(self) -> str:
         return f"<HealthChecker probing={len(self._tasks)}>"
 
-    def configure(self, config: GatewayConfig) -> None:
+    def configure(self, config: GatewayConfig, client_tls: ssl.SSLContext | None) -> None:
         self.detector.config = config.warning
+        self.tls = ProbeTls(client_tls, config.upstream_tls.server_name)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -109,14 +114,14 @@ class HealthChecker:
         assert self._session is not None
         while True:
             check = node.check
-            result = await probe(self._session, node.config.url, check)
+            result = await probe(self._session, node.config.url, check, self.tls)
             self._apply(node, result)
             first = self._first_round.get(node)
             if first is not None:
                 first.set()
             if node.awaiting_verify:
                 problem = await verify(self._session, node.config.url, check,
-                                       node.expected_version, node.version)
+                                       node.expected_version, node.version, self.tls)
                 if problem is None:
                     node.verify_passed("verified" + (f" version {node.version}"
                                                      if node.expected_version else ""))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -66,14 +67,33 @@ def _json(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeTls:
+    """How probes reach https:// nodes: as the gateway's upstream connections do."""
+
+    #: The gateway's client context (``upstream_tls``); None: aiohttp's default checks.
+    context: ssl.SSLContext | None = None
+    #: The name sent in SNI and checked against the certificate (default: the URL's host).
+    server_name: str | None = None
+
+    def options(self, url: NodeURL) -> dict[str, Any]:
+        """Keyword arguments for an aiohttp request to ``url``."""
+        if not url.tls:
+            return {}
+        return {"ssl": self.context or True, "server_hostname": self.server_name}
+
+
+PLAIN = ProbeTls()
+
+
 async def http_probe(session: aiohttp.ClientSession, url: NodeURL,
-                     check: HealthCheckConfig) -> ProbeResult:
+                     check: HealthCheckConfig, tls: ProbeTls = PLAIN) -> ProbeResult:
     started = time.monotonic()
     target = f"{url}{check.path}"
     try:
         async with asyncio.timeout(check.timeout):
             async with session.request(check.method, target, headers=check.headers,
-                                       allow_redirects=False) as response:
+                                       allow_redirects=False, **tls.options(url)) as response:
                 body = await response.read()
                 status = response.status
                 header_state = response.headers.get("X-Health-Status", "").strip().lower()
@@ -126,21 +146,24 @@ async def tcp_probe(url: NodeURL, check: HealthCheckConfig) -> ProbeResult:
 
 
 async def probe(session: aiohttp.ClientSession, url: NodeURL,
-                check: HealthCheckConfig) -> ProbeResult:
+                check: HealthCheckConfig, tls: ProbeTls = PLAIN) -> ProbeResult:
     if check.mode == "tcp":
+        # A TCP connect, also for an https:// node: no handshake.
         return await tcp_probe(url, check)
-    return await http_probe(session, url, check)
+    return await http_probe(session, url, check, tls)
 
 
 async def verify(session: aiohttp.ClientSession, url: NodeURL, check: HealthCheckConfig,
-                 expected_version: str | None, reported_version: str | None) -> str | None:
+                 expected_version: str | None, reported_version: str | None,
+                 tls: ProbeTls = PLAIN) -> str | None:
     """Run the readmission check; None if the node passes, else why it does not."""
     verify_cfg: VerifyConfig | None = check.verify
     version = reported_version
     if verify_cfg is not None:
         try:
             async with asyncio.timeout(check.timeout):
-                async with session.get(f"{url}{verify_cfg.path}", allow_redirects=False) as resp:
+                async with session.get(f"{url}{verify_cfg.path}", allow_redirects=False,
+                                       **tls.options(url)) as resp:
                     body = await resp.read()
                     status = resp.status
         except TimeoutError:

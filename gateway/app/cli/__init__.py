@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-fd", type=int, required=True)
     p.add_argument("--channel-fd", type=int, required=True)
     command("demo", commands.cmd_demo, "run demo nodes and the gateway in front of them")
-    command("check", commands.cmd_check, "validate a config file")
+    p = command("check", commands.cmd_check, "validate a config file")
+    p.add_argument("--files", action="store_true", help="also read and check the TLS "
+                   "certificates, keys and CAs it names (on the machine that will run it)")
     p = command("nodes", commands.cmd_nodes, "show the nodes of a running gateway", admin=True)
     p.add_argument("--watch", action="store_true", help="refresh in place")
     p.add_argument("--interval", type=float, default=1.0)

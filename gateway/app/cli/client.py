@@ -30,7 +30,8 @@ class AdminClient:
             host = config.admin.listen.host
             if host in ("0.0.0.0", "::", ""):
                 host = "127.0.0.1"  # a wildcard listener is reachable on loopback
-            url = f"http://{host}:{config.admin.listen.port}"
+            scheme = "https" if config.admin.tls is not None else "http"
+            url = f"{scheme}://{host}:{config.admin.listen.port}"
         return cls(url.rstrip("/"), token or config.admin.token)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:

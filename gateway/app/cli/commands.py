@@ -21,8 +21,10 @@ from gateway.app.demo.fleet import run_demo
 from gateway.app.runtime import Gateway
 from gateway.app.supervisor import run_supervisor
 from gateway.app.worker import run_worker
-from gateway.config import load_config
+from gateway.clock import strftime_utc
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.types import parse_workers, worker_count
+from gateway.tls import TlsError, check_files, client_context
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -85,7 +87,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(path)
     print(f"{path}: ok ({len(config.nodes)} nodes, balancer {config.balancer}, "
           f"listen {config.listen}, admin {config.admin.listen})")
+    if args.files:
+        for line in check_tls_files(config, path):
+            print(line)
     return 0
+
+
+def check_tls_files(config: GatewayConfig, path: str) -> list[str]:
+    """Read every certificate, key and CA file the config names, as the gateway would at
+    start-up; a line per certificate. A bad file is a ConfigError."""
+    lines = []
+    for key, tls in (("tls", config.tls), ("admin.tls", config.admin.tls)):
+        if tls is None:
+            continue
+        try:
+            certificates = check_files(tls)
+        except TlsError as exc:
+            raise ConfigError(str(exc), file=path, path=key) from None
+        for cert in certificates:
+            lines.append(f"{key}: {cert.path}: {', '.join(cert.names) or 'no DNS name'}, "
+                         f"valid until {strftime_utc('%Y-%m-%d %H:%M UTC', cert.not_after)}")
+    upstream = config.upstream_tls
+    if any(node.url.tls for node in config.nodes) or upstream.ca or upstream.cert:
+        try:
+            client_context(upstream)
+        except TlsError as exc:
+            raise ConfigError(str(exc), file=path, path="upstream_tls") from None
+        lines.append(f"upstream_tls: ok (CA {upstream.ca or 'the system CAs'}"
+                     + (f", client certificate {upstream.cert})" if upstream.cert else ")"))
+    return lines
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
