@@ -5,12 +5,19 @@ collapsing. Synchronous, with an injectable clock.
 Fairness under a flood comes from keying by client: an abusive client spends its
 own bucket and gets 429s, which cost the gateway almost nothing, while everyone
 else's buckets stay full.
+
+With several worker processes each has its own buckets, and they are kept in step: a
+worker reports what each client spent (``take_spent``) and how many of its requests are
+in flight (``busy``), and every other worker is charged for it (``charge``, ``remote_busy``)
+within a report interval. A client is then limited to its rate whichever worker it lands
+on, give or take what the other workers admitted in the last interval, which its bucket
+pays back (it may go down to ``-burst``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from gateway.clock import Clock
@@ -42,6 +49,10 @@ class Admission:
         self.clock = clock
         self.active = 0
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        #: Tokens each client spent here since the last ``take_spent`` (workers only).
+        self.spent: Counter[str] | None = None
+        #: Each client's requests in flight on the other workers.
+        self.remote_busy: dict[str, int] = {}
         self.configure(limits, overload)
 
     def configure(self, limits: RateLimitConfig, overload: OverloadConfig) -> None:
@@ -80,7 +91,8 @@ class Admission:
         limits = self.limits
         if limits.enabled:
             bucket = self._bucket(key)
-            if limits.max_concurrent and bucket.in_flight >= limits.max_concurrent:
+            if limits.max_concurrent and (bucket.in_flight + self.remote_busy.get(key, 0)
+                                          >= limits.max_concurrent):
                 return Verdict(429, f"more than {limits.max_concurrent} requests in flight "
                                     "from this client", 1.0)
             now = self.clock.monotonic()
@@ -92,8 +104,44 @@ class Admission:
                                (1.0 - bucket.tokens) / limits.rate)
             bucket.tokens -= 1.0
             bucket.in_flight += 1
+            if self.spent is not None:
+                self.spent[key] += 1
         self.active += 1
         return None
+
+    # -- kept in step with other workers ------------------------------------------------------
+
+    def share(self) -> None:
+        """From now on, count what each client spends (this is one of several workers)."""
+        if self.spent is None:
+            self.spent = Counter()
+
+    def take_spent(self) -> dict[str, int]:
+        """What each client spent here since the last call."""
+        if not self.spent:
+            return {}
+        out = dict(self.spent)
+        self.spent.clear()
+        return out
+
+    def busy(self) -> dict[str, int]:
+        """Each client's requests in flight here (those with any)."""
+        if not self.limits.max_concurrent:
+            return {}
+        return {key: b.in_flight for key, b in self._buckets.items() if b.in_flight}
+
+    def charge(self, spent: dict[str, int]) -> None:
+        """Other workers admitted ``spent`` requests: take them from these buckets too."""
+        if not self.limits.enabled:
+            return
+        now = self.clock.monotonic()
+        limits = self.limits
+        for key, count in spent.items():
+            bucket = self._bucket(key)
+            bucket.tokens = max(-float(limits.burst),
+                                min(float(limits.burst),
+                                    bucket.tokens + (now - bucket.stamp) * limits.rate) - count)
+            bucket.stamp = now
 
     def done(self, key: str) -> None:
         self.active -= 1

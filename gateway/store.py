@@ -46,7 +46,10 @@ class SqliteFile:
     def __init__(self, path: Path, thread_name: str, what: str) -> None:
         self.path = path
         self._what = what
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._thread_name = thread_name
+        #: Made on first use and ended by close(), so a closed file may be opened again
+        #: (a supervisor whose successor failed to start takes its state back).
+        self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
     @property
@@ -57,13 +60,17 @@ class SqliteFile:
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the file's own thread."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
             await self.run(db.close)
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 class StateStore(SqliteFile):

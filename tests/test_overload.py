@@ -56,6 +56,50 @@ def test_client_key_trusts_only_configured_proxies() -> None:
     assert other.client_key("127.0.0.1", "tenant-42") == "tenant-42"
 
 
+def test_workers_keep_their_buckets_in_step() -> None:
+    """Two workers' buckets for one client: what one admits is charged to the other, so
+    together they admit the burst and then the rate, not twice that."""
+    one, clock = admission(rate=10, burst=4)
+    two = Admission(one.limits, one.overload, clock)
+    for gate in (one, two):
+        gate.share()
+    admitted = 0
+    for tick in range(100):  # 5 s at 2x the rate, alternating workers, synced every 100 ms
+        for gate in (one, two):
+            if gate.admit("c") is None:
+                gate.done("c")
+                admitted += 1
+        clock.advance(0.05)
+        if tick % 2:
+            two.charge(one.take_spent())
+            one.charge(two.take_spent())
+    # the burst and then the rate, plus at most what one interval lets through twice
+    assert 4 + 50 <= admitted <= 4 + 50 + 2
+
+
+def test_what_other_workers_admitted_is_paid_back_but_not_forever() -> None:
+    gate, clock = admission(rate=10, burst=5)
+    gate.share()
+    gate.charge({"c": 50})  # others let through a whole burst of its requests
+    refused = gate.admit("c")
+    assert refused is not None and refused.status == 429
+    clock.advance(0.5)  # down to -burst at most: half a second pays that back...
+    assert gate.admit("c") is not None
+    clock.advance(0.1)  # ...and then the next token is there
+    assert gate.admit("c") is None
+    assert gate.take_spent() == {"c": 1} and gate.take_spent() == {}
+
+
+def test_per_client_concurrency_counts_other_workers() -> None:
+    gate, _ = admission(rate=1000, burst=1000, max_concurrent=3)
+    gate.share()
+    gate.remote_busy = {"c": 2}
+    assert gate.admit("c") is None
+    refused = gate.admit("c")
+    assert refused is not None and "in flight" in refused.message
+    assert gate.busy() == {"c": 1}
+
+
 def test_bucket_table_is_bounded() -> None:
     gate, _ = admission(max_clients=3)
     for key in "abcde":

@@ -107,7 +107,11 @@ def live_pids(directory: Path) -> dict[str, int]:
     for pidfile in directory.glob("*.pid"):
         try:
             pid = int(pidfile.read_text())
-            os.kill(pid, 0)
+            # Alive, and a hagw worker still: a pid the kernel gave to another process since
+            # is not signalled.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"worker" not in argv or b"--channel-fd" not in argv:
+                raise ValueError(f"pid {pid} is no hagw worker")
         except (OSError, ValueError):
             pidfile.unlink(missing_ok=True)
             continue

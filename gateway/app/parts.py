@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,10 @@ from monitor.uptime import NodeUptime
 
 log = logging.getLogger("hagw")
 
+class UpgradeUnsupported(Exception):
+    """This gateway cannot be upgraded in place (409)."""
+
+
 class _NoReplay:
     """Stands in until the replayer exists (it needs the data plane's queue and router)."""
 
@@ -59,6 +64,9 @@ class Parts:
         # -- the kernel: events, tasks, metrics, the cluster --------------------------------
         self.bus = EventBus()
         self.events = EventLog(self.bus, clock=clock)
+        #: The state files are written and closed: a new supervisor owns them (an upgrade).
+        self.state_released = False
+        self.started_at = clock.time()
         self.tasks = Tasks()
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = ControlMetrics(self.registry)
@@ -150,6 +158,17 @@ class Parts:
 
     async def reload_workers(self) -> None:
         """After a reload: replace worker processes, one at a time."""
+
+    def processes(self) -> dict[str, Any]:
+        """The gateway's processes, for ``GET /processes``: one, here."""
+        return {"model": "single", "supervisor": {"pid": os.getpid(),
+                                                  "started": self.started_at},
+                "workers": []}
+
+    def upgrade(self) -> int:
+        """Start the installed hagw to take this one's sockets over; its pid."""
+        raise UpgradeUnsupported("a single-process gateway (workers: 0) cannot hand its "
+                                 "sockets over; run with workers to upgrade in place")
 
     # -- reload --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from gateway.admission import Admission
 from gateway.cluster import Cluster
 from monitor.health.warning import BUCKETS, WarningDetector, bucket_of
 from monitor.slo import SloTracker
@@ -67,11 +68,51 @@ def dump_metrics(registry: CollectorRegistry) -> list[list[Any]]:
     return families
 
 
-def build_report(outcomes: Outcomes, tries: Tries, cluster: Cluster,
+def build_report(outcomes: Outcomes, tries: Tries, cluster: Cluster, admission: Admission,
                  registry: CollectorRegistry) -> dict[str, Any]:
-    return {"type": "report", "outcomes": outcomes.take(), "tries": tries.take(),
-            "in_flight": {n.name: n.in_flight for n in cluster},
-            "metrics": dump_metrics(registry)}
+    report = {"type": "report", "outcomes": outcomes.take(), "tries": tries.take(),
+              "in_flight": {n.name: n.in_flight for n in cluster},
+              "metrics": dump_metrics(registry)}
+    if admission.limits.enabled:
+        report["spent"] = admission.take_spent()
+        report["busy"] = admission.busy()
+    return report
+
+
+class ClientLimits:
+    """The supervisor's view of each worker's rate-limit use, to keep the workers' token
+    buckets in step (gateway.admission): what one worker's clients spent is charged to
+    every other worker, and each is told what the others have in flight."""
+
+    def __init__(self) -> None:
+        self.busy: dict[str, dict[str, int]] = {}
+
+    def reported(self, worker: str, report: dict[str, Any],
+                 others: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(worker, message) for every other worker, after ``worker`` reported."""
+        if "spent" not in report:
+            return
+        spent = report["spent"]
+        changed = self.busy.get(worker, {}) != report["busy"]
+        self.busy[worker] = report["busy"]
+        for other in others:
+            if other == worker or not (spent or changed):
+                continue
+            message: dict[str, Any] = {"type": "clients", "spent": spent}
+            if changed:
+                message["busy"] = self.busy_elsewhere(other)
+            yield other, message
+
+    def busy_elsewhere(self, worker: str) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for name, busy in self.busy.items():
+            if name != worker:
+                for key, count in busy.items():
+                    totals[key] = totals.get(key, 0) + count
+        return totals
+
+    def forget(self, worker: str) -> None:
+        self.busy.pop(worker, None)
 
 
 def apply_report(report: dict[str, Any], slo: SloTracker, detector: WarningDetector) -> None:
@@ -100,6 +141,12 @@ class WorkerMetrics(Collector):
         self.live[worker] = families
         for name, kind, doc, _samples in families:
             self._families[name] = (kind, doc)
+
+    def count(self, worker: str, family: str) -> float:
+        """The sum of counter ``family``'s samples, as worker ``worker`` last reported."""
+        return sum(value for name, _kind, _doc, samples in self.live.get(worker, ())
+                   if name == family
+                   for sample, _labels, value in samples if sample == f"{family}_total")
 
     def retire(self, worker: str) -> None:
         for name, kind, _doc, samples in self.live.pop(worker, None) or ():

@@ -23,6 +23,7 @@ from gateway.app.shutdown import shutdown
 from gateway.app.status import routes as status_routes
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import ConfigError, GatewayConfig
+from gateway.errors import Answer
 from gateway.events import News
 from gateway.listener import PublicPage, ServerState, TrafficServer
 from monitor import slo_store
@@ -35,12 +36,14 @@ class Gateway(Parts):
         super().__init__(config, config_path=config_path, clock=clock,
                          data_registry=data_registry)
         # The public status page answers even during maintenance, so it comes first.
+        async def html() -> Answer:
+            return status_routes.public_html(self)
+
+        async def json() -> Answer:
+            return status_routes.public_json(self)
+
         self.traffic.local_routes.insert(0, PublicPage(
-            lambda: self.config.status.public, lambda: self.config.status.path,
-            lambda: status_routes.public_html(self), lambda: status_routes.public_json(self)))
-        self.started_at = clock.time()
-        #: The state files are written and closed (see release_state).
-        self.state_released = False
+            lambda: self.config.status.public, lambda: self.config.status.path, html, json))
         self.traffic_server: TrafficServer | None = None
         self.admin_runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
@@ -156,16 +159,28 @@ class Gateway(Parts):
         if self.state_released:
             return
         self.state_released = True
-        await self.deploys.stop()
+        await self.deploys.stop(hand_over=True)
         await self.incidents.stop()
         await self.maintenance.stop()
         await self._flush()
         await self.store.close()
 
+    async def reclaim_state(self) -> None:
+        """The new supervisor did not start after all: take the state back and go on
+        (the deploy that was handed over resumes here)."""
+        if not self.state_released:
+            return
+        await self.store.open(slo_store.SCHEMA)
+        self.state_released = False
+        await self.deploys.start()
+        await self.maintenance.start()
+        await self.incidents.start()
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.slo.flush_interval)
-            await self._flush()
+            if not self.state_released:
+                await self._flush()
 
     async def _flush(self) -> None:
         """Persist the SLO history and node uptime (and so survive a restart)."""

@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.app import handoff
 from gateway.app.handoff import ControlSocket
 from gateway.app.ipc import Channel, ChannelClosed
-from gateway.app.report import WorkerMetrics, apply_report, dump_metrics
+from gateway.app.parts import UpgradeUnsupported
+from gateway.app.report import ClientLimits, WorkerMetrics, apply_report, dump_metrics
 from gateway.app.runtime import Gateway
-from gateway.app.worker import entry_to_json
+from gateway.app.status import routes as status_routes
+from gateway.app.worker import entry_to_json, page_to_json
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from gateway.config.types import worker_count
@@ -74,6 +76,7 @@ class WorkerHandle:
     proc: asyncio.subprocess.Process
     channel: Channel
     ready: asyncio.Future[None]
+    started: float = 0.0
     acked: int = -1
     in_flight: dict[str, int] = field(default_factory=dict)
     stopping: bool = False
@@ -98,6 +101,13 @@ class WorkerHub:
         self.workers: dict[str, WorkerHandle] = {}
         self.metrics = WorkerMetrics()
         gw.registry.register(self.metrics)
+        self.clients = ClientLimits()
+        self.serving = Gauge("hagw_workers_serving", "Worker processes serving traffic",
+                             registry=gw.registry)
+        self.serving.set_function(lambda: sum(1 for h in self.workers.values()
+                                              if h.ready.done() and not h.stopping))
+        self.crashes = Counter("hagw_worker_crashes", "Worker processes that exited "
+                               "unasked (each is replaced)", registry=gw.registry)
         self.version = 0
         self._pending_push = False
         self._serial = 0
@@ -135,7 +145,8 @@ class WorkerHub:
         self._pidfile(worker_id).write_text(str(proc.pid))
         channel = await Channel.over(parent)
         handle = WorkerHandle(worker_id, proc, channel,
-                              asyncio.get_running_loop().create_future())
+                              asyncio.get_running_loop().create_future(),
+                              started=self.gw.clock.time())
         self.workers[worker_id] = handle
         self.gw.tasks(self._listen(handle), name=f"worker {worker_id}")
         self._send(handle, self.snapshot())
@@ -150,6 +161,8 @@ class WorkerHub:
                 self.metrics.update(handle.id, message.get("metrics", []))
                 handle.in_flight = message.get("in_flight", {})
                 self._set_in_flight()
+                for other, note in self.clients.reported(handle.id, message, self.workers):
+                    self._send(self.workers[other], note)
                 if "flush" in message:
                     handle.flushed = int(message["flush"])
                     self._flushed.set()
@@ -169,6 +182,11 @@ class WorkerHub:
                                             "", seq=int(message["seq"])))
             elif kind == "replay":
                 gw.maintenance.replayer.ensure_running()
+            elif kind == "page":
+                kind = message["kind"]
+                render = (status_routes.public_html if kind == "html"
+                          else status_routes.public_json)
+                self._send(handle, page_to_json(kind, render(gw)))
             elif kind == "watch":
                 gw.tasks(self._watch(handle, message["ticket"], float(message["timeout"])),
                          name="watch ticket")
@@ -182,6 +200,10 @@ class WorkerHub:
         self.workers.pop(handle.id, None)
         self._pidfile(handle.id).unlink(missing_ok=True)
         self.metrics.retire(handle.id)
+        self.clients.forget(handle.id)
+        for other in self.workers.values():  # its clients' requests are no longer in flight
+            self._send(other, {"type": "clients", "spent": {},
+                               "busy": self.clients.busy_elsewhere(other.id)})
         handle.in_flight = {}
         self._set_in_flight()
         if not handle.ready.done():
@@ -189,6 +211,7 @@ class WorkerHub:
                                                     "before serving"))
         if handle.stopping or self._closing:
             return
+        self.crashes.inc()
         self.gw.bus.publish(News("worker.died", f"worker {handle.id} (pid {handle.pid}) "
                                  f"exited with {code}; starting another",
                                  level=logging.ERROR))
@@ -214,11 +237,14 @@ class WorkerHub:
             new = await self._spawn()
             async with asyncio.timeout(READY_TIMEOUT):
                 await new.ready
-            await self._stop_worker(old)
+            await self._stop_worker(old, replaced=True)
 
-    async def _stop_worker(self, handle: WorkerHandle) -> None:
+    async def _stop_worker(self, handle: WorkerHandle, *, replaced: bool) -> None:
+        """Stop one worker: it stops accepting and drains. ``replaced``: others accept new
+        connections meanwhile, so its idle keep-alive connections get ``idle_grace``."""
         handle.stopping = True
-        self._send(handle, {"type": "stop"})
+        grace = self.gw.config.shutdown.idle_grace if replaced else 0.0
+        self._send(handle, {"type": "stop", "idle_grace": grace})
         timeout = self.gw.config.shutdown.drain_timeout + 5
         try:
             async with asyncio.timeout(timeout):
@@ -227,12 +253,21 @@ class WorkerHub:
             handle.proc.kill()
             await handle.proc.wait()
 
-    async def stop(self) -> None:
+    async def stop(self, *, replaced: bool = False) -> None:
+        """Stop every worker (``replaced``: another supervisor's workers serve now)."""
         self._closing = True
-        await asyncio.gather(*(self._stop_worker(h) for h in list(self.workers.values())))
+        await asyncio.gather(*(self._stop_worker(h, replaced=replaced)
+                               for h in list(self.workers.values())))
 
     def pids(self) -> list[int]:
         return [h.pid for h in self.workers.values()]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"id": h.id, "pid": h.pid, "serving": h.ready.done() and not h.stopping,
+                 "stopping": h.stopping, "snapshot": h.acked, "started": h.started,
+                 "in_flight": sum(h.in_flight.values()),
+                 "requests": int(self.metrics.count(h.id, "hagw_requests"))}
+                for h in self.workers.values()]
 
     # -- state down -------------------------------------------------------------------------
 
@@ -341,6 +376,7 @@ class Supervisor(Gateway):
         self._orphans: list[asyncio.Future[None]] = []
         self._adopted: asyncio.Queue[list[int]] = asyncio.Queue()
         self._handed_over = asyncio.Event()
+        self._successor: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.config.listen} {self.hub!r}>"
@@ -396,6 +432,9 @@ class Supervisor(Gateway):
                 async with asyncio.timeout(2.0):
                     fds = await self._adopted.get()
                 self.listen_socket = handoff.sockets_from(fds)[0]
+                while not self._adopted.empty():  # the same socket, from the other orphans
+                    for fd in self._adopted.get_nowait():
+                        os.close(fd)
                 log.info("adopted the traffic socket of orphaned workers %s", sorted(orphans))
             except TimeoutError:
                 log.warning("orphaned workers %s did not hand over their socket", orphans)
@@ -404,7 +443,11 @@ class Supervisor(Gateway):
                           fds: list[int]) -> None:
         kind = message.get("type")
         if kind == "orphan":
-            await self._adopted.put(fds)
+            if self.listen_socket is not None:  # another orphan handed the socket over
+                for fd in fds:
+                    os.close(fd)
+            else:
+                await self._adopted.put(fds)
             done = asyncio.get_running_loop().create_future()
             self._orphans.append(done)
             await done  # until our own workers serve
@@ -432,8 +475,11 @@ class Supervisor(Gateway):
         except (OSError, ConnectionError):
             message = {}
         if message.get("type") != "ready":
-            log.error("the new supervisor (pid %s) did not start: going on serving", pid)
-            return  # our workers still serve; the state is released, so stop cleanly
+            # Our workers never stopped serving: take the state back and go on.
+            await self.reclaim_state()
+            self.bus.publish(News("gateway.upgrade_failed", f"the new supervisor (pid {pid}) "
+                                  "did not start; this one goes on", level=logging.ERROR))
+            return
         self._handed_over.set()
         self.request_stop(f"handed over to pid {pid}")
 
@@ -459,17 +505,51 @@ class Supervisor(Gateway):
             await self.hub.replace_all()
 
     def upgrade(self) -> int:
-        """Start the installed hagw as a new supervisor, which takes our sockets over."""
-        argv = [sys.executable, "-m", "gateway", "run"]
+        """Start the installed hagw as a new supervisor, which takes our sockets over. It
+        is our child, so it stays in our service's cgroup (systemd), in its own session so
+        a Ctrl-C meant for us does not reach it."""
+        if self._successor is not None and self._successor.poll() is None:
+            raise UpgradeUnsupported(f"an upgrade is under way (pid {self._successor.pid})")
+        argv = [sys.executable, "-m", "gateway", "run", "--workers", str(self.config.workers)]
         if self.config_path is not None:
             argv += ["-c", self.config_path]
-        proc = subprocess.Popen(argv, start_new_session=True)
+        proc = self._successor = subprocess.Popen(argv, start_new_session=True)
         self.bus.publish(News("gateway.upgrade", f"started pid {proc.pid} to take over"))
+        self.tasks(self._reap(proc), name="upgrade")
         return proc.pid
+
+    async def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until the new supervisor exits (a pidfd turns readable): it fails to start, or
+        outlives us, which must not keep this process from exiting (no thread waits)."""
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        pidfd = os.pidfd_open(proc.pid)
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        code = proc.wait()
+        if not self._handed_over.is_set():
+            self.bus.publish(News("gateway.upgrade_failed", f"the new supervisor (pid "
+                                  f"{proc.pid}) exited with {code} before taking over; this "
+                                  "one goes on", level=logging.ERROR))
+
+    def _upgrade_from_signal(self) -> None:
+        with contextlib.suppress(UpgradeUnsupported):
+            self.upgrade()
 
     def install_signal_handlers(self) -> None:
         super().install_signal_handlers()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, self.upgrade)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, self._upgrade_from_signal)
+
+    def processes(self) -> dict[str, Any]:
+        hub = self.hub
+        return {"model": "supervisor", "supervisor": {"pid": os.getpid(),
+                                                      "started": self.started_at},
+                "workers": [] if hub is None else hub.describe(),
+                "snapshot": None if hub is None else hub.version}
 
     # -- traffic -------------------------------------------------------------------------
 
@@ -488,7 +568,7 @@ class Supervisor(Gateway):
     async def stop_traffic(self) -> None:
         hub, self.hub = self.hub, None
         if hub is not None:
-            await hub.stop()
+            await hub.stop(replaced=self._handed_over.is_set())
         if self.control is not None:
             await self.control.close()
             self.control = None

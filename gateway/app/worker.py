@@ -30,14 +30,17 @@ from gateway.app.tasks import Tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
 from gateway.config import GatewayConfig
+from gateway.errors import Answer, error_response
 from gateway.events import EventBus
-from gateway.listener import ServerState, TrafficServer
+from gateway.listener import PublicPage, ServerState, TrafficServer
 from gateway.maintenance import Phase, WriteQueued
 from gateway.outlier import NodeEjected
 from gateway.queue.store import Entry
 
 log = logging.getLogger("hagw.worker")
 
+#: How long an orphan waits for the supervisor adopting it to have its own workers serve.
+ADOPTION_TIMEOUT = 60.0
 #: How often a worker reports (and so how fresh the supervisor's counts are).
 REPORT_EVERY = 0.1
 
@@ -75,6 +78,52 @@ class RemoteReplay:
                 future.set_result(entry)
 
 
+class RemotePage:
+    """The public status page in a worker: rendered by the supervisor (it has the state),
+    asked for over the channel at most once a second per format, however many ask."""
+
+    #: How old a page may be. The supervisor's own page is never fresher than its state.
+    MAX_AGE = 1.0
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._pages: dict[str, tuple[float, Answer]] = {}
+        self._asked: dict[str, asyncio.Future[Answer]] = {}
+
+    async def get(self, kind: str) -> Answer:
+        now = self.worker.clock.monotonic()
+        cached = self._pages.get(kind)
+        if cached is not None and now - cached[0] < self.MAX_AGE:
+            return cached[1]
+        asked = self._asked.get(kind)
+        if asked is None:
+            asked = self._asked[kind] = asyncio.get_running_loop().create_future()
+            self.worker.send({"type": "page", "kind": kind})
+        try:
+            async with asyncio.timeout(2.0):
+                return await asyncio.shield(asked)
+        except TimeoutError:
+            self._asked.pop(kind, None)
+            if cached is not None:
+                return cached[1]
+            return error_response(503, "the status page is not available right now", "")
+
+    def arrived(self, message: dict[str, Any]) -> None:
+        kind = message["kind"]
+        answer = Answer(int(message["status"]), message["body"].encode(),
+                        [(k, v) for k, v in message["headers"]], message["content_type"])
+        self._pages[kind] = (self.worker.clock.monotonic(), answer)
+        asked = self._asked.pop(kind, None)
+        if asked is not None and not asked.done():
+            asked.set_result(answer)
+
+
+def page_to_json(kind: str, answer: Answer) -> dict[str, Any]:
+    return {"type": "page", "kind": kind, "status": answer.status,
+            "body": answer.body.decode(), "headers": answer.headers,
+            "content_type": answer.content_type}
+
+
 def entry_to_json(entry: Entry) -> dict[str, Any]:
     return {"ticket": entry.ticket, "status": entry.status,
             "result_status": entry.result_status, "result_headers": entry.result_headers,
@@ -107,12 +156,26 @@ class Worker:
                               passive=self.tries, outcomes=self.outcomes, replay=self.replay,
                               publish=self.bus.publish,
                               client_tls=upstream_tls(config, clock))
+        self.data.traffic.admission.share()
+        self.page = page = RemotePage(self)
+        status = config.status
+
+        async def html() -> Answer:
+            return await page.get("html")
+
+        async def json() -> Answer:
+            return await page.get("json")
+
+        self.data.traffic.local_routes.insert(0, PublicPage(
+            lambda: status.public, lambda: status.path, html, json))
         self.tasks = Tasks()
         self.ejections = EjectionTimer(self.cluster)
         self.server: TrafficServer | None = None
         self.channel: Channel | None = None
         self.version = -1
         self._stop = asyncio.Event()
+        #: How long idle keep-alive connections stay open once stopping (others accept).
+        self._idle_grace = 0.0
         self._snapshot = asyncio.Event()
         self._adopt_requested = asyncio.Event()
         self.bus.subscribe(NodeEjected, self._ejected)
@@ -137,7 +200,8 @@ class Worker:
         self.send({"type": "queued", "seq": event.entry.seq, "created": event.entry.created})
 
     def report(self, flush: int | None = None) -> None:
-        message = build_report(self.outcomes, self.tries, self.cluster, self.registry)
+        message = build_report(self.outcomes, self.tries, self.cluster,
+                               self.data.traffic.admission, self.registry)
         if flush is not None:
             message["flush"] = flush
         self.send(message)
@@ -171,10 +235,20 @@ class Worker:
                 self.send({"type": "ack", "version": self.version})
             elif kind == "flush":
                 self.report(int(message["id"]))
+            elif kind == "clients":
+                admission = self.data.traffic.admission
+                admission.charge(message["spent"])
+                if "busy" in message:
+                    admission.remote_busy = message["busy"]
+            elif kind == "page":
+                self.page.arrived(message)
             elif kind == "replayed":
                 self.replay.replayed(message["ticket"], message.get("entry"))
             elif kind == "stop":
+                self._idle_grace = float(message.get("idle_grace", 0.0))
                 self._stop.set()
+        if self._stop.is_set():
+            return  # told to stop: the supervisor going away is no news
         log.warning("worker %s: the supervisor is gone; serving on the last snapshot for "
                     "%gs, or until a new supervisor adopts this worker", self.worker_id,
                     self.config.orphan_grace)
@@ -184,22 +258,25 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.orphan_grace):
                 await self._adopt_requested.wait()
-                await self._hand_over()
+        if self._adopt_requested.is_set() and await self._hand_over():
+            self._idle_grace = self.config.shutdown.idle_grace  # the new workers accept
         self._stop.set()
 
-    async def _hand_over(self) -> None:
-        """A new supervisor asked (SIGUSR1): give it the traffic socket, serve until it
-        says its own workers serve, then stop."""
+    async def _hand_over(self) -> bool:
+        """A new supervisor asked (SIGUSR1): give it the traffic socket and serve until it
+        says its own workers serve (True), then stop."""
         path = handoff.control_path(self.config.state_dir)
         conn = await asyncio.to_thread(handoff.connect, path)
         if conn is None:
-            return
+            return False
         try:
-            conn.settimeout(None)
+            conn.settimeout(ADOPTION_TIMEOUT)
             handoff.send(conn, {"type": "orphan", "id": self.worker_id, "pid": os.getpid()},
                          [self.listen.fileno()])
-            with contextlib.suppress(OSError, ConnectionError):
-                await asyncio.to_thread(handoff.receive, conn)  # "stop"
+            message, _ = await asyncio.to_thread(handoff.receive, conn)
+            return message.get("type") == "stop"
+        except (OSError, ConnectionError, ValueError):
+            return False
         finally:
             conn.close()
 
@@ -236,7 +313,7 @@ class Worker:
         # Stop as the single process does: stop accepting, drain, close.
         server.stop_accepting()
         await data.websockets.close_all("gateway shutting down", grace=0)
-        await server.drain(self.config.shutdown.drain_timeout)
+        await server.drain(self.config.shutdown.drain_timeout, idle_grace=self._idle_grace)
         self.report()
         if self.channel is not None:
             with contextlib.suppress(ChannelClosed):

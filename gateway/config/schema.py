@@ -391,6 +391,10 @@ class ShutdownConfig:
     grace: Duration = 5.0
     #: How long in-flight requests may take to finish after the listener stopped.
     drain_timeout: Duration = 30.0
+    #: With workers: how long a worker being replaced keeps its idle keep-alive
+    #: connections open, answering a request on one with ``Connection: close``, while the
+    #: others accept new ones. Closing them at once loses a POST a client just sent on one.
+    idle_grace: Duration = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,11 +74,34 @@ class ServerState:
         self.connections: set[ClientConnection] = set()
         #: Shutting down: no new request starts; idle connections close.
         self.closing = False
+        #: Connections with a request (or tunnel) running, and events for "none" of them
+        #: and for "no connection at all".
+        self.running = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.empty = asyncio.Event()
+        self.empty.set()
 
     def busy(self) -> int:
-        return sum(1 for c in self.connections if c.task is not None)
+        return self.running
+
+    def opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.empty.clear()
+
+    def closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self.empty.set()
+
+    def started(self) -> None:
+        self.running += 1
+        self.idle.clear()
+
+    def finished(self) -> None:
+        self.running -= 1
+        if not self.running:
+            self.idle.set()
 
     def __repr__(self) -> str:
         return f"<ServerState {len(self.connections)} connections, {self.busy()} busy>"
@@ -150,11 +173,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
-        self.state.connections.add(self)
+        self.state.opened(self)
         self._arm(self.state.limits.client_header_timeout, self._head_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connections.discard(self)
+        self.state.closed(self)
         self._disarm()
         if self.tunnel is not None:
             self.tunnel.client_lost()
@@ -316,7 +339,7 @@ class ClientConnection(asyncio.Protocol):
         self._continued = False
         self._started = False
         self.current = request
-        self.state.idle.clear()
+        self.state.started()
         self.task = self.state.spawn(self._run(request))
 
     async def _run(self, request: Request) -> None:
@@ -332,8 +355,7 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.task = None
             self.current = None
-            if not self.state.busy():
-                self.state.idle.set()
+            self.state.finished()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -352,7 +374,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(400, "an upgrade must be the only request on its connection")
             return
         self._disarm()
-        self.state.idle.clear()
+        self.state.started()
         self.task = self.state.spawn(self._run_upgrade(request, rest))
 
     async def _run_upgrade(self, request: Request, rest: bytes) -> None:
@@ -364,8 +386,7 @@ class ClientConnection(asyncio.Protocol):
             log.exception("upgrading %r failed", request)
         finally:
             self.task = None
-            if not self.state.busy():
-                self.state.idle.set()
+            self.state.finished()
             if self.transport is not None:
                 self.transport.close()
 

@@ -3,7 +3,7 @@ maintenance mode and queue tickets are ``LocalRoute``s."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway.errors import Answer
@@ -25,10 +25,12 @@ class LocalRoute(Protocol):
 
 class PublicPage:
     """Serves a page at ``path`` (HTML) and ``path + ".json"`` on the traffic listener, from
-    renderers the composition root provides (the public status page)."""
+    renderers the composition root provides (the public status page: rendered in this
+    process, or asked of the supervisor by a worker)."""
 
     def __init__(self, enabled: Callable[[], bool], path: Callable[[], str],
-                 html: Callable[[], Answer], json: Callable[[], Answer]) -> None:
+                 html: Callable[[], Awaitable[Answer]],
+                 json: Callable[[], Awaitable[Answer]]) -> None:
         self._enabled = enabled
         self._path = path
         self._html = html
@@ -43,9 +45,9 @@ class PublicPage:
             return None
         path = self._path()
         if request.path == path:
-            return self._html(), None
+            return await self._html(), None
         if request.path == path + ".json":
-            return self._json(), None
+            return await self._json(), None
         return None
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ accepting, and drains what is in flight, in uvicorn's order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -49,11 +50,21 @@ class TrafficServer:
         if self._server is not None:
             self._server.close()
 
-    async def drain(self, timeout: float) -> None:
-        """Finish what is in flight: idle keep-alive connections close now, busy ones after
-        their answer (with ``Connection: close``); past ``timeout`` the rest are cut."""
+    async def drain(self, timeout: float, *, idle_grace: float = 0.0) -> None:
+        """Finish what is in flight: busy connections close after their answer (with
+        ``Connection: close``); past ``timeout`` the rest are cut.
+
+        Idle keep-alive connections close now, or after ``idle_grace`` when another process
+        accepts new connections meanwhile (a worker replaced): a request on one is then
+        answered, with ``Connection: close``. Closing an idle connection races with a client
+        just sending on it, and a POST lost so cannot be retried (HAProxy's
+        ``idle-close-on-response``)."""
         state = self.state
         state.closing = True
+        if idle_grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(idle_grace, timeout)):
+                    await state.empty.wait()
         for conn in list(state.connections):
             if conn.task is None and conn.transport is not None:
                 conn.transport.close()

@@ -77,6 +77,8 @@ class DeployRecord:
     rollback_batches: list[list[str]] = field(default_factory=list)
     #: Status before an interruption, so a resume knows which direction it was going.
     interrupted_status: Status | None = None
+    #: Interrupted by an upgrade of the gateway (a handover): the next one resumes it.
+    handed_over: bool = False
     updated: float = 0.0
 
     @property

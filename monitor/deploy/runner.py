@@ -112,6 +112,17 @@ class DeployRunner:
                 plan = Deploy(record, self.config, self.clock)
                 plan.interrupt()
                 self.current = plan
+                if record.handed_over:
+                    # The gateway was upgraded mid-deploy: go on where it stood (the batch
+                    # in flight starts over from its drain).
+                    record.handed_over = False
+                    plan.resume()
+                    self.events.publish(News("deploy.resumed", f"deploy {record.id} to "
+                                             f"{record.version} resumed after an upgrade",
+                                             data={"deploy": record.id}))
+                    await self._save(record)
+                    self._launch(plan)
+                    continue
                 for name in plan.in_flight_batch:
                     node = self.cluster.get(name)
                     if node is not None:
@@ -124,11 +135,14 @@ class DeployRunner:
                 await self._save(record)
         self._update_gauges()
 
-    async def stop(self) -> None:
+    async def stop(self, *, hand_over: bool = False) -> None:
+        """Stop a running deploy where it stands. ``hand_over``: a new gateway process takes
+        over (an upgrade) and resumes it on start; otherwise it waits for an operator."""
         task = self._task
         if task is not None and not task.done():
             if self.current is not None:
                 self.current.interrupt()
+                self.current.record.handed_over = hand_over
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if self.current is not None:

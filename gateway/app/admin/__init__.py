@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.app.admin import deploys, incidents, maintenance, nodes, openapi, status
+from gateway.app.admin import deploys, incidents, maintenance, nodes, openapi, processes, status
 from gateway.app.admin.core import GATEWAY, auth_middleware, error_middleware
 from gateway.app.parts import Parts
 
@@ -18,7 +18,7 @@ def build_admin_app(gateway: Parts) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
     app[GATEWAY] = gateway
-    for module in (nodes, deploys, maintenance, incidents, status, openapi):
+    for module in (nodes, processes, deploys, maintenance, incidents, status, openapi):
         module.add_routes(app)
     return app
 

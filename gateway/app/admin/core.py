@@ -78,6 +78,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         return web.json_response({"error": "forbidden", "message": "wrong admin token"},
                                  status=403)
+    if request.app[GATEWAY].state_released:
+        # The moment of an upgrade when both supervisors accept on the admin socket.
+        return web.json_response({"error": "handing_over", "message": "this gateway is "
+                                  "handing over to a new process (an upgrade); retry in a "
+                                  "moment"}, status=503, headers={"Retry-After": "1"})
     return await handler(request)
 
 

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("--force", action="store_true", help="also release a deploy's hold")
     command("reload", commands.cmd_reload, "reload the config of a running gateway", admin=True)
+    p = command("processes", commands.cmd_processes, "the supervisor and its worker "
+                "processes", admin=True)
+    p.add_argument("--json", action="store_true")
+    p = command("upgrade", commands.cmd_upgrade, "hand the listening sockets to a new "
+                "supervisor running the installed hagw (no connection refused)", admin=True)
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="how long to wait for the new supervisor to serve (default 60)")
     p = command("deploy", operations.cmd_deploy, "rolling deploy: 'hagw deploy VERSION', or "
                 "status, abort, resume, history", admin=True)
     p.add_argument("target", metavar="VERSION|status|abort|resume|history")

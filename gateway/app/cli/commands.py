@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.app.cli.client import AdminError
 from gateway.app.cli.common import admin_client, config_path
 from gateway.app.cli.render import Style, node_rows, table
 from gateway.app.demo.backend import serve_backend
@@ -185,6 +186,53 @@ def cmd_reload(args: argparse.Namespace) -> int:
     result = client.post("/reload")
     print(f"reloaded: nodes {', '.join(result['nodes'])}")
     return 0
+
+
+def cmd_processes(args: argparse.Namespace) -> int:
+    data = admin_client(args).get("/processes")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    sup = data["supervisor"]
+    print(f"{data['model']} pid {sup['pid']}, up {_age(time.time() - sup['started'])}"
+          + (f", snapshot {data['snapshot']}" if data.get("snapshot") is not None else ""))
+    rows = [[w["id"], str(w["pid"]), "serving" if w["serving"] else
+             ("stopping" if w["stopping"] else "starting"), str(w["snapshot"]),
+             str(w["in_flight"]), _age(time.time() - w["started"])] for w in data["workers"]]
+    if rows:
+        print(table(rows, ["WORKER", "PID", "STATE", "SNAPSHOT", "IN-FLIGHT", "UP"], Style()))
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Ask the supervisor to start the installed hagw, then wait until that one answers on
+    the admin socket (it has taken the sockets over and its workers serve)."""
+    client = admin_client(args)
+    result = client.post("/upgrade")
+    pid = int(result["pid"])
+    print(f"started pid {pid}; waiting for it to take over")
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            now = client.get("/processes")["supervisor"]["pid"]
+        except AdminError:
+            continue  # the moment of the handover
+        if now == pid:
+            print(f"upgraded: pid {pid} serves; the old supervisor drains and exits")
+            return 0
+    print(f"hagw: pid {pid} did not take over within {args.timeout:g}s (see `hagw events`)",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

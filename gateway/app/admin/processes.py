@@ -1,0 +1,31 @@
+"""Admin routes of the gateway's processes: the supervisor and its workers, and an
+upgrade in place (a new supervisor takes the listening sockets over)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.app.admin.core import GATEWAY, json_response
+from gateway.app.parts import UpgradeUnsupported
+
+
+async def list_processes(request: web.Request) -> web.Response:
+    return json_response(request.app[GATEWAY].processes())
+
+
+async def upgrade(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        pid = gw.upgrade()
+    except UpgradeUnsupported as exc:
+        return json_response({"error": "upgrade_unsupported", "message": str(exc)},
+                             status=409)
+    return json_response({"status": "started", "pid": pid,
+                          "message": f"pid {pid} takes the sockets over once its workers "
+                                     "serve; this supervisor then drains and exits"},
+                         status=202)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/processes", list_processes)
+    app.router.add_post("/upgrade", upgrade)
