@@ -198,7 +198,7 @@ async def test_a_killed_worker_costs_only_its_in_flight_requests(
     assert len(failures) <= 10, described(failures)
     assert not [o for o in failures if o.failure == "refused"], described(failures)
     assert replaced["after"] < 10
-    status, events = await gw.admin("GET", "/events?limit=200")
+    _, events = await gw.admin("GET", "/events?limit=200")
     assert any(e["kind"] == "worker.died" for e in events["events"])
 
 

@@ -144,7 +144,7 @@ class WorkerMetrics(Collector):
 
     def count(self, worker: str, family: str) -> float:
         """The sum of counter ``family``'s samples, as worker ``worker`` last reported."""
-        return sum(value for name, _kind, _doc, samples in self.live.get(worker, ())
+        return sum(float(value) for name, _kind, _doc, samples in self.live.get(worker, ())
                    if name == family
                    for sample, _labels, value in samples if sample == f"{family}_total")
 

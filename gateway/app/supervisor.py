@@ -522,9 +522,14 @@ class Supervisor(Gateway):
         """Until the new supervisor exits (a pidfd turns readable): it fails to start, or
         outlives us, which must not keep this process from exiting (no thread waits)."""
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
         pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(pidfd, readable)
         try:
             await exited
         finally:
