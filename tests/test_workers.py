@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import free_port
 from chaos.load import LoadConfig, MixedLoad, Outcome
-from tests.conftest import TOKEN, Backend, auth, config_dict
+from tests.conftest import TOKEN, Backend, auth, config_dict, require_tool
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,11 +47,12 @@ class Supervised:
         self.seen = seen
         self.starts = 0
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.starts += 1
         log = (self.workdir / f"gateway-{self.starts}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.path)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
         log.close()
         self.proc = proc
         self.seen.add(proc.pid)
@@ -126,7 +128,8 @@ async def supervised(tmp_path: Path, http: aiohttp.ClientSession
     seen: set[int] = set()
     made: list[Supervised] = []
 
-    async def start(urls: list[str], *, workers: int = 2, **overrides: Any) -> Supervised:
+    async def start(urls: list[str], *, workers: int = 2, env: dict[str, str] | None = None,
+                    **overrides: Any) -> Supervised:
         workdir = tmp_path / f"gw{len(made)}"
         workdir.mkdir()
         config = config_dict(urls, workdir / "state", workers=workers,
@@ -135,7 +138,7 @@ async def supervised(tmp_path: Path, http: aiohttp.ClientSession
         config["admin"] = {"listen": f"127.0.0.1:{free_port()}", "token": TOKEN}
         gw = Supervised(workdir, config, http, seen)
         made.append(gw)
-        gw.start()
+        gw.start(env)
         await gw.serving(workers)
         return gw
 
@@ -457,3 +460,58 @@ async def test_queued_writes_replay_once_in_commit_order_even_when_a_worker_dies
                  db.execute("SELECT body FROM entries ORDER BY seq")]
     db.close()
     assert replayed == [body for body in committed if body in set(accepted.values())]
+
+
+# -- systemd ---------------------------------------------------------------------------------
+
+UNIT = Path(__file__).resolve().parent.parent / "configs" / "systemd" / "hagw.service"
+
+
+def test_the_systemd_unit_verifies_and_matches_the_process_model(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    text = UNIT.read_text()
+    directives = dict(line.split("=", 1) for line in text.splitlines()
+                      if "=" in line and not line.startswith("#"))
+    assert directives["Type"] == "notify" and directives["NotifyAccess"] == "all"
+    assert directives["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # Workers must outlive a crashed supervisor to be adopted (see README).
+    assert directives["KillMode"] == "process"
+    hagw = Path(sys.executable).with_name("hagw")
+    unit = tmp_path / "hagw.service"
+    unit.write_text(text.replace("/opt/hagw/.venv/bin/hagw", str(hagw))
+                    .replace("User=hagw", "User=root").replace("Group=hagw", "Group=root"))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+async def test_systemd_hears_ready_reloading_stopping_and_the_new_mainpid(
+        backends: Any, supervised: Any, tmp_path: Path) -> None:
+    nodes: list[Backend] = await backends(2)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.setblocking(False)
+    heard: list[str] = []
+
+    async def hear(what: str, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while not any(what in message for message in heard):
+                heard.append((await loop.sock_recv(listener, 4096)).decode())
+
+    try:
+        gw: Supervised = await supervised([b.url for b in nodes],
+                                          env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        assert gw.proc is not None
+        await hear(f"MAINPID={gw.proc.pid}")
+        assert any("READY=1" in m for m in heard)
+        status, _ = await gw.admin("POST", "/reload")
+        assert status == 200
+        await hear("RELOADING=1")
+        status, answer = await gw.admin("POST", "/upgrade")
+        assert status == 202
+        gw.seen.add(answer["pid"])
+        await hear(f"MAINPID={answer['pid']}")
+        await hear("STOPPING=1")  # the old one, once the new one serves
+    finally:
+        listener.close()

@@ -502,7 +502,15 @@ class Supervisor(Gateway):
 
     async def reload_workers(self) -> None:
         if self.hub is not None:
-            await self.hub.replace_all()
+            sd_notify("RELOADING=1")
+            try:
+                await self.hub.replace_all()
+            finally:
+                sd_notify("READY=1")
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        sd_notify("STOPPING=1")
+        super().request_stop(why)
 
     def upgrade(self) -> int:
         """Start the installed hagw as a new supervisor, which takes our sockets over. It
