@@ -18,6 +18,9 @@ from bench.report import progress as _progress
 from bench.settings import PEERS, Settings
 from bench.tools import Tools
 
+#: hagw with more workers (the "workers" scenario), beside "hagw" with one.
+WORKER_TARGETS = {"hagw-2w": 2}
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -85,7 +88,8 @@ class Fleet:
         return found
 
     def _start(self, name: str) -> Target:
-        if name not in self.settings.targets:
+        if name not in self.settings.targets and not (
+                name in WORKER_TARGETS and "hagw" in self.settings.targets):
             raise Unavailable("skipped: not selected (--targets)")
         if name in PEERS:
             missing = self.tools.missing(name)
@@ -96,7 +100,10 @@ class Fleet:
             return Target(name, nodes.ports[0], nodes.children[0])
         _progress(f"starting {name}")
         if name == "hagw":
-            child, port = start_gateway(self.group, nodes)
+            child, port = start_gateway(self.group, nodes)  # one worker (bench.gateway)
+        elif name in WORKER_TARGETS:
+            child, port = start_gateway(self.group, nodes, name=name,
+                                        extra={"workers": WORKER_TARGETS[name]})
         elif name == "naive":
             child, port = peers.start_naive(self.group, nodes)
         elif name == "nginx":

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from bench.clients import ClientError, download, open_idle
 from bench.fairness import fairness
 from bench.fleet import Fleet, Target, Unavailable
+from bench.listen_models import listen_models
 from bench.load import LoadError, LoadResult, hey, hey_workers, wrk
 from bench.maintenance import maintenance
-from bench.procfs import RssSampler, cpu_seconds, rss_kb
+from bench.procfs import RssSampler, cpu_seconds, tree_rss_kb
 from bench.report import (
     Row,
     failed,
@@ -187,12 +188,12 @@ def _idle_rows(target: Target, settings: Settings, scenario: str) -> list[Row]:
     wanted = settings.idle_connections
     progress(f"memory: {wanted} idle keep-alive connections to {target.name}")
     pid = target.child.pid
-    before = rss_kb(pid)
+    before = tree_rss_kb(pid)
     idle = open_idle(target.port, wanted, time_limit=30 + wanted / 100)
     opened = idle.opened
     try:
         time.sleep(settings.settle)
-        after = rss_kb(pid)
+        after = tree_rss_kb(pid)
         alive = idle.still_open()
     finally:
         idle.close()
@@ -228,7 +229,7 @@ def streaming(fleet: Fleet, settings: Settings) -> list[Row]:
     # Generous: a Python proxy on a loaded box still moves far more than 5 MB/s.
     limit = 60 + size / (5 * MB)
     speeds: dict[str, list[float]] = {"direct": [], "hagw": []}
-    before_kb = rss_kb(gateway.child.pid)
+    before_kb = tree_rss_kb(gateway.child.pid)
     peak_kb = before_kb
     try:
         for round_no in range(settings.rounds):
@@ -259,6 +260,52 @@ def streaming(fleet: Fleet, settings: Settings) -> list[Row]:
     return rows
 
 
+# -- worker processes --------------------------------------------------------------------------
+
+def workers(fleet: Fleet, settings: Settings) -> list[Row]:
+    """hagw with one worker against two, in one run: throughput and CPU per request under
+    ``wrk`` (which shares the machine), and the memory of idle connections summed over the
+    supervisor and every worker."""
+    scenario = "workers"
+    names = ["hagw", "hagw-2w"]
+    if "hagw" not in settings.targets:
+        return [skipped(n, scenario, "not selected (--targets)") for n in names]
+    wrk_path = fleet.tools.path("wrk")
+    targets, rows = _available(fleet, names, scenario)
+    if wrk_path is None:
+        rows += [skipped(n, scenario, fleet.tools.missing("wrk") or "wrk not installed")
+                 for n in targets]
+    else:
+        def run(target: Target, seconds: float) -> LoadResult:
+            before = cpu_seconds(target.child.pid)
+            result = wrk(wrk_path, target.url(), connections=settings.connections,
+                         duration=seconds)
+            used = cpu_seconds(target.child.pid) - before
+            return dataclasses.replace(
+                result, cpu_us=used / result.requests * 1e6 if result.requests else None)
+
+        results, failures = _interleaved(targets, settings, scenario,
+                                         f"wrk -c{settings.connections} {settings.duration:g}s",
+                                         run)
+        rows += failures
+        for name, runs in results.items():
+            rows.append(Row(name, scenario, "req/s", statistics.median(r.rps for r in runs),
+                            "req/s", note=_median_note(runs)))
+            cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+            if cpu:
+                rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
+                                note="user+system CPU of the supervisor and its workers"))
+    for name, target in targets.items():
+        try:
+            idle = _idle_rows(target, settings, scenario)
+        except (OSError, LookupError) as exc:
+            rows.append(failed(name, scenario, f"{exc.__class__.__name__}: {exc}"))
+            continue
+        rows += [r for r in idle if r.metric in ("added", "per 10k conns")]
+    relate(rows, "hagw", metrics=("req/s", "CPU/request", "per 10k conns"))
+    return _ordered(rows, names)
+
+
 def _ordered(rows: list[Row], names: list[str]) -> list[Row]:
     """Rows grouped by target in the canonical target order."""
     return sorted(rows, key=lambda r: names.index(r.target) if r.target in names else len(names))
@@ -271,4 +318,7 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[Fleet, Settings], list[Row]]] = {
     "streaming": streaming,
     "fairness": fairness,
     "maintenance": maintenance,
+    "workers": workers,
+    "listen": lambda fleet, settings: listen_models(
+        seconds=1.5 if settings.quick else 3.0),
 }

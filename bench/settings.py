@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = ("throughput", "latency", "memory", "streaming", "fairness", "maintenance")
+SCENARIOS = ("throughput", "latency", "memory", "streaming", "fairness", "maintenance",
+             "workers", "listen")
 TARGETS = ("direct", "hagw", "naive", "nginx", "haproxy")
 #: Targets that need a system proxy; ``--skip-peers`` leaves them out.
 PEERS = ("nginx", "haproxy")

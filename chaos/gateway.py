@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.procfs import rss_kb
+from bench.procfs import tree_rss_kb
 from chaos.fleet import Node
 from chaos.processes import Child, ProcessGroup, StartError, free_port
 
@@ -210,4 +210,4 @@ class GatewayProcess:
         return at
 
     def rss_kb(self) -> int:
-        return rss_kb(self.pid)
+        return tree_rss_kb(self.pid)  # the supervisor and its workers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -14,28 +15,84 @@ from gateway.listener.connection import ClientConnection, ServerState
 log = logging.getLogger("hagw.listener")
 
 
+#: accept() errors that mean "out of descriptors or memory": pause instead of spinning.
+_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE = 1.0
+
+
 class TrafficServer:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self._server: asyncio.AbstractServer | None = None
+        #: A socket shared with other processes, accepted on one connection at a time.
+        self._shared: socket.socket | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._accepting = False
+        self._pause: asyncio.TimerHandle | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *,
                     sock: socket.socket | None = None, backlog: int = 4096,
                     ssl_context: ssl.SSLContext | None = None) -> None:
-        """Listen on ``host:port``, or accept on an already listening ``sock`` (one the
-        supervisor opened, or one inherited on an upgrade)."""
+        """Listen on ``host:port``, or accept on ``sock``: a listening socket the supervisor
+        opened and every worker shares (or one inherited on an upgrade).
+
+        A shared socket is accepted on one connection per wake-up (nginx's ``multi_accept
+        off``): every worker is woken, each takes one, and a busy worker, slower to come
+        back, takes fewer. asyncio's and libuv's servers take every pending connection at
+        once instead, so the first worker awake would take a whole burst of keep-alive
+        connections and the load would stay uneven for as long as they live."""
         loop = asyncio.get_running_loop()
         state = self.state
         if sock is not None:
-            self._server = await loop.create_server(lambda: ClientConnection(state), sock=sock,
-                                                    backlog=backlog, ssl=ssl_context)
+            sock.setblocking(False)
+            self._shared, self._ssl = sock, ssl_context
+            self._resume()
         else:
             self._server = await loop.create_server(lambda: ClientConnection(state), host,
                                                     port, backlog=backlog, reuse_address=True,
                                                     ssl=ssl_context)
 
+    def _resume(self) -> None:
+        self._pause = None
+        if self._shared is not None and not self._accepting:
+            asyncio.get_running_loop().add_reader(self._shared.fileno(), self._accept_one)
+            self._accepting = True
+
+    def _stop_reading(self) -> None:
+        if self._shared is not None and self._accepting:
+            asyncio.get_running_loop().remove_reader(self._shared.fileno())
+            self._accepting = False
+
+    def _accept_one(self) -> None:
+        assert self._shared is not None
+        try:
+            conn, _ = self._shared.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up
+        except OSError as exc:
+            if exc.errno not in _PAUSE_ERRNOS:
+                raise
+            log.error("accept failed (%s): not accepting for %gs", exc, ACCEPT_PAUSE)
+            self._stop_reading()
+            self._pause = asyncio.get_running_loop().call_later(ACCEPT_PAUSE, self._resume)
+            return
+        conn.setblocking(False)
+        self.state.spawn(self._connect(conn))
+
+    async def _connect(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        state = self.state
+        try:
+            await loop.connect_accepted_socket(lambda: ClientConnection(state), conn,
+                                               ssl=self._ssl)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("a connection failed before it started: %s", exc)
+            conn.close()
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
+        if self._shared is not None:
+            return [self._shared.getsockname()[:2]]
         server = self._server
         if server is None:
             return []
@@ -43,10 +100,17 @@ class TrafficServer:
 
     @property
     def serving(self) -> bool:
+        if self._shared is not None:
+            return self._accepting or self._pause is not None
         return self._server is not None and self._server.is_serving()
 
     def stop_accepting(self) -> None:
         """No new connections; those open go on (a shared socket stays open elsewhere)."""
+        self._stop_reading()
+        if self._pause is not None:
+            self._pause.cancel()
+            self._pause = None
+        self._shared = None
         if self._server is not None:
             self._server.close()
 
