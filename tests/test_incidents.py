@@ -147,8 +147,10 @@ async def test_a_zero_impact_rolled_back_deploy_opens_no_incident(
         backends: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
     """A rollback nobody noticed is a deploy event, not an outage: no red status page."""
     nodes = await backends(2)
+    # The action fails for v2 and works for the rollback to v1.
     gw = await gateway([b.url for b in nodes], health=FAST,
-                       deploy={"command": ["false"], "action_attempts": 1})
+                       deploy={"command": ["sh", "-c", 'test "$0" != v2', "{version}"],
+                               "action_attempts": 1, "verify_version": False})
     for _ in range(20):
         async with http.get(f"{gw.traffic_url}/x") as resp:
             assert resp.status == 200

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -73,15 +74,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("info")
     use_uvloop()
-    asyncio.run(run_demo(args.config))
+    asyncio.run(run_demo(getattr(args, "config", None)))
     return 0
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    if args.pidfile:
-        with open(args.pidfile, "w") as out:
-            out.write(str(os.getpid()))
-    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health))
+    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health,
+                              pidfile=Path(args.pidfile) if args.pidfile else None))
     return 0
 
 

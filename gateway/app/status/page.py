@@ -235,7 +235,8 @@ def _incidents(data: dict[str, Any]) -> str:
             # Newest first, as Statuspage shows them.
             details += '<ol class="updates">' + "".join(
                 f'<li class="update" data-status="{_e(u["status"])}">'
-                f'<strong>{_e(u["status"].capitalize())}</strong> &ndash; {_e(u["text"])} '
+                f'<b class="ustatus">{_e(u["status"].capitalize())}</b> &ndash; '
+                f'<span class="utext">{_e(u["text"])}</span> '
                 f'<span class="muted">{_time(u["at"], None)} UTC</span></li>'
                 for u in reversed(updates)) + "</ol>"
         causes = [c for c in inc.get("causes") or [] if c != inc["title"]]
