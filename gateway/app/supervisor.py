@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import handoff
 from gateway.app.handoff import ControlSocket
 from gateway.app.ipc import Channel, ChannelClosed
+from gateway.app.processes import WorkerProcesses
 from gateway.app.report import WorkerMetrics, apply_report, dump_metrics
 from gateway.app.runtime import Gateway
 from gateway.app.worker import entry_to_json
@@ -98,6 +99,8 @@ class WorkerHub:
         self.workers: dict[str, WorkerHandle] = {}
         self.metrics = WorkerMetrics()
         gw.registry.register(self.metrics)
+        gw.registry.register(WorkerProcesses(
+            lambda: {h.id: h.pid for h in self.workers.values()}))
         self.version = 0
         self._pending_push = False
         self._serial = 0

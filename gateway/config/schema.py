@@ -833,7 +833,12 @@ class GatewayConfig:
     #: Where durable state lives (SLO history, deploys, maintenance queue, incidents).
     state_dir: str = "var/hagw"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: text (one line: time, level, logger, message) or json (one object a line).
+    log_format: Literal["text", "json"] = "text"
+    #: One line per request on the hagw.access logger (README "Logs").
     access_log: bool = False
+    #: combined (Apache/nginx combined, plus request id, trace id and upstream) or json.
+    access_log_format: Literal["combined", "json"] = "combined"
 
     def validate(self) -> None:
         if not self.nodes:

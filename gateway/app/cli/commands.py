@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from gateway.app.cli.common import admin_client, config_path, output, print_json
 from gateway.app.cli.render import NODE_HEADERS, NODE_WIDE_HEADERS, Style, node_rows, table
 from gateway.app.demo.backend import serve_backend
 from gateway.app.demo.fleet import run_demo
+from gateway.app.logs import setup_logging
 from gateway.app.runtime import Gateway
 from gateway.app.supervisor import run_supervisor
 from gateway.app.worker import run_worker
@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(path)
     if args.workers is not None:
         config = dataclasses.replace(config, workers=args.workers)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     use_uvloop()
     if worker_count(config.workers) > 0:
         run_supervisor(config, path)
@@ -65,7 +65,7 @@ def workers_arg(text: str) -> int | str:
 def cmd_worker(args: argparse.Namespace) -> int:
     """A data-plane worker (the supervisor starts these; not for operators)."""
     config = load_config(config_path(args))
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     use_uvloop()
     run_worker(config, args.id, args.listen_fd, args.channel_fd)
     return 0
@@ -297,11 +297,6 @@ def _print_events(events: list[dict[str, Any]], mode: str,
             print(f"{stamp}{level}  {event['kind']}{node}: {event['message']}", flush=True)
         last = event.get("id", last)
     return last
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def use_uvloop() -> None:

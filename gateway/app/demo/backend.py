@@ -247,9 +247,7 @@ async def serve_backend(name: str, host: str, port: int, version: str, health: s
     if pidfile is not None:
         # Only once the port is ours: a node that could not listen must not take the
         # pidfile of the one that does (a second demo would stop the first one's nodes).
-        tmp = pidfile.with_name(pidfile.name + ".tmp")
-        tmp.write_text(str(os.getpid()))
-        tmp.replace(pidfile)
+        claim_pidfile(pidfile)
     print(f"demo node {name} {version} on http://{host}:{bound}", flush=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -260,6 +258,17 @@ async def serve_backend(name: str, host: str, port: int, version: str, health: s
     finally:
         await runner.cleanup()
         if pidfile is not None:
-            with contextlib.suppress(OSError):
-                if pidfile.read_text().strip() == str(os.getpid()):
-                    pidfile.unlink()
+            release_pidfile(pidfile)
+
+
+def claim_pidfile(pidfile: Path) -> None:
+    tmp = pidfile.with_name(pidfile.name + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pidfile)
+
+
+def release_pidfile(pidfile: Path) -> None:
+    """Remove the pidfile if it is still ours (a redeploy may have written its own)."""
+    with contextlib.suppress(OSError):
+        if pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()
