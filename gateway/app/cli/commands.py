@@ -228,7 +228,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     slo = data["slo"]
     print(style.paint(data["state_text"], colour + ";1"))
     target = slo["target"]
-    avail = "  ".join(f"{w} {v * 100:.3f}%" for w, v in slo["availability"].items())
+    avail = "  ".join(f"{w} {'no data' if v is None else f'{v * 100:.3f}%'}"
+                      for w, v in slo["availability"].items())
     print(f"availability  {avail}  (target {target * 100:.2f}%)")
     budget = slo["error_budget_remaining"]
     print(f"error budget  {budget * 100:.1f}% left   burn rate 1h "
