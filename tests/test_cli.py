@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from gateway.app.cli import incidents as cli_incidents
@@ -202,3 +203,16 @@ async def test_reload_says_which_keys_changed(backends: Any, gateway: Any,
     assert result.returncode == 0, result.stderr
     assert "retries.attempts" in result.stdout and "nodes.node-2" in result.stdout
     assert gw.config.admin.token not in result.stdout + result.stderr
+
+
+async def test_the_maintenance_page_links_to_the_public_status_page(
+        backends: Any, gateway: Any, tmp_path: Path) -> None:
+    gw, config = await live(backends, gateway, tmp_path, status={"public": True})
+    result = await asyncio.to_thread(hagw, "maintenance", "start", "--yes", config=config)
+    assert result.returncode == 0, result.stderr
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gw.traffic_url}/", headers={"Accept": "text/html"}) as resp:
+            assert resp.status == 503
+            assert '<a href="/_status">Service status</a>' in await resp.text()
+        async with http.get(f"{gw.traffic_url}/") as resp:
+            assert resp.status == 503 and resp.headers["Link"] == '</_status>; rel="status"'

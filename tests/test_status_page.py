@@ -441,6 +441,28 @@ async def test_public_page_during_fleet_maintenance(backends: Any, gateway: Any,
     assert item.one(cls="scope").text == "whole service"
 
 
+async def test_an_operator_update_is_rendered_on_the_public_page(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession, browser: Browser) -> None:
+    """Statuspage's way: the public page shows the operator's words, not internal ones."""
+    nodes, gw = await fleet(backends, gateway, status={"public": True})
+    for b in nodes:
+        b.fault(health="fail")
+    await wait_for(lambda: gw.incidents.tracker.current is not None, timeout=5)
+    incident = gw.incidents.tracker.current
+    async with http.post(f"{gw.admin_url}/incidents/{incident.id}/updates", headers=auth(),
+                         json={"status": "identified", "text": "A bad config push; rolling "
+                               "it back now."}) as resp:
+        assert resp.status == 201, await resp.text()
+    public = await browser.load(f"{gw.traffic_url}{gw.config.status.path}", "update")
+    item = public.one("li", cls="incident")
+    assert item.one("strong").text == "Service unavailable"
+    updates = item.all("li", cls="update")
+    assert [u.attrs["data-status"] for u in updates] == ["identified", "investigating"]
+    assert updates[0].one(cls="utext").text == "A bad config push; rolling it back now."
+    assert "every node is out of rotation" not in public.text  # the internal cause
+    assert "identified" in item.one(cls="status").text
+
+
 # -- the README screenshot --------------------------------------------------------------
 
 

@@ -179,6 +179,11 @@ class IncidentTracker:
                         incident.conditions.append(name)
                         incident.causes.append(cause)
                         self.observe({"at": now, "kind": "incident.condition", "message": cause})
+                # The title names the worst condition seen (a partial outage that became a
+                # total one is "Service unavailable").
+                worst = min(incident.conditions,
+                            key=lambda c: SEVERITY.index(c) if c in SEVERITY else 99)
+                incident.title = TITLES.get(worst, incident.title)
             else:
                 if self._clear_since is None:
                     self._clear_since = now
