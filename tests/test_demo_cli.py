@@ -4,6 +4,7 @@ a second demo refused without harming the first, and no node left behind after C
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -59,10 +60,19 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, list[int
     try:
         yield proc, config, ports
     finally:
+        # As an operator would stop it (Ctrl-C), so its nodes go with it even when the
+        # test failed; then whatever a pidfile still names.
         if proc.poll() is None:
-            proc.kill()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait()
         proc.stdout.close()
+        for pid_path in (tmp_path / "var/demo/run").glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pid_path.read_text()), signal.SIGKILL)
 
 
 def cli(config: Path, *args: str, tty: bool = False, timeout: float = 60
