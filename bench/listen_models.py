@@ -69,6 +69,7 @@ async def _serve(name: str, fd: int | None, port: int | None, cost: float) -> No
         sock.bind(("127.0.0.1", port or 0))
         sock.listen(1024)
     sock.setblocking(False)
+    connecting: set[asyncio.Task[object]] = set()
 
     def accept_one() -> None:  # one per wake-up, as hagw's workers accept
         try:
@@ -76,8 +77,10 @@ async def _serve(name: str, fd: int | None, port: int | None, cost: float) -> No
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         conn.setblocking(False)
-        loop.create_task(loop.connect_accepted_socket(
+        task = loop.create_task(loop.connect_accepted_socket(
             lambda: _Responder(name.encode(), cost), conn))
+        connecting.add(task)
+        task.add_done_callback(connecting.discard)
 
     loop.add_reader(sock.fileno(), accept_one)
     stop = asyncio.Event()

@@ -26,7 +26,8 @@ def test_tracker_opens_collects_and_resolves() -> None:
     assert tracker.evaluate({}, [100, 0, 0], 1.0) == []
     changes = tracker.evaluate({"below_min_healthy": "only 1 node serving"}, [100, 0, 0], 1.0)
     incident = changes[0].incident
-    assert changes[0].kind == "opened" and incident.title == "only 1 node serving"
+    assert changes[0].kind == "opened" and incident.title == "Reduced capacity"
+    assert incident.causes == ["only 1 node serving"] and incident.status == "investigating"
     assert incident.started_at == clock.time() - 5  # the first sign, not the opening
     assert [e["kind"] for e in incident.timeline] == ["node.transition", "incident.opened"]
     clock.advance(10)
@@ -34,8 +35,8 @@ def test_tracker_opens_collects_and_resolves() -> None:
                      [150, 40, 0], 0.5)
     assert incident.severity == "major" and incident.conditions[-1] == "all_nodes_out"
     clock.advance(10)
-    assert tracker.evaluate({}, [200, 40, 0], 0.4) == []
-    assert incident.recovered_at == clock.time()
+    assert [c.kind for c in tracker.evaluate({}, [200, 40, 0], 0.4)] == ["monitoring"]
+    assert incident.recovered_at == clock.time() and incident.status == "monitoring"
     clock.advance(59)
     assert tracker.evaluate({}, [210, 40, 0], 0.4) == []
     clock.advance(1)
@@ -77,7 +78,8 @@ async def test_killing_two_of_three_nodes_opens_an_incident_that_closes_on_recov
             p.kill()
         await wait_for(lambda: gw.incidents.tracker.current is not None, timeout=5)
         incident = gw.incidents.tracker.current
-        assert "below min_healthy=2" in incident.title
+        assert "below min_healthy=2" in incident.causes[0]
+        assert incident.title == "Reduced capacity"
         # The survivor fails exactly five requests while the incident is open.
         async with http.post(f"{procs[2].url}/_fault", json={"error_rate": 1.0,
                                                               "error_status": 500}) as resp:
@@ -141,14 +143,53 @@ async def test_planned_maintenance_opens_no_incident(backends: Any, gateway: Any
     assert gw.incidents.conditions() == {}
 
 
-async def test_a_failed_deploy_opens_an_incident(backends: Any, gateway: Any,
-                                                 http: aiohttp.ClientSession) -> None:
+async def test_a_zero_impact_rolled_back_deploy_opens_no_incident(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
+    """A rollback nobody noticed is a deploy event, not an outage: no red status page."""
     nodes = await backends(2)
+    # The action fails for v2 and works for the rollback to v1.
     gw = await gateway([b.url for b in nodes], health=FAST,
-                       deploy={"command": ["false"], "action_attempts": 1})
+                       deploy={"command": ["sh", "-c", 'test "$0" != v2', "{version}"],
+                               "action_attempts": 1, "verify_version": False})
+    for _ in range(20):
+        async with http.get(f"{gw.traffic_url}/x") as resp:
+            assert resp.status == 200
     record = await gw.deploys.begin("v2")
+    await wait_for(lambda: not record.active, timeout=10)
+    assert record.status.value == "rolled_back"
+    await gw.incidents.evaluate()
+    assert gw.incidents.tracker.current is None
+    assert gw.incidents.tracker.incidents == {}
+    assert gw.incidents.conditions() == {}
+    async with http.get(f"{gw.admin_url}/status.json") as resp:
+        assert (await resp.json())["state"] == "operational"
+    assert any(e.kind == "deploy.rolled_back" for e in gw.events.since())
+
+
+async def test_a_deploy_that_failed_requests_opens_an_incident(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    nodes = await backends(2)
+    gate = tmp_path / "go"
+    # The action waits for the test to have sent its failing requests, then fails.
+    gw = await gateway([b.url for b in nodes], health=FAST, retries={"attempts": 1},
+                       deploy={"command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep "
+                                           "0.02; done; exit 1"], "action_attempts": 1,
+                               "command_timeout": "20s"})
+    record = await gw.deploys.begin("v2")
+    await wait_for(lambda: any(s.kind == "action" for r in record.nodes.values()
+                               for s in r.steps), timeout=5)
+    for b in nodes:
+        b.fault(error_rate=1.0, error_status=500)
+    for _ in range(3):
+        async with http.get(f"{gw.traffic_url}/x") as resp:
+            assert resp.status == 500
+    for b in nodes:
+        b.fault(error_rate=0.0)
+    gate.touch()
     await wait_for(lambda: not record.active, timeout=10)
     await wait_for(lambda: gw.incidents.tracker.current is not None, timeout=6)
     incident = gw.incidents.tracker.current
     assert incident.conditions == ["deploy_failed"]
-    assert "command exited with 1" in incident.title
+    assert incident.title == "Errors during a deploy"
+    assert "command exited with 1" in incident.causes[0]
+    assert "3 request(s) failed" in incident.causes[0]

@@ -367,8 +367,10 @@ async def test_public_page_leaks_nothing(backends: Any, gateway: Any,
             "start": iso_in(3600), "duration": "30m", "reason": "kernel patch",
             "nodes": ["node-3"]}) as resp:
         assert resp.status == 201, await resp.text()
+    await gw.incidents.evaluate()
     incident = gw.incidents.tracker.current
-    assert incident is not None and "node-1" in incident.title
+    assert incident is not None and "node-1" in incident.causes[0]
+    assert incident.title == "Service unavailable" and incident.status == "monitoring"
 
     public_url = f"{gw.traffic_url}{gw.config.status.path}"
     async with http.get(public_url) as resp:
@@ -397,7 +399,8 @@ async def test_public_page_leaks_nothing(backends: Any, gateway: Any,
     assert public.by_id("capacity").text == "2 of 3 servers in service"
     assert public.one("li", cls="incident").one("strong").text == "Service unavailable"
     assert public.one("li", cls="window").one(cls="scope").text == "some capacity (partial)"
-    assert banner(public)[0] == banner(admin)[0] == "partial_outage"  # the incident is open
+    # The fleet recovered (the incident is monitoring), but node-2 is WARNING.
+    assert banner(public)[0] == banner(admin)[0] == "degraded"
 
     # The admin page shows what the public one hides.
     admin_text = admin.text
@@ -436,6 +439,28 @@ async def test_public_page_during_fleet_maintenance(backends: Any, gateway: Any,
     assert item.attrs["data-status"] == "active"
     assert re.fullmatch(r"ends in (45m|44m)", item.one(cls="when").text)
     assert item.one(cls="scope").text == "whole service"
+
+
+async def test_an_operator_update_is_rendered_on_the_public_page(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession, browser: Browser) -> None:
+    """Statuspage's way: the public page shows the operator's words, not internal ones."""
+    nodes, gw = await fleet(backends, gateway, status={"public": True})
+    for b in nodes:
+        b.fault(health="fail")
+    await wait_for(lambda: gw.incidents.tracker.current is not None, timeout=5)
+    incident = gw.incidents.tracker.current
+    async with http.post(f"{gw.admin_url}/incidents/{incident.id}/updates", headers=auth(),
+                         json={"status": "identified", "text": "A bad config push; rolling "
+                               "it back now."}) as resp:
+        assert resp.status == 201, await resp.text()
+    public = await browser.load(f"{gw.traffic_url}{gw.config.status.path}", "update")
+    item = public.one("li", cls="incident")
+    assert item.one("strong").text == "Service unavailable"
+    updates = item.all("li", cls="update")
+    assert [u.attrs["data-status"] for u in updates] == ["identified", "investigating"]
+    assert updates[0].one(cls="utext").text == "A bad config push; rolling it back now."
+    assert "every node is out of rotation" not in public.text  # the internal cause
+    assert "identified" in item.one(cls="status").text
 
 
 # -- the README screenshot --------------------------------------------------------------

@@ -64,6 +64,7 @@ class DataPlane:
         self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
         self.mode = MaintenanceMode(config.maintenance, self.queue, replay, publish,
                                     body_timeout=config.limits.client_body_timeout)
+        self.mode.status_url = config.status.path if config.status.public else None
         self.traffic.local_routes.append(self.mode)
 
     def __repr__(self) -> str:
@@ -113,6 +114,7 @@ class DataPlane:
         self.traffic.configure(new)
         self.outlier.config = new.outlier_detection
         self.mode.configure(new.maintenance, new.limits.client_body_timeout)
+        self.mode.status_url = new.status.path if new.status.public else None
         for node, pool in self.pools.items():
             pool.connect_timeout = new.timeouts.connect
             pool.idle_timeout = new.timeouts.idle_upstream

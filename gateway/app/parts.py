@@ -14,10 +14,12 @@ from gateway.app import reactions
 from gateway.app.dataplane import DataPlane, upstream_tls
 from gateway.app.drains import OperatorDrains
 from gateway.app.metrics import ControlMetrics
+from gateway.app.stats import NodeStats
 from gateway.app.tasks import Tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.diff import changed_keys
 from gateway.events import EventBus, EventLog, News
 from gateway.node import Node
 from gateway.queue.store import Entry
@@ -61,6 +63,7 @@ class Parts:
         self.config = config
         self.config_path = config_path
         self.clock = clock
+        self.changed_keys: list[str] = []
         # -- the kernel: events, tasks, metrics, the cluster --------------------------------
         self.bus = EventBus()
         self.events = EventLog(self.bus, clock=clock)
@@ -73,6 +76,9 @@ class Parts:
         #: The listeners' TLS (hagw_tls_* metrics): one ServerTls per listener with tls.
         self.tls_servers: list[ServerTls] = []
         self.registry.register(TlsCollector(lambda: self.tls_servers))
+        #: Per-node rates for the status page and `hagw nodes -o wide` (a first sample now,
+        #: so the first look has a baseline).
+        self.stats = NodeStats(self.registry, clock.monotonic)
         #: The client context for https:// nodes (pools and probes); None without any.
         self.client_tls = upstream_tls(config, clock, config_path)
         self.cluster = Cluster(config, clock=clock, bus=self.bus)
@@ -156,6 +162,11 @@ class Parts:
     async def before_scrape(self) -> None:
         """Before /metrics is rendered: collect what other processes counted."""
 
+    async def node_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-node rates over the last minute (see gateway.app.stats), fresh."""
+        await self.before_scrape()
+        return self.stats.sample()
+
     async def reload_workers(self) -> None:
         """After a reload: replace worker processes, one at a time."""
 
@@ -193,6 +204,8 @@ class Parts:
         client_tls = upstream_tls(new, self.clock, self.config_path)
         old = self.config
         pending = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+        #: What the last reload changed (key paths, no values), for the answer and the log.
+        self.changed_keys = changed_keys(old, new)
         added, removed = self.cluster.update(new)
         self.config = new
         self.client_tls = client_tls
@@ -209,8 +222,9 @@ class Parts:
         self.tasks(self.maintenance.configure(new), name="reconfigure maintenance")
         self.metrics.reloads.labels("success").inc()
         note = f"; restart needed for: {', '.join(pending)}" if pending else ""
-        self.bus.publish(News("config.reloaded", f"{len(added)} node(s) added, {len(removed)} "
-                              f"removed{note}",
+        what = ", ".join(self.changed_keys) if self.changed_keys else "nothing"
+        self.bus.publish(News("config.reloaded", f"changed: {what}; {len(added)} node(s) "
+                              f"added, {len(removed)} removed{note}",
                               level=logging.WARNING if pending else logging.INFO))
 
     async def _retire(self, node: Node) -> None:

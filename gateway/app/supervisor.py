@@ -34,6 +34,7 @@ from gateway.app import handoff
 from gateway.app.handoff import ControlSocket
 from gateway.app.ipc import Channel, ChannelClosed
 from gateway.app.parts import UpgradeUnsupported
+from gateway.app.processes import WorkerProcesses
 from gateway.app.report import ClientLimits, WorkerMetrics, apply_report, dump_metrics
 from gateway.app.runtime import Gateway
 from gateway.app.status import routes as status_routes
@@ -108,6 +109,8 @@ class WorkerHub:
                                               if h.ready.done() and not h.stopping))
         self.crashes = Counter("hagw_worker_crashes", "Worker processes that exited "
                                "unasked (each is replaced)", registry=gw.registry)
+        gw.registry.register(WorkerProcesses(
+            lambda: {h.id: h.pid for h in self.workers.values()}))
         self.version = 0
         self._pending_push = False
         self._serial = 0

@@ -38,7 +38,9 @@ class Builder:
         while probe and line is None:
             line = self.lines.get(probe)
             probe = probe[:-1]
-        return ConfigError(message, file=self.file, path=dotted(path), line=line)
+        error = ConfigError(message, file=self.file, path=dotted(path), line=line)
+        error.key = path
+        return error
 
     def build(self, cls: type[Any], data: object, path: Path = ()) -> Any:
         return self._convert(cls, data, path)

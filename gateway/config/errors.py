@@ -16,6 +16,8 @@ class ConfigError(Exception):
         self.file = file
         self.path = path
         self.line = line
+        #: The key path as a tuple (the builder sets it), so `hagw check` can go on past it.
+        self.key: tuple[str | int, ...] = ()
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -28,7 +28,7 @@ from gateway.config.types import (
     StatusSet,
     Workers,
 )
-from gateway.units import Quota
+from gateway.units import Quota, parse_duration
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: An instance name among peers: a host name fits (up to 253 characters).
@@ -540,7 +540,8 @@ class DeployConfig:
 
 
 def parse_instant(value: object) -> float:
-    """An ISO 8601 instant ("2026-12-01T02:00Z"; no zone means UTC) -> Unix seconds."""
+    """An ISO 8601 instant with its zone ("2026-12-01T02:00Z", "...T04:00+02:00") -> Unix
+    seconds. A time without a zone is refused: guessing UTC moved windows by hours."""
     import datetime as dt
 
     moment: dt.datetime | None = None
@@ -554,8 +555,23 @@ def parse_instant(value: object) -> float:
     if moment is None:
         raise ValueError(f'expected a time like "2026-12-01T02:00Z", found {value!r}')
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
+        raise ValueError(f'expected a time with its zone, like "2026-12-01T02:00Z" or '
+                         f'"2026-12-01T04:00+02:00", found {value!r} (no zone)')
     return moment.timestamp()
+
+
+def parse_start(value: object, now: float) -> float:
+    """When a window starts: "now", "+2h" (from now; any duration), or an instant with its
+    zone (see parse_instant)."""
+    if value is None or value == "now":
+        return now
+    if isinstance(value, str) and value.strip().startswith("+"):
+        try:
+            return now + parse_duration(value.strip()[1:])
+        except ValueError:
+            raise ValueError(f'expected a relative time like "+2h" or "+30m", found '
+                             f'{value!r}') from None
+    return parse_instant(value)
 
 
 Instant = Annotated[float, parse_instant]
@@ -821,7 +837,12 @@ class GatewayConfig:
     #: Where durable state lives (SLO history, deploys, maintenance queue, incidents).
     state_dir: str = "var/hagw"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: text (one line: time, level, logger, message) or json (one object a line).
+    log_format: Literal["text", "json"] = "text"
+    #: One line per request on the hagw.access logger (README "Logs").
     access_log: bool = False
+    #: combined (Apache/nginx combined, plus request id, trace id and upstream) or json.
+    access_log_format: Literal["combined", "json"] = "combined"
 
     def validate(self) -> None:
         if not self.nodes:

@@ -109,8 +109,9 @@ def _index(node: yaml.Node, path: Path, lines: dict[Path, int], builder: Builder
 
 
 def expand_env(data: Any, builder: Builder, env: Mapping[str, str] | None = None,
-               path: Path = ()) -> Any:
-    """Replace ``${VAR}`` in every string; an unset variable without a default is an error."""
+               path: Path = (), unset: list[tuple[Path, str]] | None = None) -> Any:
+    """Replace ``${VAR}`` in every string; an unset variable without a default is an error,
+    or, given ``unset`` (``hagw check``), recorded there and left as written."""
     environ = os.environ if env is None else env
     if isinstance(data, str):
         if "$" not in data:
@@ -122,6 +123,9 @@ def expand_env(data: Any, builder: Builder, env: Mapping[str, str] | None = None
             name, default = match.group(1), match.group(2)
             value = environ.get(name)
             if value is None or (value == "" and default is not None):
+                if default is None and unset is not None:
+                    unset.append((path, name))
+                    return match.group(0)
                 if default is None:
                     raise builder.error(path, f"environment variable {name} is not set "
                                               f"(use ${{{name}:-default}} for a fallback)")
@@ -130,7 +134,7 @@ def expand_env(data: Any, builder: Builder, env: Mapping[str, str] | None = None
 
         return _ENV.sub(sub, data)
     if isinstance(data, dict):
-        return {k: expand_env(v, builder, environ, (*path, k)) for k, v in data.items()}
+        return {k: expand_env(v, builder, environ, (*path, k), unset) for k, v in data.items()}
     if isinstance(data, list):
-        return [expand_env(v, builder, environ, (*path, i)) for i, v in enumerate(data)]
+        return [expand_env(v, builder, environ, (*path, i), unset) for i, v in enumerate(data)]
     return data

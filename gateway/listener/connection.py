@@ -123,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         "_upgrading",
         "_url",
         "_write_paused",
+        "bytes_out",
         "current",
         "loop",
         "parser",
@@ -139,6 +140,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.remote = ""
+        #: Bytes written to the client on this connection (the access log's "bytes").
+        self.bytes_out = 0
         self.task: asyncio.Task[None] | None = None
         #: The request being answered.
         self.current: Request | None = None
@@ -456,12 +459,16 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
+        self.bytes_out += len(data)
         transport.write(data)
 
     def writelines(self, parts: Iterable[bytes]) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
+        if not isinstance(parts, list | tuple):
+            parts = list(parts)
+        self.bytes_out += sum(len(p) for p in parts)
         transport.writelines(parts)
 
     @property

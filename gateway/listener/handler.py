@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,7 @@ from gateway.config.schema import GatewayConfig
 from gateway.errors import Answer, error_response
 from gateway.events import Event, Publish
 from gateway.headers import BadHeader, new_request_id
+from gateway.listener.access_log import AccessEntry
 from gateway.listener.connection import ClientConnection
 from gateway.listener.local import LocalRoute
 from gateway.listener.respond import Responder
@@ -30,10 +32,10 @@ from gateway.router import (
     TryTimeout,
     UpstreamBroke,
 )
+from gateway.trace import TraceContext, continue_or_start, with_trace
 from gateway.upstream import UpstreamError
 
 log = logging.getLogger("hagw.proxy")
-access_log = logging.getLogger("hagw.access")
 
 #: A client's X-Request-Id is kept only if it looks like one; otherwise a new one is made
 #: (Envoy does the same for external clients), so it can never inject into logs or headers.
@@ -148,8 +150,15 @@ class TrafficHandler:
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
         start = loop.time()
+        trace = continue_or_start(request.headers.get("traceparent"),
+                                  request.headers.get("tracestate"))
         given = request.headers.get("X-Request-Id")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        # Without the client's own id, the request id is the trace id (README "Tracing").
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else trace.trace_id
+        entry = (AccessEntry(request.remote, request.method, request.target, request.version,
+                             request_id, trace.trace_id, request.headers.get("User-Agent"),
+                             request.headers.get("Referer"), time.time(), conn.bytes_out)
+                 if self.config.access_log else None)
         admission = self.admission
         key = admission.client_key(request.remote, request.headers.get(self._key_header)
                                    if self._key_header else None)
@@ -159,9 +168,13 @@ class TrafficHandler:
             self.accounting.admission_refused.labels("shed" if shed else "rate_limit").inc()
             self.accounting.observe_request(refused.status, loop.time() - start)
             self.outcomes.record(refused.status, "shed" if shed else None)
-            return self._answer(conn, request, error_response(
+            keep = self._answer(conn, request, error_response(
                 refused.status, refused.message, request_id,
                 error="overloaded" if shed else None, retry_after=refused.retry_after))
+            if entry is not None:
+                entry.write(self.config.access_log_format, refused.status,
+                            conn.bytes_out - entry.bytes_before, loop.time() - start)
+            return keep
         status = 500
         failure: str | None = None
         try:
@@ -173,7 +186,8 @@ class TrafficHandler:
                     answer, failure = local
                     status = answer.status
                     return self._answer(conn, request, answer)
-            status, failure, keep = await self._proxy(request, conn, request_id)
+            status, failure, keep = await self._proxy(request, conn, request_id, trace,
+                                                      entry)
             return keep
         except UpstreamBroke:
             status, failure = 502, "reset"
@@ -186,9 +200,9 @@ class TrafficHandler:
             elapsed = loop.time() - start
             self.accounting.observe_request(status, elapsed)
             self.outcomes.record(status, failure)
-            if self.config.access_log:
-                access_log.info("%s %s %s %d %.1fms %s", request.remote, request.method,
-                                request.target, status, elapsed * 1000, request_id)
+            if entry is not None:
+                entry.write(self.config.access_log_format, status,
+                            conn.bytes_out - entry.bytes_before, elapsed)
 
     async def upgrade(self, request: Request, conn: ClientConnection, rest: bytes) -> None:
         """A WebSocket upgrade: relayed to a node, the node's own handshake answer back."""
@@ -204,8 +218,9 @@ class TrafficHandler:
 
     # -- proxying -------------------------------------------------------------------------
 
-    async def _proxy(self, request: Request, conn: ClientConnection,
-                     request_id: str) -> tuple[int, str | None, bool]:
+    async def _proxy(self, request: Request, conn: ClientConnection, request_id: str,
+                     trace: TraceContext,
+                     entry: AccessEntry | None) -> tuple[int, str | None, bool]:
         """(status, failure, keep the connection) of a proxied request."""
         length = request.content_length
         body: bytes | None = b""
@@ -219,10 +234,12 @@ class TrafficHandler:
             else:
                 body = None
                 source = _StreamedBody(request.body, self.body_timeout)
-        ex = Exchange(request_id, request.method, request.target, request.raw_headers,
+        ex = Exchange(request_id, request.method, request.target,
+                      with_trace(request.raw_headers, trace),
                       request.remote, request.scheme, body, length, request.chunked,
                       self.router.idempotent(request.method, "Idempotency-Key" in request.headers),
                       source=source)
+        sent_at = time.monotonic()
         try:
             up, node = await self.router.send(ex)
         except TryTimeout as exc:
@@ -253,6 +270,10 @@ class TrafficHandler:
             else:  # what broke, in words that name no node (the connection's messages)
                 answer = error_response(502, str(exc), request_id)
             return self._failed(conn, request, ex, "upstream", answer, reason=exc.kind)
+        if entry is not None:
+            entry.upstream_node = node.name
+            entry.upstream_seconds = time.monotonic() - sent_at
+            entry.attempts = len(ex.tried)
         status, keep = await self.responder.respond(ex, request, conn, up, node,
                                                     self._advisory_line)
         return status, None, keep

@@ -73,6 +73,8 @@ class MaintenanceMode:
         self.body_timeout = body_timeout
         self._phase = Phase.NORMAL
         self._window: dict[str, Any] | None = None
+        #: The public status page (``status.public``), linked from the 503 page.
+        self.status_url: str | None = None
         self.configure(config)
 
     @property
@@ -136,7 +138,8 @@ class MaintenanceMode:
         return unavailable(request, request_id, reason=window.get("reason",
                                                                   "planned maintenance"),
                            end=window.get("end"), retry_after=self._retry_after(),
-                           coming_back=phase is not Phase.ACTIVE, read=read), MAINTENANCE
+                           coming_back=phase is not Phase.ACTIVE, read=read,
+                           status_url=self.status_url), MAINTENANCE
 
     def _retry_after(self) -> float:
         if self.phase is Phase.ACTIVE and self.window is not None:

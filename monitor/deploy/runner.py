@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from gateway.clock import Clock
 from gateway.config.schema import DeployConfig
 from gateway.events import Entry, Event, News
-from gateway.node import Node, NodeState, Probe
+from gateway.node import PLANNED_STATES, Node, NodeState, Probe
 from monitor.deploy.actions import ActionFailed, ActionTarget, run_action
 from monitor.deploy.plan import Deploy, Step
 from monitor.deploy.record import ACTIVE, DeployRecord, Status
@@ -40,6 +40,10 @@ class DeployConflict(Exception):
 
 class DeployRefused(Exception):
     """The gate said no (422): capacity or error budget."""
+
+
+class DeployUnchanged(Exception):
+    """Every node already runs the version asked for: nothing to do (not an error)."""
 
 
 class DeployNotFound(Exception):
@@ -164,7 +168,10 @@ class DeployRunner:
     def gate(self, batch: list[str], *, forced: bool) -> str | None:
         """Why a batch may not start now, or None. Capacity is never overridden by force."""
         cluster = self.cluster
-        if cluster.below_floor(excluding=batch):
+        # Nodes already out of rotation cost no capacity: a deploy that would heal a
+        # half-dead fleet starts with them (see begin) and is not refused for it.
+        serving_batch = [n.name for n in cluster if n.name in batch and n.serving]
+        if serving_batch and cluster.below_floor(excluding=batch):
             serving_after = cluster.serving_primaries(excluding=batch)
             return (f"capacity: taking {', '.join(batch)} out would leave {serving_after} "
                     f"serving, below min_healthy={cluster.floor}")
@@ -194,7 +201,14 @@ class DeployRunner:
         if self.current is not None and self.current.record.active:
             record = self.current.record
             raise DeployConflict(f"deploy {record.id} to {record.version} is {record.status}")
-        nodes = [(n.name, self.previous_version(n)) for n in self.cluster]
+        fleet = list(self.cluster)
+        if fleet and all(n.version == version and n.serving for n in fleet):
+            raise DeployUnchanged(f"every node already runs {version} and is serving: "
+                                  "nothing to deploy")
+        # Nodes out of rotation for an unplanned reason go first, as Kubernetes replaces
+        # unready pods first: they cost no capacity, and the new version may heal them.
+        fleet.sort(key=lambda n: 0 if not n.serving and n.state not in PLANNED_STATES else 1)
+        nodes = [(n.name, self.previous_version(n)) for n in fleet]
         total = len(nodes)
         batch = max(1, self.config.max_unavailable.of(total, round_up=False))
         plan = Deploy.new(f"d-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
@@ -386,9 +400,14 @@ class DeployRunner:
         ok = await self.cluster.wait_until(verified, self.config.node_timeout)
         node.expect_version(None)
         if not ok:
+            # The real cause: the last probe's answer while it fails; the version only when
+            # the probes pass and the node reports another one.
+            if node.probe is not Probe.HEALTHY:
+                why = node.probe_reason or f"{node.state}: {node.reason}"
+            else:
+                why = f"it reports version {node.version}, expected {expected}"
             node.drain(f"deploy {record.id}: {node.name} failed verification", "deploy")
-            return False, (f"not verified within {self.config.node_timeout:g}s "
-                           f"({node.state}: {node.reason}; reports {node.version})"), ""
+            return False, f"not verified within {self.config.node_timeout:g}s: {why}", ""
         return True, f"verified, version {node.version}", ""
 
     async def _bake(self, nodes: list[Node]) -> tuple[bool, str, str]:

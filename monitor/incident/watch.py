@@ -19,7 +19,7 @@ from gateway.events import Event, News
 from gateway.node import PLANNED_STATES, NodeChanged
 from monitor.deploy.record import Status
 from monitor.deploy.runner import DeployFinished
-from monitor.incident.tracker import Change, Incident, IncidentTracker
+from monitor.incident.tracker import RESOLVED, Change, Incident, IncidentTracker
 from monitor.notify import Notice, NotifierHub
 from monitor.ports import ClusterView, ErrorBudget, Events, PhaseView, Spawn, Store
 
@@ -45,6 +45,8 @@ class IncidentWatcher:
         self.clock = clock
         self.tracker = IncidentTracker(config, clock)
         self._deploy_failed: str | None = None
+        #: Bad requests counted when each running deploy started.
+        self._deploy_bad: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.opened_total = Counter("hagw_incidents", "Incidents opened", registry=registry)
@@ -83,6 +85,8 @@ class IncidentWatcher:
         kind = logged.kind
         if kind.startswith("incident.") or not kind.startswith(_TIMELINE_KINDS):
             return
+        if kind == "deploy.started" and logged.data.get("deploy"):
+            self._deploy_bad[str(logged.data["deploy"])] = self.budget.totals[1]
         if kind == "deploy.step" and logged.data.get("ok") is None:
             return  # "started" lines: the result line says it all
         entry: dict[str, Any] = {"at": self.clock.time(), "kind": kind,
@@ -97,9 +101,19 @@ class IncidentWatcher:
             self._wake.set()  # look now, not at the next tick
 
     def _on_deploy(self, event: DeployFinished) -> None:
-        if event.record.status in (Status.ROLLED_BACK, Status.FAILED):
+        """A failed or rolled-back deploy is an outage only if users saw it: requests
+        failed while it ran. One that hurt nobody is a deploy event, not an incident."""
+        record = event.record
+        before = self._deploy_bad.pop(record.id, None)
+        if record.status not in (Status.ROLLED_BACK, Status.FAILED):
+            return
+        if before is None:  # started before this process: count from its creation
+            failed = self.budget.window(max(1.0, self.clock.time() - record.created)).bad
+        else:
+            failed = self.budget.totals[1] - before
+        if failed > 0:
             entry = event.log_entry()
-            self._deploy_failed = entry.message
+            self._deploy_failed = f"{entry.message} ({failed} request(s) failed meanwhile)"
 
     def conditions(self) -> dict[str, str]:
         config = self.config
@@ -159,6 +173,10 @@ class IncidentWatcher:
             title = f"Incident opened: {incident.title}"
             text = "; ".join(incident.causes)
             level = logging.ERROR
+        elif change.kind == "monitoring":
+            title = f"Incident recovered, monitoring: {incident.title}"
+            text = "every outage condition has cleared"
+            level = logging.WARNING
         else:
             title = f"Incident resolved: {incident.title}"
             text = (f"{impact['requests_failed']} request(s) failed; "
@@ -172,6 +190,23 @@ class IncidentWatcher:
 
     async def _save(self, incident: Incident) -> None:
         await self.store.put(NAMESPACE, incident.id, incident.to_json())
+
+    async def update(self, incident_id: str, status: str, text: str) -> dict[str, Any]:
+        """An operator's public update (ValueError for a bad status or a closed incident)."""
+        incident = self.tracker.incidents[incident_id]
+        update = self.tracker.update(incident_id, status, text)
+        if status == RESOLVED:
+            await self._announce(Change("resolved", incident))
+        else:
+            self.events.publish(News("incident.update", f"{incident_id}: {status}: "
+                                     f"{update['text']}", data={"incident": incident_id}))
+        await self._save(incident)
+        return update
+
+    async def acknowledge(self, incident_id: str) -> Incident:
+        incident = self.tracker.acknowledge(incident_id)
+        await self._save(incident)
+        return incident
 
     async def note(self, incident_id: str, text: str) -> dict[str, Any]:
         note = self.tracker.note(incident_id, text)

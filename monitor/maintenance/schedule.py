@@ -94,6 +94,11 @@ class Schedule:
         now = self.clock.time()
         if start + duration <= now:
             raise ValueError(f"the window ends in the past ({iso(start + duration)})")
+        if source != "config":
+            clash = self.overlapping(start, start + duration, tuple(nodes))
+            if clash is not None:
+                raise ValueError(f"overlaps window {clash.id} ({iso(clash.start)} to "
+                                 f"{iso(clash.end)}, {clash.scope}): cancel or end it first")
         window = Window(window_id or f"mw-{secrets.token_hex(3)}", start, start + duration,
                         reason, tuple(nodes), source)
         # Reminders whose time has already passed are not sent late; "scheduled" covers them.
@@ -101,6 +106,18 @@ class Schedule:
                             if start - lead <= now]
         self.windows[window.id] = window
         return window
+
+    def overlapping(self, start: float, end: float, nodes: tuple[str, ...]) -> Window | None:
+        """A scheduled or active window that shares time and nodes with this one (the whole
+        fleet shares every node), or None."""
+        for window in self.windows.values():
+            if window.status not in (SCHEDULED, ACTIVE):
+                continue
+            if window.start >= end or start >= window.end:
+                continue
+            if not nodes or window.whole_fleet or set(nodes) & set(window.nodes):
+                return window
+        return None
 
     def restore(self, window: Window) -> None:
         self.windows[window.id] = window

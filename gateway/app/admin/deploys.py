@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app.admin.core import GATEWAY, BadInput, error_json, field, json_response, read_json
-from monitor.deploy.runner import DeployConflict, DeployNotFound, DeployRefused
+from monitor.deploy.runner import DeployConflict, DeployNotFound, DeployRefused, DeployUnchanged
 from monitor.versions import validate_version
 
 
@@ -27,6 +27,10 @@ async def create(request: web.Request) -> web.Response:
         return error_json(409, "conflict", str(exc))
     except DeployRefused as exc:
         return error_json(422, "refused", str(exc))
+    except DeployUnchanged as exc:
+        # Not an error: the fleet is where the operator wants it. Nothing is recorded.
+        return json_response({"id": None, "version": version, "status": "unchanged",
+                              "message": str(exc)})
     return json_response({**record.summary(), "location": f"/deploys/{record.id}"}, status=202)
 
 

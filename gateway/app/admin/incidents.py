@@ -1,4 +1,5 @@
-"""Admin API routes for incidents: list, show, notes, and the review skeleton."""
+"""Admin API routes for incidents: list, show, public updates, ack, resolve, notes, and the
+review skeleton."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ import json
 
 from aiohttp import web
 
-from gateway.app.admin.core import GATEWAY, BadInput, field, json_response, read_json
+from gateway.app.admin.core import (
+    GATEWAY,
+    BadInput,
+    error_json,
+    field,
+    json_response,
+    read_json,
+)
 from monitor.incident.report import render
-from monitor.incident.tracker import Incident
+from monitor.incident.tracker import RESOLVED, STATUSES, Incident
 
 
 def _find(request: web.Request) -> Incident:
@@ -41,6 +49,46 @@ async def add_note(request: web.Request) -> web.Response:
     return json_response(note, status=201)
 
 
+async def post_update(request: web.Request) -> web.Response:
+    """``{"status": "identified", "text": "..."}``: a public update (Statuspage's)."""
+    gw = request.app[GATEWAY]
+    incident = _find(request)
+    data = await read_json(request, required=True)
+    status = field(data, "status", str)
+    if status not in STATUSES:
+        raise BadInput(f"status: expected one of {', '.join(STATUSES)}, found {status!r}")
+    text = (field(data, "text", str) or "").strip()
+    if len(text) > 2000:
+        raise BadInput("text: expected at most 2000 characters")
+    try:
+        update = await gw.incidents.update(incident.id, status, text)
+    except ValueError as exc:
+        return error_json(409, "conflict", str(exc))
+    return json_response(update, status=201)
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    incident = _find(request)
+    try:
+        await gw.incidents.acknowledge(incident.id)
+    except ValueError as exc:
+        return error_json(409, "conflict", str(exc))
+    return json_response(incident.summary())
+
+
+async def resolve(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    incident = _find(request)
+    data = await read_json(request)
+    text = (field(data, "text", str) or "").strip()
+    try:
+        await gw.incidents.update(incident.id, RESOLVED, text)
+    except ValueError as exc:
+        return error_json(409, "conflict", str(exc))
+    return json_response(incident.summary())
+
+
 async def report(request: web.Request) -> web.Response:
     return web.Response(text=render(_find(request)), content_type="text/markdown")
 
@@ -49,4 +97,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/incidents", list_incidents)
     app.router.add_get("/incidents/{id}", get_incident)
     app.router.add_post("/incidents/{id}/notes", add_note)
+    app.router.add_post("/incidents/{id}/updates", post_update)
+    app.router.add_post("/incidents/{id}/ack", acknowledge)
+    app.router.add_post("/incidents/{id}/resolve", resolve)
     app.router.add_get("/incidents/{id}/report", report)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app.admin.core import GATEWAY, BadInput, error_json, field, json_response, read_json
-from gateway.config.schema import parse_instant
+from gateway.config.schema import parse_instant, parse_start
 from gateway.units import parse_duration
 
 
@@ -15,7 +15,7 @@ async def create(request: web.Request) -> web.Response:
     now = gw.maintenance.clock.time()
     start_value = data.get("start", "now")
     try:
-        start = now if start_value in (None, "now") else parse_instant(start_value)
+        start = parse_start(start_value, now)
         if "end" in data:
             duration = parse_instant(data["end"]) - start
         else:

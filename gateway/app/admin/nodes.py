@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
 from gateway.app.admin.core import GATEWAY, BadInput, field, json_response, node_or_404, read_json
+from gateway.app.parts import RESTART_KEYS
 from gateway.config import ConfigError
 
 
@@ -43,8 +44,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    stats = await gw.node_stats()
     return json_response({"cluster": gw.cluster.summary(),
-                          "nodes": [n.snapshot() for n in gw.cluster]})
+                          "nodes": [{**n.snapshot(), "stats": stats.get(n.name)}
+                                    for n in gw.cluster]})
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -99,7 +102,10 @@ async def reload_config(request: web.Request) -> web.Response:
         return json_response({"error": "invalid_config", "message": str(exc),
                               "kept": "the running config"}, status=422)
     await gw.reload_workers()  # new workers on the new config, one at a time
-    return json_response({"status": "reloaded", "nodes": [n.name for n in gw.cluster]})
+    return json_response({"status": "reloaded", "nodes": [n.name for n in gw.cluster],
+                          "changed": gw.changed_keys,
+                          "restart_needed": [k for k in RESTART_KEYS
+                                             if k in {c.split(".")[0] for c in gw.changed_keys}]})
 
 
 

@@ -8,22 +8,26 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from gateway.app.cli.client import AdminError
-from gateway.app.cli.common import admin_client, config_path
-from gateway.app.cli.render import Style, node_rows, table
+from rich.console import Console
+
+from gateway.app.cli import progress
+from gateway.app.cli.client import AdminClient, AdminError
+from gateway.app.cli.common import admin_client, config_path, output, print_json
+from gateway.app.cli.render import NODE_HEADERS, NODE_WIDE_HEADERS, Style, node_rows, table
 from gateway.app.demo.backend import serve_backend
 from gateway.app.demo.fleet import run_demo
+from gateway.app.logs import setup_logging
 from gateway.app.runtime import Gateway
 from gateway.app.supervisor import run_supervisor
 from gateway.app.worker import run_worker
 from gateway.clock import strftime_utc
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, check_config, load_config
 from gateway.config.types import parse_workers, worker_count
 from gateway.tls import TlsError, check_files, client_context
 
@@ -33,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(path)
     if args.workers is not None:
         config = dataclasses.replace(config, workers=args.workers)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     use_uvloop()
     if worker_count(config.workers) > 0:
         run_supervisor(config, path)
@@ -61,7 +65,7 @@ def workers_arg(text: str) -> int | str:
 def cmd_worker(args: argparse.Namespace) -> int:
     """A data-plane worker (the supervisor starts these; not for operators)."""
     config = load_config(config_path(args))
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     use_uvloop()
     run_worker(config, args.id, args.listen_fd, args.channel_fd)
     return 0
@@ -70,24 +74,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("info")
     use_uvloop()
-    asyncio.run(run_demo(args.config))
+    asyncio.run(run_demo(getattr(args, "config", None)))
     return 0
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    if args.pidfile:
-        with open(args.pidfile, "w") as out:
-            out.write(str(os.getpid()))
-    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health))
+    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health,
+                              pidfile=Path(args.pidfile) if args.pidfile else None))
     return 0
 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     path = config_path(args)
-    config = load_config(path)
+    result = check_config(path)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.errors:
+        for error in result.errors:
+            print(f"hagw: invalid config: {error}", file=sys.stderr)
+        print(f"{path}: {len(result.errors)} error(s)", file=sys.stderr)
+        return 2
+    config = result.config
+    assert config is not None
     print(f"{path}: ok ({len(config.nodes)} nodes, balancer {config.balancer}, "
-          f"listen {config.listen}, admin {config.admin.listen})")
+          f"listen {config.listen}, admin {config.admin.listen})"
+          + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
     if args.files:
         for line in check_tls_files(config, path):
             print(line)
@@ -122,30 +134,38 @@ def check_tls_files(config: GatewayConfig, path: str) -> list[str]:
 def cmd_nodes(args: argparse.Namespace) -> int:
     client = admin_client(args)
     style = Style()
+    mode = output(args)
 
     def render() -> str:
         data = client.get("/nodes")
-        if args.json:
-            return json.dumps(data, indent=2)
+        if mode == "json":
+            return json.dumps(data, indent=2, sort_keys=True, default=str)
         cluster = data["cluster"]
         head = (f"{cluster['serving']}/{cluster['nodes']} nodes serving, "
                 f"min_healthy={cluster['min_healthy']}"
                 + (style.paint("  PANIC MODE", "31;1") if cluster["panic"] else ""))
-        return head + "\n" + table(node_rows(data["nodes"]),
-                                   ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION", "URL",
-                                    "REASON"], style, colour_col=1)
+        wide = mode == "wide" or args.watch
+        headers = NODE_WIDE_HEADERS if wide else NODE_HEADERS
+        return head + "\n" + table(node_rows(data["nodes"], wide=wide), headers, style,
+                                   colour_col=1)
 
     if not args.watch:
         print(render())
         return 0
-    return _watch(render, args.interval)
+    return _watch(render, args.interval, client)
 
 
-def _watch(render: Callable[[], str], interval: float) -> int:
-    """Redraw in place until Ctrl-C."""
+def _watch(render: Callable[[], str], interval: float, client: AdminClient) -> int:
+    """Redraw in place until Ctrl-C. A gateway that goes away (a restart) is waited for
+    and the view carries on when it is back."""
     try:
         while True:
-            text = render()
+            try:
+                text = render()
+            except AdminError as exc:
+                if exc.status is not None:
+                    raise
+                text = f"waiting for the gateway at {client.base} (restarting?)"
             if sys.stdout.isatty():
                 sys.stdout.write("\033[H\033[2J")
             sys.stdout.write(time.strftime("%H:%M:%S  ") + "(Ctrl-C to stop)\n" + text + "\n")
@@ -159,11 +179,13 @@ def cmd_drain(args: argparse.Namespace) -> int:
     client = admin_client(args)
     body = {"reason": args.reason} if args.reason else {}
     node = client.post(f"/nodes/{args.node}/drain", body)
-    print(f"{node['name']}: {node['state']} ({node['reason']}), {node['in_flight']} in flight")
+    print(f"{node['name']}: {node['state']} ({node['reason']}), {node['in_flight']} in flight",
+          flush=True)
     if args.wait:
-        deadline = time.monotonic() + args.timeout
-        while node["in_flight"] > 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
+            node = progress.wait_drain(client, args.node, Console(highlight=False),
+                                       args.timeout)
+        except TimeoutError:
             node = client.get(f"/nodes/{args.node}")
         if node["in_flight"] > 0:
             print(f"{node['name']}: still {node['in_flight']} in flight after {args.timeout:g}s",
@@ -184,14 +206,18 @@ def cmd_undrain(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     client = admin_client(args)
     result = client.post("/reload")
-    print(f"reloaded: nodes {', '.join(result['nodes'])}")
+    changed = result.get("changed") or []
+    print(f"reloaded: {', '.join(changed) if changed else 'nothing'} changed; "
+          f"nodes {', '.join(result['nodes'])}")
+    if result.get("restart_needed"):
+        print(f"restart needed for: {', '.join(result['restart_needed'])}", file=sys.stderr)
     return 0
 
 
 def cmd_processes(args: argparse.Namespace) -> int:
     data = admin_client(args).get("/processes")
-    if args.json:
-        print(json.dumps(data, indent=2))
+    if output(args) == "json":
+        print_json(data)
         return 0
     sup = data["supervisor"]
     print(f"{data['model']} pid {sup['pid']}, up {_age(time.time() - sup['started'])}"
@@ -239,12 +265,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = admin_client(args)
     style = Style()
     data = client.get("/status.json")
+    if output(args) == "json":
+        print_json(data)
+        return 0
+    wide = output(args) == "wide"
     colour = {"operational": "32", "degraded": "33", "partial_outage": "31",
-              "major_outage": "31;1", "maintenance": "34"}[data["state"]]
+              "major_outage": "31;1", "maintenance": "34",
+              "monitoring": "36"}.get(data["state"], "0")
     slo = data["slo"]
     print(style.paint(data["state_text"], colour + ";1"))
     target = slo["target"]
-    avail = "  ".join(f"{w} {v * 100:.3f}%" for w, v in slo["availability"].items())
+    avail = "  ".join(f"{w} {'no data' if v is None else f'{v * 100:.3f}%'}"
+                      for w, v in slo["availability"].items())
     print(f"availability  {avail}  (target {target * 100:.2f}%)")
     budget = slo["error_budget_remaining"]
     print(f"error budget  {budget * 100:.1f}% left   burn rate 1h "
@@ -252,8 +284,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cap = data["capacity"]
     print(f"nodes         {cap['serving']}/{cap['nodes']} serving (min_healthy "
           f"{cap['min_healthy']})")
-    print(table(node_rows(data["nodes"]), ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION",
-                                            "URL", "REASON"], style, colour_col=1))
+    print(table(node_rows(data["nodes"], wide=wide),
+                NODE_WIDE_HEADERS if wide else NODE_HEADERS, style, colour_col=1))
     deploy = data.get("deploy")
     if deploy and deploy["status"] in ("running", "rolling_back", "interrupted"):
         print(f"deploy        {deploy['id']} to {deploy['version']}: {deploy['status']} "
@@ -272,17 +304,47 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     client = admin_client(args)
-    query = f"/events?limit={args.limit}" + (f"&node={args.node}" if args.node else "")
-    for event in client.get(query)["events"]:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
-        node = f" {event['node']}" if event.get("node") else ""
-        print(f"{stamp}  {event['kind']}{node}: {event['message']}")
-    return 0
+    mode = output(args)
+    query = f"limit={args.limit}" + (f"&node={args.node}" if args.node else "") + \
+        (f"&kind={args.kind}" if args.kind else "")
+    events = client.get(f"/events?{query}")["events"]
+    if mode == "json" and not args.follow:
+        print_json(events)
+        return 0
+    last = _print_events(events, mode)
+    if not args.follow:
+        return 0
+    try:
+        while True:
+            time.sleep(args.interval)
+            try:
+                since = f"&since={last}" if last is not None else ""
+                events = client.get(f"/events?{query}{since}")["events"]
+            except AdminError as exc:
+                if exc.status is not None:
+                    raise
+                continue  # the gateway is restarting: carry on when it is back
+            last = _print_events(events, mode, last) if events else last
+    except KeyboardInterrupt:
+        return 0
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _print_events(events: list[dict[str, Any]], mode: str,
+                  after: int | None = None) -> int | None:
+    """Print events (newer than ``after``), oldest first; the last id printed."""
+    last = after
+    for event in events:
+        if after is not None and event.get("id", 0) <= after:
+            continue
+        if mode == "json":  # --follow -o json: one JSON object a line (JSON Lines)
+            print(json.dumps(event, sort_keys=True, default=str), flush=True)
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+            node = f" {event['node']}" if event.get("node") else ""
+            level = f" {event['level']}" if mode == "wide" and event.get("level") else ""
+            print(f"{stamp}{level}  {event['kind']}{node}: {event['message']}", flush=True)
+        last = event.get("id", last)
+    return last
 
 
 def use_uvloop() -> None:

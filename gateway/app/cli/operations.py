@@ -1,4 +1,4 @@
-"""Rolling deploys, maintenance windows and incidents, from the command line."""
+"""Rolling deploys and maintenance windows, from the command line."""
 
 from __future__ import annotations
 
@@ -7,28 +7,35 @@ import sys
 import time
 from typing import Any
 
+from rich.console import Console
+
+from gateway.app.cli import deploy_view, progress
 from gateway.app.cli.client import AdminClient
-from gateway.app.cli.common import admin_client
-from gateway.app.cli.render import deploy_summary, print_step, table, when
+from gateway.app.cli.common import admin_client, output, print_json, usage_error
+from gateway.app.cli.render import table, when
+from gateway.config.schema import parse_start
+from gateway.units import parse_duration
 from monitor.versions import validate_version
 
 DEPLOY_ACTIONS = ("status", "abort", "resume", "history")
 
 
-def _follow(client: AdminClient, deploy_id: str, interval: float = 0.5) -> dict[str, Any]:
-    """Print each step as it starts and ends, until the deploy stops being active."""
-    shown: dict[tuple[str, int], str] = {}
-    while True:
-        record: dict[str, Any] = client.get(f"/deploys/{deploy_id}")
-        for name, run in record["nodes"].items():
-            for i, step in enumerate(run["steps"]):
-                state = "ended" if step.get("ended") else "started"
-                if shown.get((name, i)) != state:
-                    print_step(name, step)
-                    shown[(name, i)] = state
-        if record["status"] not in ("running", "rolling_back"):
-            return record
-        time.sleep(interval)
+def console() -> Console:
+    """stdout as rich sees it: a terminal gets colour and live views (NO_COLOR and
+    FORCE_COLOR are honoured), a pipe gets plain lines."""
+    return Console(highlight=False)
+
+
+def _follow(client: AdminClient, deploy_id: str, out: Console) -> dict[str, Any] | None:
+    """The live view until the deploy ends; None when the operator detached (Ctrl-C)."""
+    try:
+        record = deploy_view.follow(client, deploy_id, out)
+    except KeyboardInterrupt:
+        out.print()
+        out.print(deploy_view.DETACHED, style="yellow", highlight=False)
+        return None
+    out.print(deploy_view.summary(record, time.time()), highlight=False, markup=False)
+    return record
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -36,61 +43,131 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         try:
             validate_version(args.target)
         except ValueError as exc:
-            print(f"hagw: deploy: {exc}", file=sys.stderr)
-            return 2
+            return usage_error(f"deploy: {exc}")
     client = admin_client(args)
+    out = console()
+    mode = output(args)
     if args.target == "history":
+        deploys = client.get("/deploys")["deploys"]
+        if mode == "json":
+            print_json(deploys)
+            return 0
+        headers = ["ID", "VERSION", "STATUS", "NODES", "STARTED", "REASON"]
         rows = [[d["id"], d["version"], d["status"], f"{d['nodes_done']}/{d['nodes']}",
                  time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"])),
-                 d.get("reason") or ""] for d in client.get("/deploys")["deploys"]]
-        print(table(rows, ["ID", "VERSION", "STATUS", "NODES", "STARTED", "REASON"]))
+                 d.get("reason") or ""] for d in deploys]
+        if mode == "wide":
+            headers.insert(5, "TOOK")
+            headers.insert(6, "FORCED")
+            for row, d in zip(rows, deploys, strict=True):
+                took = (d["finished"] - d["created"]) if d.get("finished") else None
+                row.insert(5, deploy_view.clock(took))
+                row.insert(6, "yes" if d.get("forced") else "")
+        print(table(rows, headers))
         return 0
     if args.target in DEPLOY_ACTIONS:
         deploy_id = args.id or "current"
         if args.target == "status":
             record = client.get(f"/deploys/{deploy_id}")
-            print(deploy_summary(record))
-            for name, run in record["nodes"].items():
-                for step in run["steps"]:
-                    print_step(name, step)
+            if mode == "json":
+                print_json(record)
+                return 0
+            if args.watch and record["status"] in deploy_view.ACTIVE:
+                final = _follow(client, record["id"], out)
+                if final is None:
+                    return 130
+                return 0 if final["status"] == "succeeded" else 1
+            out.print(deploy_view.view(record, time.time()))
+            if mode == "wide":
+                for name, run in record["nodes"].items():
+                    for step in run["steps"]:
+                        if step["ok"] is not None:
+                            out.print(deploy_view.step_line(name, step, 0, 0)[6:],
+                                      markup=False, highlight=False, soft_wrap=True)
             return 0
         if deploy_id == "current":
             deploy_id = client.get("/deploys/current")["id"]
         result = client.post(f"/deploys/{deploy_id}/{args.target}",
                              {"reason": args.reason} if args.reason else {})
-        print(f"deploy {result['id']}: {result['status']}")
+        print(f"deploy {result['id']}: {result['status']}", flush=True)
         if args.no_follow:
             return 0
-        record = _follow(client, deploy_id)
-        print(deploy_summary(record))
-        return 0 if record["status"] in ("succeeded", "rolled_back", "aborted") else 1
+        final = _follow(client, deploy_id, out)
+        if final is None:
+            return 130
+        return 0 if final["status"] in ("succeeded", "rolled_back", "aborted") else 1
     body: dict[str, Any] = {"version": args.target, "force": args.force}
     if args.reason:
         body["reason"] = args.reason
     started = client.post("/deploys", body)
+    if started.get("status") == "unchanged":
+        print(f"deploy {args.target}: {started['message']}")
+        return 0
     print(f"deploy {started['id']} to {args.target} started "
           f"({started['nodes']} nodes){' (forced)' if args.force else ''}", flush=True)
     if args.no_follow:
         return 0
-    record = _follow(client, started["id"])
-    print(deploy_summary(record))
-    return 0 if record["status"] == "succeeded" else 1
+    final = _follow(client, started["id"], out)
+    if final is None:
+        return 130
+    return 0 if final["status"] == "succeeded" else 1
+
+
+def _window_body(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The POST /maintenance body, checked here so that bad usage exits 2 before the
+    gateway is asked; or the reason it is bad."""
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        return f"--duration: {exc}"
+    if not duration > 0:
+        return "--duration: expected a duration above zero"
+    body: dict[str, Any] = {"reason": args.reason or "planned maintenance",
+                            "duration": args.duration,
+                            "nodes": [n for n in (args.nodes or "").split(",") if n]}
+    if args.action == "schedule":
+        if not args.start:
+            return 'maintenance schedule needs --start (e.g. "2026-12-01T02:00Z" or "+2h")'
+        try:
+            start = parse_start(args.start, time.time())
+        except ValueError as exc:
+            return f"--start: {exc}"
+        # Sent as an instant, so "+2h" means two hours from when the operator typed it.
+        body["start"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    return body
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
-    client = admin_client(args)
     action = args.action
+    mode = output(args)
+    if action == "cancel" and not args.id:
+        return usage_error("maintenance cancel needs a window id (see hagw maintenance list)")
+    body = _window_body(args) if action in ("schedule", "start") else {}
+    if isinstance(body, str):
+        return usage_error(body)
+    client = admin_client(args)
     if action in ("schedule", "start"):
-        body: dict[str, Any] = {"reason": args.reason or "planned maintenance",
-                                "duration": args.duration,
-                                "nodes": [n for n in (args.nodes or "").split(",") if n]}
-        if action == "schedule":
-            if not args.start:
-                print("hagw: maintenance schedule needs --start (e.g. 2026-12-01T02:00Z)",
+        if action == "start" and not body["nodes"] and not args.yes:
+            question = ("Take the WHOLE FLEET into maintenance now? Reads get 503 and only "
+                        "queue routes are accepted until it ends.")
+            if not _confirm(question):
+                print("hagw: not started (whole fleet: confirm, or pass --yes)",
                       file=sys.stderr)
-                return 2
-            body["start"] = args.start
+                return 1
         window = client.post("/maintenance", body)
+        if mode == "json":
+            print_json(window)
+            return 0
         print(f"{window['id']}: {window['status']} {window['start_iso']} to {window['end_iso']} "
               f"({window['scope']}): {window['reason']}")
         return 0
@@ -100,45 +177,39 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         return 0
     if action == "end":
         window = client.post(f"/maintenance/{args.id or 'current'}/end")
-        print(f"{window['id']}: {window['status']} (replay of queued writes follows "
-              "verification)" if not window["nodes"] else f"{window['id']}: {window['status']}")
+        whole = not window["nodes"]
+        print(f"{window['id']}: {window['status']}"
+              + (" (replay of queued writes follows verification)" if whole else ""),
+              flush=True)
+        if args.wait and whole:
+            try:
+                queue = progress.wait_replay(client, console(), args.timeout)
+            except TimeoutError as exc:
+                print(f"hagw: replay not finished after {args.timeout:g}s ({exc})",
+                      file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print("detached; the replay goes on (hagw maintenance list shows it)")
+                return 130
+            print(f"replay done: {queue['done']} replayed, {queue['failed']} failed")
+            return 1 if queue["failed"] else 0
         return 0
     data = client.get("/maintenance")
+    if mode == "json":
+        print_json(data)
+        return 0
+    windows = data["active"] + data["upcoming"] + data["recent"][-5:]
+    headers = ["ID", "STATUS", "START", "END", "SCOPE", "REASON"]
     rows = [[w["id"], w["status"], when(w["start"]), when(w["end"]), w["scope"], w["reason"]]
-            for w in data["active"] + data["upcoming"] + data["recent"][-5:]]
-    print(f"mode: {data['mode']}, queue: {data['queue']['depth']} waiting, "
-          f"{data['queue']['done']} replayed, {data['queue']['failed']} failed")
-    print(table(rows, ["ID", "STATUS", "START", "END", "SCOPE", "REASON"]))
-    return 0
-
-
-def cmd_incident(args: argparse.Namespace) -> int:
-    client = admin_client(args)
-    if args.action == "list":
-        rows = [[i["id"], i["status"], i["severity"], when(i["opened_at"]),
-                 when(i["resolved_at"]) if i["resolved_at"] else "-",
-                 str(i["impact"]["requests_failed"]), i["title"]]
-                for i in client.get("/incidents")["incidents"]]
-        print(table(rows, ["ID", "STATUS", "SEVERITY", "OPENED", "RESOLVED", "FAILED", "TITLE"]))
-        return 0
-    if not args.id:
-        print("hagw: this needs an incident id (see hagw incident list)", file=sys.stderr)
-        return 2
-    if args.action == "note":
-        if not args.text:
-            print('hagw: usage: hagw incident note ID "text"', file=sys.stderr)
-            return 2
-        client.post(f"/incidents/{args.id}/notes", {"text": " ".join(args.text)})
-        print(f"{args.id}: note added")
-        return 0
-    if args.action == "report":
-        print(client.get(f"/incidents/{args.id}/report"), end="")
-        return 0
-    incident = client.get(f"/incidents/{args.id}")
-    print(f"{incident['id']} {incident['status'].upper()} ({incident['severity']}): "
-          f"{incident['title']}")
-    for entry in incident["timeline"]:
-        node = f" {entry['node']}:" if entry.get("node") else ""
-        print(f"  {time.strftime('%H:%M:%S', time.gmtime(entry['at']))}{node} "
-              f"{entry['message']}")
+            for w in windows]
+    if mode == "wide":
+        headers += ["SOURCE", "ANNOUNCED"]
+        for row, w in zip(rows, windows, strict=True):
+            row += [w.get("source", ""), ",".join(w.get("announced") or []) or "-"]
+    queue = data["queue"]
+    print(f"mode: {data['mode']}, queue: {queue['depth']} waiting, "
+          f"{queue['done']} replayed, {queue['failed']} failed"
+          + (f", oldest {queue['oldest_age_seconds']:.0f}s, {queue['replay_rate']:.1f}/s"
+             if mode == "wide" and queue.get("oldest_age_seconds") is not None else ""))
+    print(table(rows, headers))
     return 0

@@ -43,33 +43,37 @@ def table(rows: list[list[str]], headers: list[str], style: Style | None = None,
     return "\n".join(lines)
 
 
-def node_rows(nodes: list[dict[str, Any]]) -> list[list[str]]:
+NODE_HEADERS = ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "VERSION", "URL", "REASON"]
+#: ``-o wide`` and ``--watch``: HAProxy's stats page, per node, over the last minute.
+NODE_WIDE_HEADERS = ["NODE", "STATE", "WEIGHT", "IN-FLIGHT", "REQ/S", "ERR%", "P99",
+                     "RETRIES", "EJECTIONS", "VERSION", "ZONE", "URL", "REASON"]
+
+
+def _stat(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def node_rows(nodes: list[dict[str, Any]], wide: bool = False) -> list[list[str]]:
     rows = []
     for n in nodes:
         weight = f"{n['weight']}"
         if n["serving"] and abs(n["effective_weight"] - n["weight"]) > 1e-3:
             weight += f" ({n['effective_weight']:.2f})"
+        if not wide:
+            rows.append([n["name"], n["state"], weight, str(n["in_flight"]),
+                         n.get("version") or "-", n.get("url", ""), n.get("reason", "")])
+            continue
+        stats = n.get("stats") or {}
+        error = stats.get("error_ratio")
+        p99 = stats.get("p99_seconds")
         rows.append([n["name"], n["state"], weight, str(n["in_flight"]),
-                     n.get("version") or "-", n.get("url", ""), n.get("reason", "")])
+                     _stat(stats.get("rate"), ".1f"),
+                     _stat(None if error is None else error * 100, ".1f"),
+                     "-" if p99 is None else f"{p99 * 1000:.0f}ms",
+                     str(stats.get("retries", 0)), str(stats.get("ejections", 0)),
+                     n.get("version") or "-", n.get("zone") or "-", n.get("url", ""),
+                     n.get("reason", "")])
     return rows
-
-
-def print_step(name: str, step: dict[str, Any]) -> None:
-    took = f"{step['ended'] - step['started']:.1f}s" if step.get("ended") else "..."
-    mark = {True: "ok", False: "FAILED", None: "running"}[step.get("ok")]
-    what = f"{'rollback ' if step.get('rollback') else ''}{step['kind']}"
-    target = f" -> {step['version']}" if step.get("version") else ""
-    detail = f"  {step['detail']}" if step.get("detail") else ""
-    print(f"  {name:<12} {what:<18}{target:<10} {mark:<8} {took:>7}{detail}", flush=True)
-
-
-def deploy_summary(record: dict[str, Any]) -> str:
-    out = [f"deploy {record['id']} to {record['version']}: {record['status'].upper()}"]
-    if record.get("reason"):
-        out.append(f"  reason: {record['reason']}")
-    if record.get("forced"):
-        out.append(f"  forced: {record.get('force_reason') or 'yes'}")
-    return "\n".join(out)
 
 
 def when(ts: float) -> str:

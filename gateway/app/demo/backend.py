@@ -8,6 +8,7 @@ behind the gateway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -229,7 +231,7 @@ def build_backend(name: str, version: str = "v1") -> web.Application:
 
 
 async def serve_backend(name: str, host: str, port: int, version: str, health: str = "ok",
-                        stop: asyncio.Event | None = None) -> None:
+                        stop: asyncio.Event | None = None, pidfile: Path | None = None) -> None:
     """Run one demo node until ``stop`` is set or SIGTERM/SIGINT (or forever).
 
     On SIGTERM it stops listening, lets in-flight requests finish, then exits, as a
@@ -242,6 +244,10 @@ async def serve_backend(name: str, host: str, port: int, version: str, health: s
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = runner.addresses[0][1]
+    if pidfile is not None:
+        # Only once the port is ours: a node that could not listen must not take the
+        # pidfile of the one that does (a second demo would stop the first one's nodes).
+        claim_pidfile(pidfile)
     print(f"demo node {name} {version} on http://{host}:{bound}", flush=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -251,3 +257,18 @@ async def serve_backend(name: str, host: str, port: int, version: str, health: s
         await stop.wait()
     finally:
         await runner.cleanup()
+        if pidfile is not None:
+            release_pidfile(pidfile)
+
+
+def claim_pidfile(pidfile: Path) -> None:
+    tmp = pidfile.with_name(pidfile.name + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pidfile)
+
+
+def release_pidfile(pidfile: Path) -> None:
+    """Remove the pidfile if it is still ours (a redeploy may have written its own)."""
+    with contextlib.suppress(OSError):
+        if pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()

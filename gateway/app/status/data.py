@@ -21,6 +21,7 @@ STATES = {
     "partial_outage": "Partial outage",
     "major_outage": "Major outage",
     "maintenance": "Under maintenance",
+    "monitoring": "Recovered, monitoring",
 }
 
 
@@ -31,7 +32,9 @@ def overall_state(gw: Parts) -> str:
     serving = sum(1 for n in nodes if n.serving)
     if nodes and serving == 0:
         return "major_outage"
-    if gw.incidents.tracker.current is not None or gw.cluster.below_floor():
+    current = gw.incidents.tracker.current
+    # A recovered incident is "monitoring" (Statuspage's word), not an outage any more.
+    if (current is not None and current.status != "monitoring") or gw.cluster.below_floor():
         return "partial_outage"
     unplanned = any(not n.serving and n.state not in PLANNED_STATES for n in nodes)
     warning = any(n.warning is not None for n in nodes)
@@ -40,6 +43,8 @@ def overall_state(gw: Parts) -> str:
     if unplanned or warning or burning or gw.cluster.panic or \
             gw.maintenance.mode.phase is Phase.REPLAYING:
         return "degraded"
+    if current is not None:
+        return "monitoring"
     return "operational"
 
 
@@ -57,18 +62,21 @@ def _window_json(window: Any, now: float, public: bool) -> dict[str, Any]:
 def _incident_json(incident: Any, public: bool) -> dict[str, Any]:
     data: dict[str, Any] = incident.summary()
     if public:
-        # Titles name nodes and internal reasons; users get the severity and the times.
+        # Titles are written for people (monitor.incident.tracker.TITLES) and updates by
+        # operators; the causes name nodes and internal reasons and stay on the admin side.
         data = {"id": data["id"], "status": data["status"], "severity": data["severity"],
                 "opened_at": data["opened_at"], "resolved_at": data["resolved_at"],
-                "title": ("Service unavailable" if data["severity"] == "major"
-                          else "Service disruption")}
+                "title": data["title"],
+                "updates": [{k: u[k] for k in ("at", "status", "text")}
+                            for u in incident.updates]}
     else:
         data["causes"] = incident.causes
         data["notes"] = len(incident.notes)
     return data
 
 
-def status_data(gw: Parts, *, public: bool) -> dict[str, Any]:
+def status_data(gw: Parts, *, public: bool,
+                stats: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     now = gw.clock.time()
     slo = gw.slo
     state = overall_state(gw)
@@ -109,9 +117,9 @@ def status_data(gw: Parts, *, public: bool) -> dict[str, Any]:
         },
         "incidents": {
             "open": [_incident_json(i, public) for i in gw.incidents.tracker.recent(50)
-                     if i.status == "open"],
+                     if i.is_open],
             "recent": [_incident_json(i, public) for i in gw.incidents.tracker.recent(10)
-                       if i.status != "open"],
+                       if not i.is_open],
         },
     }
     if public:
@@ -119,7 +127,8 @@ def status_data(gw: Parts, *, public: bool) -> dict[str, Any]:
     data["version"] = __version__
     data["slo"]["burn_rate"] = {name: slo.burn_rate(seconds) for name, seconds in
                                 (("5m", 300), ("1h", 3600), ("6h", 21600))}
-    data["nodes"] = [{k: v for k, v in n.snapshot().items() if k != "history"} for n in nodes]
+    data["nodes"] = [{**{k: v for k, v in n.snapshot().items() if k != "history"},
+                      "stats": (stats or {}).get(n.name)} for n in nodes]
     deploys = gw.deploys.history()
     data["deploy"] = deploys[0].summary() if deploys else None
     data["queue_depth"] = gw.maintenance.queue.depth

@@ -4,7 +4,8 @@ assets, so it works offline and behind strict networks. It reloads itself.
 Hooks for tests and scrapers (keep them stable): ``#overall[data-state]``,
 ``.metric[data-window]``, ``#target``, ``#budget[data-value]``, ``svg.uptime
 rect.day[data-date]`` with a ``<title>`` each, ``li.window[data-window-id]`` with
-``.when`` and ``<time datetime>``, ``li.incident[data-incident-id]``, ``#capacity``
+``.when`` and ``<time datetime>``, ``li.incident[data-incident-id]`` with
+``li.update[data-status]``, ``#capacity``
 (public) and ``tr.node[data-node][data-state]`` with ``.addr`` and ``.reason`` (admin).
 """
 
@@ -18,7 +19,7 @@ from gateway.clock import strftime_utc
 
 #: Banner backgrounds: dark enough for white text (WCAG AA, at least 4.5:1).
 _COLOURS = {"operational": "#15803d", "degraded": "#a16207", "partial_outage": "#c2410c",
-            "major_outage": "#b91c1c", "maintenance": "#1d4ed8"}
+            "major_outage": "#b91c1c", "maintenance": "#1d4ed8", "monitoring": "#0f766e"}
 _NODE_COLOURS = {"HEALTHY": "#16a34a", "WARNING": "#ca8a04", "UNHEALTHY": "#dc2626",
                  "EJECTED": "#dc2626", "DRAINING": "#0891b2", "MAINTENANCE": "#2563eb",
                  "STARTING": "#6366f1"}
@@ -31,6 +32,7 @@ _ICONS = {
     "partial_outage": '<path d="M12 6.5v7"/><path d="M12 17.5v.01"/>',
     "major_outage": '<path d="M7.5 7.5l9 9M16.5 7.5l-9 9"/>',
     "maintenance": '<path d="M12 7v5l3.5 2"/>',
+    "monitoring": '<path d="M6 12.5l4 4 8-9"/>',
 }
 
 
@@ -215,7 +217,7 @@ def _incidents(data: dict[str, Any]) -> str:
     rows = []
     for inc in incidents:
         status = inc["status"]
-        if status == "open":
+        if status != "resolved":
             span = (f"since {_time(inc['opened_at'], None)} UTC "
                     f"({_span(now - inc['opened_at'])})")
         else:
@@ -228,6 +230,15 @@ def _incidents(data: dict[str, Any]) -> str:
             details += (f'<div class="muted impact">{impact["requests_failed"]:,} of '
                         f'{impact["requests_total"]:,} requests failed &middot; '
                         f'{_pct(impact["budget_consumed"], 1)} of the error budget</div>')
+        updates = inc.get("updates") or []
+        if updates:
+            # Newest first, as Statuspage shows them.
+            details += '<ol class="updates">' + "".join(
+                f'<li class="update" data-status="{_e(u["status"])}">'
+                f'<b class="ustatus">{_e(u["status"].capitalize())}</b> &ndash; '
+                f'<span class="utext">{_e(u["text"])}</span> '
+                f'<span class="muted">{_time(u["at"], None)} UTC</span></li>'
+                for u in reversed(updates)) + "</ol>"
         causes = [c for c in inc.get("causes") or [] if c != inc["title"]]
         if causes:
             details += ('<ul class="causes">' + "".join(f"<li>{_e(c)}</li>" for c in causes)
@@ -263,13 +274,28 @@ def _nodes(data: dict[str, Any]) -> str:
             f"{_e(state)}{since}</td>"
             f'<td class="num" data-label="weight">{n["effective_weight"]:.2f}</td>'
             f'<td class="num" data-label="in flight">{n["in_flight"]}</td>'
+            f'{_stats_cells(n.get("stats") or {})}'
             f'<td class="version" data-label="version">{_e(n.get("version") or "-")}</td>'
             f'<td class="reason">{_e(n["reason"])}</td></tr>')
     title = (f"Nodes ({capacity['serving']}/{capacity['nodes']} serving, "
              f"min_healthy {capacity['min_healthy']})")
     return _section(title, '<table class="nodes"><thead><tr><th>node</th><th>state</th>'
-                           '<th>weight</th><th>in flight</th><th>version</th><th>why</th>'
+                           '<th>weight</th><th>in flight</th><th>req/s</th><th>errors</th>'
+                           '<th>p99</th><th>retries</th><th>ejections</th><th>version</th>'
+                           '<th>why</th>'
                            f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def _stats_cells(stats: dict[str, Any]) -> str:
+    """HAProxy-style columns: rate, error ratio and p99 over the last minute; totals."""
+    rate, error, p99 = stats.get("rate"), stats.get("error_ratio"), stats.get("p99_seconds")
+    cells = [("req/s", "-" if rate is None else f"{rate:.1f}"),
+             ("errors", "-" if error is None else f"{error * 100:.1f}%"),
+             ("p99", "-" if p99 is None else f"{p99 * 1000:.0f} ms"),
+             ("retries", str(stats.get("retries", 0))),
+             ("ejections", str(stats.get("ejections", 0)))]
+    return "".join(f'<td class="num stat" data-label="{label}">{_e(value)}</td>'
+                   for label, value in cells)
 
 
 def _footer(data: dict[str, Any], refresh: int) -> str:
@@ -342,6 +368,12 @@ border-radius:999px;text-transform:uppercase;letter-spacing:.03em}
 color:var(--muted)}.tag.scheduled{background:#dbeafe;color:#1e40af}.tag.active{
 background:#1d4ed8;color:#fff}.when{color:var(--link);font-weight:500}
 .causes{margin:4px 0 0;padding-left:18px;font-size:.85rem;color:var(--muted)}
+.updates{margin:6px 0 0;padding-left:0;list-style:none;font-size:.9rem}
+.updates li{padding:3px 0;border-left:2px solid var(--line);padding-left:8px;margin:2px 0}
+.components{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:8px;
+list-style:none;padding:0;margin:0}
+.components li{display:flex;justify-content:space-between;padding:6px 10px;border-radius:6px;
+border:1px solid var(--line)}
 table{width:100%;border-collapse:collapse;font-size:.9rem}th{text-align:left;
 color:var(--muted);font-weight:500;font-size:.75rem;text-transform:uppercase;
 white-space:nowrap}td,th{

@@ -20,12 +20,14 @@ _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
 
 
 def html_response(gw: Parts, *, public: bool) -> web.Response:
-    page = render_page(status_data(gw, public=public))
+    page = render_page(status_data(gw, public=public,
+                                   stats=None if public else gw.stats.sample()))
     return web.Response(text=page, content_type="text/html", headers=_HEADERS)
 
 
 def json_response(gw: Parts, *, public: bool) -> web.Response:
-    body = json.dumps(status_data(gw, public=public), default=str)
+    body = json.dumps(status_data(gw, public=public,
+                                  stats=None if public else gw.stats.sample()), default=str)
     return web.Response(text=body, content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
