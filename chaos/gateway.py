@@ -35,6 +35,9 @@ def operator_config(nodes: list[Node], *, traffic_port: int, admin_port: int,
     return {
         "listen": f"127.0.0.1:{traffic_port}",
         "admin": {"listen": f"127.0.0.1:{admin_port}", "token": TOKEN},
+        # A supervisor and two worker processes (whatever the machine's cores): a worker
+        # or the supervisor can die without taking the listening socket with it.
+        "workers": 2,
         "nodes": [{"name": n.name, "url": n.url} for n in nodes],
         # Power of two choices: a slow or hung node collects in-flight requests and
         # stops being picked long before a health check notices.

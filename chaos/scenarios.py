@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 import traceback
 from collections import Counter
@@ -22,8 +23,10 @@ import aiohttp
 
 from chaos import netem, peers
 from chaos.analysis import (
+    GATEWAY_LOSS,
     NODE_LOSS,
     Check,
+    FaultWindow,
     Tally,
     no_duplicated_writes,
     no_failed_gets,
@@ -453,6 +456,76 @@ async def gateway_kill_deploy(stage: Stage) -> None:
     _correctness(stage, t)
 
 
+# -- the gateway's own processes: a worker dies, hagw is upgraded --------------------------
+
+async def worker_kill(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    before = await stage.admin.get("/processes")
+    victim = before["workers"][0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed = stage.mark(f"SIGKILL worker {victim['id']} (pid {victim['pid']})")
+    replaced = None
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    while time.monotonic() < deadline:
+        now = await stage.admin.get("/processes")
+        serving = [w for w in now["workers"] if w["serving"]]
+        if len(serving) == len(before["workers"]) and victim["pid"] not in {
+                w["pid"] for w in now["workers"]}:
+            replaced = stage.mark("a replacement worker serves")
+            break
+        await asyncio.sleep(0.02)
+    stage.checks.append(Check("replacement worker serving", replaced is not None,
+                              f"{replaced - killed:.2f}s after the SIGKILL" if replaced
+                              else "not replaced"))
+    stage.windows.append(FaultWindow("worker SIGKILL", killed, killed + 1.0, GATEWAY_LOSS))
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), posts_fail_only_in_flight(t)]
+    _correctness(stage, t)
+
+
+async def upgrade(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    reason = "chaos: disk swap"
+    await stage.admin.post(f"/nodes/{VICTIM}/drain", {"reason": reason})
+    status, window = await stage.admin.post("/maintenance", {
+        "start": "+1h", "duration": "30m", "reason": "chaos: upcoming", "nodes": ["node-3"]})
+    if status != 201:
+        raise RuntimeError(f"POST /maintenance answered {status}: {window}")
+    stage.mark(f"operator drained {VICTIM}; window {window['id']} scheduled")
+    old = (await stage.admin.get("/processes"))["supervisor"]["pid"]
+    status, body = await stage.admin.post("/upgrade")
+    if status != 202:
+        raise RuntimeError(f"POST /upgrade answered {status}: {body}")
+    began = stage.mark(f"upgrade: pid {body['pid']} started to take over from {old}")
+    took = None
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    while time.monotonic() < deadline:
+        now = await stage.admin.get("/processes")
+        assert stage.gateway.child is not None  # the old supervisor: our child
+        if now["supervisor"]["pid"] == body["pid"] and not stage.gateway.child.alive():
+            took = stage.mark(f"pid {body['pid']} serves; pid {old} gone")
+            break
+        await asyncio.sleep(0.05)
+    stage.checks.append(Check("the new supervisor took over", took is not None,
+                              f"{took - began:.2f}s after POST /upgrade" if took
+                              else "the old one is still there"))
+    node = await stage.admin.get(f"/nodes/{VICTIM}")
+    stage.checks.append(Check("operator drain kept across the upgrade",
+                              node["state"] == "DRAINING" and reason in node["reason"],
+                              f"{node['state']}: {node['reason']}"))
+    upcoming = [w["id"] for w in (await _maintenance(stage))["upcoming"]]
+    stage.checks.append(Check("scheduled window kept across the upgrade",
+                              window["id"] in upcoming, f"upcoming: {upcoming}"))
+    await stage.admin.post(f"/nodes/{VICTIM}/undrain", {"reason": "chaos: done"})
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), no_failed_posts(t)]
+    _correctness(stage, t)
+
+
 # -- the network: netem on a test host in a namespace ---------------------------------------
 
 NETNS_NODE = "node-3"
@@ -513,6 +586,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              gateway_kill_drain),
     Scenario("gateway-kill-deploy", "gateway SIGKILLed mid-deploy, then the deploy resumed",
              gateway_kill_deploy),
+    Scenario("worker-kill", "one of the gateway's two worker processes SIGKILLed",
+             worker_kill),
+    Scenario("upgrade", "hagw upgraded in place (POST /upgrade) with a drain and a window "
+             "in place", upgrade),
     *(Scenario(f"defaults-{fault}{'' if proxy == 'hagw' else '-' + proxy}",
                f"{proxy}{' on its defaults' if proxy == 'hagw' else ''}: one of three 20 ms "
                f"nodes {'SIGSTOPped' if fault == 'hang' else 'SIGKILLed'}",
