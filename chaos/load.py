@@ -57,6 +57,10 @@ class LoadConfig:
     client_timeout: float = 20.0
     #: Hard caps, whatever the phases ask for.
     max_requests: int = 2_000_000
+    #: Reuse connections. Off, every request opens its own: a gateway process that dies
+    #: then fails only the requests it had accepted, not the ones a client is about to
+    #: send on a pooled connection to it that the client has not yet seen reset.
+    keepalive: bool = True
 
 
 class MixedLoad:
@@ -79,7 +83,8 @@ class MixedLoad:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_in_flight),
+            connector=aiohttp.TCPConnector(limit=self.config.max_in_flight,
+                                           force_close=not self.config.keepalive),
             timeout=aiohttp.ClientTimeout(total=self.config.client_timeout),
             auto_decompress=False)
         self.started_at = time.monotonic()

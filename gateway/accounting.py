@@ -20,6 +20,16 @@ from prometheus_client.registry import Collector
 #: 1 ms to 10 s: a proxy's answers live at the low end, its timeouts at the high end.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+#: Finer bounds (seconds) for judging one node's latency: the warning detector's p95 is
+#: interpolated within them, and workers batch every try's latency by them.
+TRY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4,
+              0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+TRY_BUCKETS = len(TRY_BOUNDS) + 1
+
+
+def try_bucket(seconds: float) -> int:
+    """The TRY_BOUNDS bucket a try's latency falls in."""
+    return bisect_left(TRY_BOUNDS, seconds)
 
 
 def class_index(status: int) -> int:

@@ -447,7 +447,10 @@ async def test_an_operator_update_is_rendered_on_the_public_page(
     nodes, gw = await fleet(backends, gateway, status={"public": True})
     for b in nodes:
         b.fault(health="fail")
-    await wait_for(lambda: gw.incidents.tracker.current is not None, timeout=5)
+    # The nodes fail one health check apart: the incident opens as "Reduced capacity" and
+    # is retitled once the last node is out.
+    await wait_for(lambda: gw.incidents.tracker.current is not None
+                   and gw.incidents.tracker.current.title == "Service unavailable", timeout=5)
     incident = gw.incidents.tracker.current
     async with http.post(f"{gw.admin_url}/incidents/{incident.id}/updates", headers=auth(),
                          json={"status": "identified", "text": "A bad config push; rolling "

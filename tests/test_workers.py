@@ -157,10 +157,12 @@ async def supervised(tmp_path: Path, http: aiohttp.ClientSession
 
 
 async def run_load(gw: Supervised, during: Callable[[], Awaitable[None]], *,
-                   rate: float = 400, after: float = 1.5, tag: str = "w") -> list[Outcome]:
+                   rate: float = 400, after: float = 1.5, tag: str = "w",
+                   keepalive: bool = True) -> list[Outcome]:
     """400 requests/s, 30% POSTs, from before ``during`` until ``after`` seconds past it;
     the failed ones (by the client's own judgement: refused, cut, 5xx)."""
-    load = MixedLoad(gw.traffic_url, tag, LoadConfig(rate=rate, max_requests=20_000))
+    load = MixedLoad(gw.traffic_url, tag, LoadConfig(rate=rate, max_requests=20_000,
+                                                     keepalive=keepalive))
     await load.start()
     try:
         await asyncio.sleep(1.0)
@@ -168,7 +170,7 @@ async def run_load(gw: Supervised, during: Callable[[], Awaitable[None]], *,
         await asyncio.sleep(after)
     finally:
         await load.stop()
-    assert load.sent > rate * 2, "the load did not run"
+    assert load.sent >= rate, "the load did not run"  # a second's worth, at least
     return [o for o in load.outcomes if o.failure]
 
 
@@ -188,17 +190,25 @@ async def test_a_killed_worker_costs_only_its_in_flight_requests(
     replaced: dict[str, Any] = {}
 
     async def kill() -> None:
+        replaced["killed"] = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
-        killed = time.monotonic()
         data = await gw.serving(2, without={victim["pid"]}, timeout=10)
-        replaced["after"] = time.monotonic() - killed
+        replaced["after"] = time.monotonic() - replaced["killed"]
         replaced["ids"] = {w["id"] for w in data["workers"]}
 
-    failures = await run_load(gw, kill)
+    # A connection per request: what a client had pooled to the dead worker is reset under
+    # it, and a POST it sends on one before it sees the reset fails on its side (that is
+    # the client's keep-alive, measured in chaos "worker-kill"); here only what the worker
+    # had accepted can fail.
+    failures = await run_load(gw, kill, keepalive=False)
     assert victim["id"] not in replaced["ids"]
-    # Only what was in flight on the dead worker fails (at 400/s, a handful), and no
-    # connection is refused: the socket is the supervisor's, the other worker accepts.
-    assert len(failures) <= 10, described(failures)
+    # Only what was in flight on the dead worker fails: every failed request was sent
+    # before the SIGKILL and still unanswered then (at 400/s on a quiet machine, a handful;
+    # more when the machine is loaded and answers are slow). Nothing sent after it fails,
+    # and no connection is refused: the socket is the supervisor's, the other worker
+    # accepts, then the replacement too.
+    killed = replaced["killed"]
+    assert all(o.sent < killed < o.done for o in failures), described(failures)
     assert not [o for o in failures if o.failure == "refused"], described(failures)
     assert replaced["after"] < 10
     _, events = await gw.admin("GET", "/events?limit=200")
@@ -452,14 +462,17 @@ async def test_queued_writes_replay_once_in_commit_order_even_when_a_worker_dies
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # nothing more arrives
     replayed = [w["body"] for w in nodes[0].info.writes]
-    # Every accepted write exactly once...
-    assert sorted(replayed) == sorted(accepted.values())
-    # ...in commit order (the queue's seq), whichever worker committed it.
     db = sqlite3.connect(Path(gw.config["state_dir"]) / "queue.db")
     committed = [bytes(row[0]).decode() for row in
                  db.execute("SELECT body FROM entries ORDER BY seq")]
     db.close()
-    assert replayed == [body for body in committed if body in set(accepted.values())]
+    # Every accepted write exactly once, nothing twice. A write the dead worker committed
+    # but could not acknowledge (it died before its 202 left) is replayed too: it was on
+    # disk, and its client saw the request fail, as for any write in flight.
+    assert len(replayed) == len(set(replayed))
+    assert set(accepted.values()) <= set(replayed)
+    # ...in commit order (the queue's seq), whichever worker committed it.
+    assert replayed == committed
 
 
 # -- systemd ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ plane's own; in a worker it is a replica the supervisor's snapshots keep current
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -38,6 +39,29 @@ def upstream_tls(config: GatewayConfig, clock: Clock,
         return client_context(config.upstream_tls, clock=clock)
     except TlsError as exc:
         raise ConfigError(str(exc), file=str(path or "<config>"), path="upstream_tls") from None
+
+
+class EjectionTimer:
+    """Wakes when the next ejection ends (the cluster's ``tick``); no polling."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        wake = self.cluster.tick()
+        self.cancel()
+        if wake is not None:
+            delay = max(0.0, wake - self.cluster.clock.monotonic())
+            self._handle = asyncio.get_running_loop().call_later(delay, self.arm)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def __repr__(self) -> str:
+        return f"<EjectionTimer {'armed' if self._handle else 'idle'}>"
 
 
 class DataPlane:

@@ -110,7 +110,7 @@ def live_pids(directory: Path) -> dict[str, int]:
             # Alive, and a hagw worker still: a pid the kernel gave to another process since
             # is not signalled.
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"worker" not in argv or b"--channel-fd" not in argv:
+            if b"gateway.app.worker" not in argv or b"--channel-fd" not in argv:
                 raise ValueError(f"pid {pid} is no hagw worker")
         except (OSError, ValueError):
             pidfile.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import reactions
-from gateway.app.dataplane import DataPlane, upstream_tls
+from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
 from gateway.app.drains import OperatorDrains
 from gateway.app.metrics import ControlMetrics
 from gateway.app.stats import NodeStats
@@ -127,7 +127,7 @@ class Parts:
                            self.uptime, self.slo)
         for node in self.cluster:
             self.uptime.observe(node)
-        self.ejections = reactions.EjectionTimer(self.cluster)
+        self.ejections = EjectionTimer(self.cluster)
         reactions.wire(self.bus, metrics=self.metrics, uptime=self.uptime,
                        websockets=self.websockets, timer=self.ejections, tasks=self.tasks,
                        grace=lambda: self.config.shutdown.grace)

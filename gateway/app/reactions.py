@@ -3,12 +3,12 @@ bus to metrics, WebSockets and timers. Each is a small synchronous handler."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
+from gateway.app.dataplane import EjectionTimer
 from gateway.app.metrics import ControlMetrics
 from gateway.app.tasks import Tasks
-from gateway.cluster import Cluster, DrainRefused
+from gateway.cluster import DrainRefused
 from gateway.events import EventBus
 from gateway.listener import WebSocketTunnels
 from gateway.node import NodeChanged, NodeState
@@ -16,29 +16,6 @@ from gateway.outlier import NodeEjected
 from monitor.uptime import NodeUptime
 
 _CLOSES_WEBSOCKETS = (NodeState.DRAINING, NodeState.MAINTENANCE)
-
-
-class EjectionTimer:
-    """Wakes when the next ejection ends (the cluster's ``tick``); no polling."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self._handle: asyncio.TimerHandle | None = None
-
-    def arm(self) -> None:
-        wake = self.cluster.tick()
-        self.cancel()
-        if wake is not None:
-            delay = max(0.0, wake - self.cluster.clock.monotonic())
-            self._handle = asyncio.get_running_loop().call_later(delay, self.arm)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def __repr__(self) -> str:
-        return f"<EjectionTimer {'armed' if self._handle else 'idle'}>"
 
 
 def wire(bus: EventBus, *, metrics: ControlMetrics, uptime: NodeUptime,

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from gateway.app.reactions import EjectionTimer
+from gateway.app.dataplane import EjectionTimer
 from gateway.config import GatewayConfig
 from gateway.events import EventBus, News
 

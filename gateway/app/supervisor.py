@@ -35,9 +35,10 @@ from gateway.app.handoff import ControlSocket
 from gateway.app.ipc import Channel, ChannelClosed
 from gateway.app.parts import UpgradeUnsupported
 from gateway.app.processes import WorkerProcesses
-from gateway.app.report import ClientLimits, WorkerMetrics, apply_report, dump_metrics
+from gateway.app.report import dump_metrics
 from gateway.app.runtime import Gateway
 from gateway.app.status import routes as status_routes
+from gateway.app.tally import ClientLimits, WorkerMetrics, apply_report
 from gateway.app.worker import entry_to_json, page_to_json
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
@@ -138,10 +139,11 @@ class WorkerHub:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child.set_inheritable(True)
         listen_fd, child_fd = self.sock.fileno(), child.fileno()
-        argv = [sys.executable, "-m", "gateway", "worker", "--id", worker_id,
-                "--listen-fd", str(listen_fd), "--channel-fd", str(child_fd)]
-        if self.gw.config_path is not None:
-            argv += ["-c", self.gw.config_path]
+        if self.gw.config_path is None:
+            raise RuntimeError("workers read the config file: start the supervisor from one")
+        argv = [sys.executable, "-m", "gateway.app.worker", "--id", worker_id,
+                "--listen-fd", str(listen_fd), "--channel-fd", str(child_fd),
+                "-c", self.gw.config_path]
         proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(listen_fd, child_fd))
         child.close()
         # Where a supervisor started after us finds the workers to adopt if we die.
@@ -470,12 +472,12 @@ class Supervisor(Gateway):
             return
         self.bus.publish(News("gateway.upgrade", f"handing the listening sockets to pid {pid}"))
         await self.release_state()
-        handoff.send(conn, {"type": "sockets", "pid": os.getpid()},
-                     [self.listen_socket.fileno(), self.admin_socket.fileno()])
-        conn.settimeout(READY_TIMEOUT + 30)
-        try:
+        try:  # the new one may die at any point from here on
+            handoff.send(conn, {"type": "sockets", "pid": os.getpid()},
+                         [self.listen_socket.fileno(), self.admin_socket.fileno()])
+            conn.settimeout(READY_TIMEOUT + 30)
             message, _ = await asyncio.to_thread(handoff.receive, conn)
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, ValueError):
             message = {}
         if message.get("type") != "ready":
             # Our workers never stopped serving: take the state back and go on.

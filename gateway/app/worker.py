@@ -10,6 +10,7 @@ finishes what is in flight and exits; a supervisor started meanwhile adopts its 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -17,19 +18,21 @@ import logging
 import os
 import signal
 import socket
+import sys
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from gateway.app import handoff
-from gateway.app.dataplane import DataPlane, upstream_tls
+from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
 from gateway.app.ipc import Channel, ChannelClosed
-from gateway.app.reactions import EjectionTimer
+from gateway.app.logs import setup_logging
+from gateway.app.loop import use_uvloop
 from gateway.app.report import Outcomes, Tries, build_report
 from gateway.app.tasks import Tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import Answer, error_response
 from gateway.events import EventBus
 from gateway.listener import PublicPage, ServerState, TrafficServer
@@ -328,3 +331,26 @@ def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd
     channel = socket.socket(fileno=channel_fd)
     worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel)
     asyncio.run(worker.run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.app.worker``: how the supervisor starts a worker. Its own entry
+    point, so a worker imports the data plane only (not the admin API, the control plane
+    or the CLI) and a replacement starts serving sooner."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.app.worker",
+                                     description="a hagw data-plane worker (the supervisor "
+                                                 "starts these; not for operators)")
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("-c", "--config", required=True)
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    setup_logging(config.log_level, config.log_format)
+    use_uvloop()
+    run_worker(config, args.id, args.listen_fd, args.channel_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -275,11 +275,13 @@ class DeployRunner:
         record = plan.record
         while (step := plan.next()) is not None:
             plan.started(step)
-            await self._save(record)
-            self.events.publish(News("deploy.step", f"{step}: started", data={
-                "deploy": record.id, "step": step.kind, "nodes": list(step.nodes)}))
             began = time.monotonic()
             try:
+                # From the moment the step is on record, a stop (abort, shutdown) ends it
+                # with its reason, even one arriving while the record is being saved.
+                await self._save(record)
+                self.events.publish(News("deploy.step", f"{step}: started", data={
+                    "deploy": record.id, "step": step.kind, "nodes": list(step.nodes)}))
                 ok, detail, output = await self._execute(record, step)
             except asyncio.CancelledError:
                 plan.cancelled(step, "interrupted by a gateway shutdown"

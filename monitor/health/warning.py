@@ -9,19 +9,18 @@ node's ``recover_after`` delay, keeps a node at the edge from flapping.
 
 from __future__ import annotations
 
-import bisect
 import statistics
 from collections import deque
 from dataclasses import dataclass
 
+from gateway.accounting import TRY_BOUNDS, try_bucket
 from gateway.clock import Clock
 from gateway.config.schema import WarningConfig
 
 #: A sign clears below this share of its threshold (hysteresis).
 CLEAR_FACTOR = 0.8
 #: Latency histogram bucket bounds in seconds; p95 is interpolated within a bucket.
-_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4,
-           0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+_BOUNDS = TRY_BOUNDS
 
 
 class _Second:
@@ -53,10 +52,10 @@ class TrafficWindow:
         slot.count += 1
         if error:
             slot.errors += 1
-        slot.hist[bisect.bisect_left(_BOUNDS, seconds)] += 1
+        slot.hist[try_bucket(seconds)] += 1
 
     def record_counts(self, hist: list[int], errors: int) -> None:
-        """A batch of outcomes, bucketed by ``bucket_of`` (a worker's report)."""
+        """A batch of outcomes, bucketed by ``try_bucket`` (a worker's report)."""
         now = int(self.clock.monotonic())
         slot = self._slots[now % len(self._slots)]
         if slot.second != now:
@@ -84,14 +83,6 @@ class TrafficWindow:
                 for i, n in enumerate(slot.hist):
                     hist[i] += n
         return count, errors, hist
-
-
-def bucket_of(seconds: float) -> int:
-    """The histogram bucket a latency falls in (what workers batch by)."""
-    return bisect.bisect_left(_BOUNDS, seconds)
-
-
-BUCKETS = len(_BOUNDS) + 1
 
 
 def percentile(hist: list[int], q: float) -> float:

@@ -71,10 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=commands.workers_arg, default=None,
                    help='data-plane worker processes: a number, "auto" (one per CPU), or 0 '
                         "for one process (default: the config's workers)")
-    p = command("worker", commands.cmd_worker, argparse.SUPPRESS)
-    p.add_argument("--id", required=True)
-    p.add_argument("--listen-fd", type=int, required=True)
-    p.add_argument("--channel-fd", type=int, required=True)
     command("demo", commands.cmd_demo, "run demo nodes and the gateway in front of them")
     p = command("check", commands.cmd_check, "validate a config file")
     p.add_argument("--files", action="store_true", help="also read and check the TLS "

@@ -23,9 +23,9 @@ from gateway.app.cli.render import NODE_HEADERS, NODE_WIDE_HEADERS, Style, node_
 from gateway.app.demo.backend import serve_backend
 from gateway.app.demo.fleet import run_demo
 from gateway.app.logs import setup_logging
+from gateway.app.loop import use_uvloop
 from gateway.app.runtime import Gateway
 from gateway.app.supervisor import run_supervisor
-from gateway.app.worker import run_worker
 from gateway.clock import strftime_utc
 from gateway.config import ConfigError, GatewayConfig, check_config, load_config
 from gateway.config.types import parse_workers, worker_count
@@ -60,15 +60,6 @@ def workers_arg(text: str) -> int | str:
         return parse_workers("auto" if text == "auto" else int(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    """A data-plane worker (the supervisor starts these; not for operators)."""
-    config = load_config(config_path(args))
-    setup_logging(config.log_level, config.log_format)
-    use_uvloop()
-    run_worker(config, args.id, args.listen_fd, args.channel_fd)
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -345,12 +336,3 @@ def _print_events(events: list[dict[str, Any]], mode: str,
             print(f"{stamp}{level}  {event['kind']}{node}: {event['message']}", flush=True)
         last = event.get("id", last)
     return last
-
-
-def use_uvloop() -> None:
-    """uvloop when installed (the ``speed`` extra); the gateway is correct without it."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
