@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from monitor.incident.tracker import Incident
-from tests.conftest import auth, wait_for
+from tests.conftest import auth, sample, wait_for
 
 # -- a raw HTTP/1.1 client --------------------------------------------------------------------
 
@@ -710,3 +710,245 @@ async def test_admin_bodies_over_the_size_limit_are_413(admin: Any,
                          headers=auth()) as resp:
         assert resp.status == 413 and (await resp.json())["error"]
     assert admin.cluster.get("node-1").state.value == "HEALTHY"
+
+
+# == the response side: what nodes may send, and what the gateway does with it ==================
+#
+# A node is trusted to answer its own requests, never to speak for another client's. The
+# gateway takes exactly one response per request (nginx's upstream keepalive rule): bytes
+# after a complete response, or on an idle pooled connection, close that connection; it is
+# never reused. These nodes misbehave on purpose, on raw sockets.
+
+Script = Callable[[int, bytes, asyncio.StreamWriter], Any]
+
+
+@dataclass
+class RawNode:
+    """A node on a raw socket: ``script(n, head, writer)`` answers its n-th request (1-based)
+    with whatever bytes it likes."""
+
+    port: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    #: Connections accepted, and connections that ended (the gateway closed them).
+    accepted: int = 0
+    ended: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def raw_node() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script, *, reads_bodies: bool = True) -> RawNode:
+        node = RawNode()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            node.accepted += 1
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    node.heads.append(head)
+                    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    if reads_bodies and length:
+                        await reader.readexactly(length)
+                    if await script(len(node.heads), head, writer) is False:
+                        break  # the script ended the connection
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                node.ended += 1
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        servers.append(server)
+        node.port = server.sockets[0].getsockname()[1]
+        return node
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def response(body: bytes = b"ok", *headers: str, status: str = "200 OK") -> bytes:
+    lines = "".join(f"{h}\r\n" for h in headers)
+    return (f"HTTP/1.1 {status}\r\n{lines}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+OTHER_USER = response(b"not yours", "Set-Cookie: session=OTHER-USERS-SESSION")
+
+
+async def fresh_gateway(gateway: Any, node: RawNode) -> Any:
+    return await gateway([node.url], health={"enabled": False})
+
+
+def get(target: str) -> bytes:
+    return head(method="GET", target=target)
+
+
+@pytest.mark.parametrize("when", ["same write", "later write"])
+async def test_a_second_response_to_one_request_reaches_nobody(
+        gateway: Any, raw_node: Callable[..., Any], when: str) -> None:
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        if n > 1:
+            writer.write(response(b"fresh"))
+        elif when == "same write":
+            writer.write(response(b"first") + OTHER_USER)
+        else:
+            writer.write(response(b"first"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(OTHER_USER)
+        await writer.drain()
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    first = await exchange(gw.traffic_address, get("/a"))
+    assert (first.status, first.body) == (200, b"first")
+    assert "set-cookie" not in first.headers, first.headers
+    # The gateway closed the connection that carried the extra response...
+    await wait_for(lambda: node.ended == 1, what="the connection closed")
+    assert gw.pools[gw.cluster.get("node-1")].idle == 0
+    # ...so the next client gets its own answer, on a new connection.
+    second = await exchange(gw.traffic_address, get("/b"))
+    assert (second.status, second.body) == (200, b"fresh")
+    assert "set-cookie" not in second.headers, second.headers
+    assert node.accepted == 2
+
+
+async def test_bytes_on_an_idle_pooled_connection_close_it(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    poke = asyncio.Event()
+    later: list[asyncio.Task[None]] = []
+
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(b"answer %d" % n))
+        await writer.drain()
+
+        async def stray() -> None:  # while the connection sits idle in the pool
+            await poke.wait()
+            writer.write(response(b"stray", "Set-Cookie: attacker=chosen"))
+            await writer.drain()
+
+        if n == 1:
+            later.append(asyncio.create_task(stray()))
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    pool = gw.pools[gw.cluster.get("node-1")]
+    first = await exchange(gw.traffic_address, get("/a"))
+    assert first.body == b"answer 1"
+    await wait_for(lambda: pool.idle == 1, what="the connection pooled")
+    poke.set()
+    await wait_for(lambda: node.ended == 1, what="the idle connection closed")
+    assert pool.idle == 0
+    second = await exchange(gw.traffic_address, get("/b"))
+    assert (second.status, second.body) == (200, b"answer 2")
+    assert "set-cookie" not in second.headers
+    assert node.accepted == 2
+    await asyncio.gather(*later)
+
+
+async def test_a_node_that_ignores_bodies_cannot_smuggle_into_the_next_answer(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    """CL.0: the node answers a POST without reading its body, then reads the body as a
+    request of its own. Its answer to that must never become the next client's."""
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET /smuggled"):
+            writer.write(response(b"smuggled", "Set-Cookie: attacker=chosen"))
+        else:
+            writer.write(response(b"yours %d" % n))
+        await writer.drain()
+
+    node = await raw_node(script, reads_bodies=False)
+    gw = await fresh_gateway(gateway, node)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: gw.example\r\n\r\n"
+    attack = await exchange(gw.traffic_address,
+                            head(f"Content-Length: {len(smuggled)}") + smuggled)
+    assert attack.status == 200 and attack.body == b"yours 1"
+    await wait_for(lambda: node.ended == 1, what="the desynchronised connection closed")
+    victim = await exchange(gw.traffic_address, get("/account"))
+    assert victim.status == 200 and victim.body.startswith(b"yours")
+    assert "set-cookie" not in victim.headers, victim.headers
+    assert node.accepted == 2
+
+
+async def test_a_close_delimited_response_is_forwarded_whole(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    """No Content-Length, not chunked: the body ends when the node closes (RFC 9112 §6.3).
+    The client gets all of it and a proper end (the final chunk), and the node is not
+    counted as failing."""
+    body = b"x" * 300_000
+
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        for i in range(0, len(body), 50_000):
+            writer.write(body[i:i + 50_000])
+            await writer.drain()
+        return False  # and close
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    async with Raw(gw.traffic_address) as raw:
+        await raw.send(get("/download"))
+        answer = await raw.answer()
+        assert answer.status == 200 and answer.body == body
+        assert answer.headers["transfer-encoding"] == "chunked"
+        # The client connection stays usable: the answer ended properly.
+        await raw.send(get("/again"))
+        again = await raw.answer()
+    assert again.status == 200 and again.body == body
+    assert sample(gw, "hagw_upstream_requests_total", node="node-1", code_class="error") == 0
+    assert sample(gw, "hagw_gateway_errors_total", reason="reset") == 0
+    assert gw.cluster.get("node-1").ejected_until is None
+
+
+async def test_a_101_for_a_request_that_did_not_ask_to_upgrade_is_a_502(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                     b"Connection: Upgrade\r\n\r\n\x00\x00\x12\x04\x00garbage")
+        await writer.drain()
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    answer = await exchange(gw.traffic_address, get("/x"))
+    assert answer.status == 502
+    assert answer.json()["error"] == "bad_gateway"
+    assert str(node.port) not in answer.body.decode() and "node-1" not in answer.body.decode()
+
+
+BAD_RESPONSES = {
+    "content-length and chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "two content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    "LF inside a header value": b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: injected=1\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+    "NUL inside a header value": b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+    "not HTTP": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "a head over 64 KB": b"HTTP/1.1 200 OK\r\n" + b"".join(
+        b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"Content-Length: 2\r\n\r\nok",
+    "one endless header line": b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * 200_000,
+    "endless interim answers": b"HTTP/1.1 100 Continue\r\n\r\n" * 5000,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RESPONSES))
+async def test_a_malformed_response_is_a_502_and_never_pooled(
+        gateway: Any, raw_node: Callable[..., Any], case: str) -> None:
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(BAD_RESPONSES[case])
+        await writer.drain()
+
+    node = await raw_node(script)
+    gw = await gateway([node.url], health={"enabled": False}, retries={"attempts": 1})
+    answer = await exchange(gw.traffic_address, get("/x"))
+    assert answer.status == 502, (answer.status, answer.headers, answer.body[:200])
+    assert "injected" not in answer.headers.get("set-cookie", "")
+    await wait_for(lambda: node.ended == node.accepted, what="the connection closed")
+    assert gw.pools[gw.cluster.get("node-1")].idle == 0
