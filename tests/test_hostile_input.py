@@ -579,6 +579,130 @@ async def test_absolute_form_reaches_the_node_in_origin_form(
     assert sent["host"] == sent["x-forwarded-host"] == "evil.example:8443"
 
 
+def received_headers(raw_head: bytes) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in raw_head.decode("latin-1").split("\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            out.setdefault(name.strip().lower(), []).append(value.strip())
+    return out
+
+
+SPOOFED = ("X-Forwarded-For: 203.0.113.9", "X-Forwarded-Proto: https",
+           "X-Forwarded-Host: bank.example", "X-Real-IP: 203.0.113.9",
+           "Forwarded: for=203.0.113.9;proto=https;host=bank.example")
+
+
+async def test_forwarding_headers_from_a_client_are_the_gateways_own(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    """At the edge the node learns only what the gateway saw: a client's X-Forwarded-*
+    are replaced, never appended to, and X-Real-IP and Forwarded are dropped."""
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(*SPOOFED, method="GET", target="/"))
+    assert answer.status == 200
+    sent = received_headers(heads[0])
+    assert sent["x-forwarded-for"] == ["127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["x-forwarded-host"] == ["gw.example"]
+    assert "x-real-ip" not in sent and "forwarded" not in sent
+
+
+async def test_forwarding_headers_from_a_trusted_proxy_are_kept(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False}, trusted_proxies=["127.0.0.0/8"])
+    answer = await exchange(gw.traffic_address, head(*SPOOFED, method="GET", target="/"))
+    assert answer.status == 200
+    sent = received_headers(heads[0])
+    assert sent["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["https"]
+    assert sent["x-forwarded-host"] == ["bank.example"]
+    assert sent["x-real-ip"] == ["203.0.113.9"]
+    assert sent["forwarded"] == ["for=203.0.113.9;proto=https;host=bank.example"]
+
+
+async def test_a_websocket_upgrade_gets_the_same_forwarding_headers(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(
+        *SPOOFED, "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", method="GET", target="/ws"))
+    assert answer.status == 200  # the recorder does not upgrade: its answer is relayed
+    sent = received_headers(heads[0])
+    assert sent["x-forwarded-for"] == ["127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["x-forwarded-host"] == ["gw.example"]
+    assert "x-real-ip" not in sent and "forwarded" not in sent
+
+
+async def test_behind_a_trusted_proxy_rate_limits_key_on_the_real_client(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    url, _ = recorder
+    gw = await gateway([url], health={"enabled": False}, trusted_proxies=["127.0.0.1"],
+                       rate_limit={"enabled": True, "rate": 0.001, "burst": 1})
+    first = await exchange(gw.traffic_address, head("X-Forwarded-For: 198.51.100.1",
+                                                    method="GET", target="/"))
+    other = await exchange(gw.traffic_address, head("X-Forwarded-For: 198.51.100.2",
+                                                    method="GET", target="/"))
+    again = await exchange(gw.traffic_address, head("X-Forwarded-For: 198.51.100.1",
+                                                    method="GET", target="/"))
+    assert (first.status, other.status, again.status) == (200, 200, 429)
+
+
+async def test_header_names_with_underscores_are_dropped(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    """nginx's underscores_in_headers off: CGI, WSGI and PHP read X_Forwarded_For as
+    X-Forwarded-For, so a node must never see one."""
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(
+        "X_Forwarded_For: 203.0.113.9", "X-Real_IP: 203.0.113.9", "X-Kept: yes",
+        method="GET", target="/"))
+    assert answer.status == 200
+    sent = received_headers(heads[0])
+    assert sent["x-kept"] == ["yes"]
+    assert not [name for name in sent if "_" in name], sent
+
+
+@pytest.mark.parametrize("host", [
+    "bad host", "a/b", "a@b", "a:b:c", "[::1", "host:99999x", "a\\b", "é.example", "<x>",
+])
+async def test_an_invalid_host_is_a_400(edge: Edge, host: str) -> None:
+    request = head(method="GET", target="/echo").replace(b"gw.example", host.encode("utf-8"))
+    assert_refused(await exchange(edge.address, request))
+    edge.assert_nothing_forwarded()
+
+
+@pytest.mark.parametrize("host", ["gw.example", "gw.example:8080", "127.0.0.1:80", "[::1]:8080",
+                                  "my_host.internal", "xn--bcher-kva.example"])
+async def test_valid_hosts_are_forwarded(edge: Edge, host: str) -> None:
+    request = head(method="GET", target="/echo").replace(b"gw.example", host.encode())
+    answer = await exchange(edge.address, request)
+    assert answer.status == 200
+    assert {k.lower(): v for k, v in answer.json()["headers"]}["host"] == host
+
+
+async def test_an_empty_host_is_the_nodes(edge: Edge) -> None:
+    """RFC 9110 section 7.2 allows an empty Host; the node gets its own, and only one."""
+    request = head(method="GET", target="/echo").replace(b"Host: gw.example", b"Host:")
+    answer = await exchange(edge.address, request)
+    assert answer.status == 200
+    hosts = [v for k, v in answer.json()["headers"] if k.lower() == "host"]
+    assert hosts == [f"127.0.0.1:{edge.node.port}"]
+
+
+@pytest.mark.parametrize(("method", "status"), [("TRACE", 405), ("TRACK", 400)])
+async def test_trace_is_refused(edge: Edge, method: str, status: int) -> None:
+    answer = await exchange(edge.address, head("Cookie: session=secret", method=method,
+                                               target="/echo"))
+    assert_refused(answer, status)
+    assert b"secret" not in answer.body
+    assert "TRACE" not in answer.headers.get("allow", "")
+    edge.assert_nothing_forwarded()
+
+
 # -- the admin API's JSON ------------------------------------------------------------------------
 
 
@@ -952,3 +1076,14 @@ async def test_a_malformed_response_is_a_502_and_never_pooled(
     assert "injected" not in answer.headers.get("set-cookie", "")
     await wait_for(lambda: node.ended == node.accepted, what="the connection closed")
     assert gw.pools[gw.cluster.get("node-1")].idle == 0
+
+
+async def test_what_software_answers_is_nobodys_business(edge: Edge) -> None:
+    """The demo node (aiohttp) says ``Server: Python/3.11 aiohttp/...``; the client sees no
+    Server header, from the node or the gateway (nginx's proxy_hide_header default)."""
+    proxied = await exchange(edge.address, head(method="GET", target="/echo"))
+    assert proxied.status == 200
+    own = await exchange(edge.address, head(method="TRACE", target="/"))
+    assert own.status == 405
+    for answer in (proxied, own):
+        assert "server" not in answer.headers and "x-powered-by" not in answer.headers

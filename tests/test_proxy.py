@@ -283,7 +283,9 @@ async def test_header_hygiene(backends: Any, gateway: Any, http: Any) -> None:
     for hop in ("x-hop", "keep-alive", "proxy-authorization", "te", "upgrade"):
         assert hop not in received, hop
     assert received["x-custom"] == "kept"
-    assert received["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    # At the edge the client's own X-Forwarded-For is replaced (tests/test_hostile_input.py
+    # has the forwarding headers in full, trusted proxies included).
+    assert received["x-forwarded-for"] == "127.0.0.1"
     assert received["x-forwarded-proto"] == "http"
     assert received["x-forwarded-host"].startswith("127.0.0.1:")
     assert received["via"] == "1.0 edge, 1.1 hagw"

@@ -62,6 +62,15 @@ ALPN_PROTOCOLS = ("http/1.1",)
 HSTS_PRELOAD_MIN_AGE = 365 * 86400.0
 
 
+def _check_cidrs(key: str, cidrs: tuple[str, ...]) -> None:
+    for i, cidr in enumerate(cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise FieldProblem(f"{key}.{i}", "expected an address or CIDR like 10.0.0.0/8, "
+                                             f"found {cidr!r}") from None
+
+
 def _check_path(key: str, value: str | None) -> None:
     if value is not None and not value.strip():
         raise FieldProblem(key, "expected a file path, found an empty string")
@@ -359,18 +368,14 @@ class RateLimitConfig:
     #: How a client is told apart: its address, or a header set by a trusted proxy.
     key: Literal["ip", "header"] = "ip"
     header: str = "X-Forwarded-For"
-    #: Peers whose ``header`` is believed (CIDRs). Anyone else is keyed by address.
+    #: Peers whose ``header`` is believed (CIDRs); empty: the top-level trusted_proxies.
+    #: Anyone else is keyed by address.
     trusted_proxies: tuple[str, ...] = ()
     #: Clients remembered at once (least recently seen are forgotten first).
     max_clients: int = field(default=100_000, metadata=at_least_one)
 
     def validate(self) -> None:
-        for i, cidr in enumerate(self.trusted_proxies):
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise FieldProblem(f"trusted_proxies.{i}", "expected an address or CIDR like "
-                                                           f"10.0.0.0/8, found {cidr!r}") from None
+        _check_cidrs("trusted_proxies", self.trusted_proxies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -814,6 +819,9 @@ class GatewayConfig:
     #: A worker whose supervisor is gone serves on its last snapshot this long, waiting to
     #: be adopted by a new supervisor, then stops.
     orphan_grace: Duration = 5.0
+    #: Peers (CIDRs) whose X-Forwarded-For, -Proto, -Host, X-Real-IP and Forwarded are
+    #: believed: a load balancer in front. From anyone else they are replaced or dropped.
+    trusted_proxies: tuple[str, ...] = ()
     #: Where durable state lives (SLO history, deploys, maintenance queue, incidents).
     state_dir: str = "var/hagw"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -822,6 +830,7 @@ class GatewayConfig:
     def validate(self) -> None:
         if not self.nodes:
             raise FieldProblem("nodes", "expected at least one node")
+        _check_cidrs("trusted_proxies", self.trusted_proxies)
         seen: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             if node.name in seen:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, cast
@@ -32,6 +33,17 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 WRITE_HIGH_WATER = 1024 * 1024
 #: Requests parsed ahead of the one being answered (pipelining) before reading pauses.
 PIPELINE_DEPTH = 16
+#: Methods refused before routing: a gateway is no forward proxy (CONNECT), and TRACE
+#: would echo the request, cookies and credentials included (nginx answers 405 too).
+#: llhttp refuses IIS's TRACK itself (400).
+_REFUSED_METHODS = {
+    "CONNECT": "CONNECT is not supported: this is a gateway, not a forward proxy",
+    "TRACE": "TRACE is not supported: it would echo the request back",
+}
+#: A Host value (RFC 9110 section 7.2, RFC 3986 section 3.2.2): a registered name or an
+#: IPv4 address, or an IP literal in brackets, then an optional port. Empty is allowed.
+VALID_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)?"
+                        rb"(?::[0-9]{1,5})?")
 
 
 class Tunnel(Protocol):
@@ -236,6 +248,11 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused(431, f"more than {limits.max_headers} request headers")
         if self._header_bytes + len(self._url) > limits.max_header:
             raise _Refused(431, f"request headers exceed {limits.max_header} bytes")
+        if b"_" in name:
+            # nginx's underscores_in_headers off: X_Forwarded_For and friends are dropped,
+            # as a node or a framework that maps - and _ alike would read them as the real
+            # header (CGI, WSGI and PHP do).
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -248,12 +265,14 @@ class ClientConnection(asyncio.Protocol):
         headers = Headers(self._headers)
         if version not in ("1.1", "1.0"):
             raise _Refused(505, f"HTTP/{version or '0.9'} is not supported; use HTTP/1.1")
-        if method == "CONNECT":
-            raise _Refused(405, "CONNECT is not supported: this is a gateway, not a forward "
-                                "proxy")
+        refused = _REFUSED_METHODS.get(method)
+        if refused is not None:
+            raise _Refused(405, refused)
         hosts = headers.count(b"host")
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise _Refused(400, "a request needs exactly one Host header")
+        if hosts and not VALID_HOST.fullmatch(headers.get("Host").encode("latin-1")):
+            raise _Refused(400, "the Host header is not a valid host[:port]")
         transfer = headers.get("Transfer-Encoding")
         if transfer and version == "1.0":
             # RFC 9112 section 6.1: faulty framing; close afterwards.

@@ -15,6 +15,7 @@ from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
 from gateway.errors import Answer, error_response
 from gateway.events import Event, Publish
+from gateway.forwarding import TrustedProxies
 from gateway.headers import BadHeader, new_request_id
 from gateway.listener.connection import ClientConnection
 from gateway.listener.local import LocalRoute
@@ -134,7 +135,8 @@ class TrafficHandler:
         self.max_body = config.limits.max_body
         self.body_timeout = config.limits.client_body_timeout
         self.responder.stream_idle = config.timeouts.stream_idle
-        self.admission.configure(config.rate_limit, config.overload)
+        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.admission.configure(config.rate_limit, config.overload, config.trusted_proxies)
         self._key_header = (config.rate_limit.header if config.rate_limit.key == "header"
                             else None)
 
@@ -150,9 +152,10 @@ class TrafficHandler:
         start = loop.time()
         given = request.headers.get("X-Request-Id")
         request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        self._identify(request)
         admission = self.admission
-        key = admission.client_key(request.remote, request.headers.get(self._key_header)
-                                   if self._key_header else None)
+        key = (admission.client_key(request.remote, request.headers.get(self._key_header))
+               if self._key_header else request.client)
         refused = admission.admit(key)
         if refused is not None:
             shed = refused.status == 503
@@ -190,10 +193,19 @@ class TrafficHandler:
                 access_log.info("%s %s %s %d %.1fms %s", request.remote, request.method,
                                 request.target, status, elapsed * 1000, request_id)
 
+    def _identify(self, request: Request) -> None:
+        """Who the client is: the peer, or behind a trusted proxy the address it names."""
+        proxies = self.proxies
+        if proxies and proxies.trusts(request.remote):
+            request.trusted = True
+            request.client = proxies.client(request.remote,
+                                            request.headers.get("X-Forwarded-For"))
+
     async def upgrade(self, request: Request, conn: ClientConnection, rest: bytes) -> None:
         """A WebSocket upgrade: relayed to a node, the node's own handshake answer back."""
         given = request.headers.get("X-Request-Id")
         request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        self._identify(request)
         status = await self.websockets.tunnel(request, conn, rest, request_id)
         self.accounting.observe_request(status, 0.0)
 
@@ -222,7 +234,7 @@ class TrafficHandler:
         ex = Exchange(request_id, request.method, request.target, request.raw_headers,
                       request.remote, request.scheme, body, length, request.chunked,
                       self.router.idempotent(request.method, "Idempotency-Key" in request.headers),
-                      source=source)
+                      source=source, trusted=request.trusted)
         try:
             up, node = await self.router.send(ex)
         except TryTimeout as exc:

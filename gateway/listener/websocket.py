@@ -22,6 +22,7 @@ import httptools
 
 from gateway.cluster import Cluster
 from gateway.errors import error_response
+from gateway.forwarding import FORWARDING, ForwardingHeaders
 from gateway.headers import HOP_BY_HOP, connection_tokens
 from gateway.node import Node
 from gateway.request import Request
@@ -32,8 +33,7 @@ GOING_AWAY = 1001
 #: A node's answer that is not a 101 is relayed whole, up to this size.
 _MAX_REFUSAL = 64 * 1024
 _HIGH_WATER = 256 * 1024
-_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                      b"x-request-id"}
+_SKIP = HOP_BY_HOP | FORWARDING | {b"x-request-id"}
 
 
 class Client(Protocol):
@@ -364,22 +364,26 @@ def _upgrade_head(request: Request, node: Node, request_id: str) -> bytes:
     lines = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1", "replace")]
     upgrade = b"websocket"
     host = b""
+    forwarding = ForwardingHeaders()
     for name, value in request.raw_headers:
         lower = name.lower()
         if lower == b"upgrade":
             upgrade = value
             continue
         if lower in drop:
+            if lower in FORWARDING:
+                forwarding.take(lower, name, value)
             continue
         if lower == b"host":
+            if not value:
+                continue
             host = value
         lines.append(name + b": " + value + b"\r\n")
     if not host:
         host = node.host_header
         lines.append(b"Host: " + host + b"\r\n")
-    lines += [b"Upgrade: " + upgrade + b"\r\n", b"Connection: Upgrade\r\n",
-              b"X-Forwarded-For: " + request.remote.encode() + b"\r\n",
-              b"X-Forwarded-Proto: " + request.scheme.encode() + b"\r\n",
-              b"X-Forwarded-Host: " + host + b"\r\n",
-              b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n", b"\r\n"]
+    lines += [b"Upgrade: " + upgrade + b"\r\n", b"Connection: Upgrade\r\n"]
+    lines += [n + b": " + v + b"\r\n" for n, v in forwarding.fields(
+        trusted=request.trusted, client=request.remote, scheme=request.scheme, host=host)]
+    lines += [b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n", b"\r\n"]
     return b"".join(lines)

@@ -8,6 +8,7 @@ import secrets
 import time
 
 from gateway.errors import Answer, error_response
+from gateway.forwarding import FORWARDING, ForwardingHeaders
 from gateway.headers import HOP_BY_HOP, connection_tokens
 from gateway.queue.store import Entry
 from gateway.request import BodyBroken, Request
@@ -53,12 +54,22 @@ async def read_entry(request: Request, request_id: str, *, limit: int,
 
 
 def stored_headers(request: Request, request_id: str) -> list[tuple[str, str]]:
-    """The client's headers minus hop-by-hop ones, with the client recorded in XFF."""
+    """The client's headers minus hop-by-hop ones, with the forwarding headers as the node
+    would get them now (gateway.forwarding): the replay believes what is stored."""
     drop = _NOT_STORED | connection_tokens(request.raw_headers)
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
-               if k.lower() not in drop]
-    forwarded = request.headers.get("X-Forwarded-For")
-    client = request.remote
-    headers.append(("X-Forwarded-For", f"{forwarded}, {client}" if forwarded else client))
+    forwarding = ForwardingHeaders()
+    host = b""
+    headers = []
+    for name, value in request.raw_headers:
+        lower = name.lower()
+        if lower in FORWARDING:
+            forwarding.take(lower, name, value)
+            continue
+        if lower == b"host":
+            host = value
+        if lower not in drop:
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in forwarding.fields(
+        trusted=request.trusted, client=request.remote, scheme=request.scheme, host=host)]
     headers.append(("X-Request-Id", request_id))
     return headers

@@ -294,7 +294,8 @@ class Attempts:
         head = request_head(
             ex.method, ex.target, ex.raw_headers, client_ip=ex.client_ip, scheme=ex.scheme,
             node_host=node.host_header, request_id=ex.request_id,
-            content_length=ex.length if not ex.chunked else None, chunked=ex.chunked)
+            content_length=ex.length if not ex.chunked else None, chunked=ex.chunked,
+            trusted=ex.trusted)
         body = ex.body
         if body is None:
             conn.write(head)

@@ -69,6 +69,9 @@ class Exchange:
     #: records where the entry goes, durably, before it goes).
     before_send: Callable[[Node], Awaitable[None]] | None = None
     body_consumed: bool = False
+    #: The peer is a trusted proxy, or this is a replay of what the gateway recorded: its
+    #: forwarding headers are believed (gateway.forwarding).
+    trusted: bool = False
     #: Why the gateway answered itself (for metrics): "no_node", "timeout", "upstream"...
     failure: str | None = None
 
