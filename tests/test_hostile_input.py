@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -493,6 +495,103 @@ async def test_a_stalled_body_is_cut_off(edge: Edge) -> None:
         answer = await raw.answer(timeout=15)  # limits.client_body_timeout is 2s here
         assert_refused(answer, 408)
     edge.assert_nothing_forwarded()
+
+
+def gateway_errors(records: list[logging.LogRecord]) -> list[str]:
+    """What the gateway itself logged at ERROR (the demo node's aiohttp may log its own)."""
+    return [r.getMessage() for r in records
+            if r.name.startswith("hagw") and r.levelno >= logging.ERROR]
+
+
+def slo_counts(gw: Any) -> tuple[int, int, int]:
+    good, bad, excluded = gw.slo.totals
+    return good, bad, excluded
+
+
+async def test_a_client_that_stops_reading_is_cut_and_frees_the_node(
+        backends: Any, gateway: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """limits.client_send_timeout (nginx's send_timeout): a client that reads nothing of
+    a big answer is cut, its node connection and in-flight slot freed, nothing charged
+    to the SLO, and no traceback logged."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       limits={"client_send_timeout": "1s"})
+    node = gw.cluster.get("node-1")
+    async with Raw(gw.traffic_address) as raw:
+        raw.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                        4096)
+        raw.writer.transport.pause_reading()
+        await raw.send(head(method="GET", target="/download?size=50000000"))
+        await wait_for(lambda: node.in_flight == 1, what="the download started")
+        started = time.monotonic()
+        await wait_for(lambda: node.in_flight == 0, timeout=10, what="the node freed")
+        assert time.monotonic() - started < 5
+    await wait_for(lambda: sum(slo_counts(gw)) == 1, what="the request counted")
+    assert slo_counts(gw) == (0, 0, 1)  # 499, the client's own doing: excluded
+    assert gateway_errors(caplog.records) == []
+
+
+@pytest.mark.parametrize("sent", [100, 150_000], ids=["buffered body", "streamed body"])
+async def test_a_client_gone_mid_body_is_not_an_error(
+        backends: Any, gateway: Any, caplog: pytest.LogCaptureFixture, sent: int) -> None:
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False})
+    async with Raw(gw.traffic_address) as raw:
+        await raw.send(head("Content-Length: 1000000", target="/upload") + b"x" * sent)
+        await asyncio.sleep(0.2)
+    await wait_for(lambda: gw.traffic_server.state.busy() == 0, what="the request ended")
+    assert slo_counts(gw)[1] == 0
+    assert gateway_errors(caplog.records) == []
+    assert gw.cluster.get("node-1").ejected_until is None
+
+
+async def test_a_slow_upload_is_not_the_nodes_timeout(backends: Any, gateway: Any) -> None:
+    """timeouts.request counts from the end of the request: a client that takes longer
+    than that to send its body (each part within client_body_timeout) gets the node's
+    answer, not a 504 charged to the SLO and to the node."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       timeouts={"request": "500ms"},
+                       retries={"per_try_timeout": "400ms"})
+    part = b"x" * 70_000
+    parts = [head(f"Content-Length: {len(part) * 5}", target="/upload")] + [part] * 5
+    answer = await exchange(gw.traffic_address, *parts, pause=0.25)
+    assert answer.status == 200, answer.body
+    assert answer.json()["body_size"] == len(part) * 5
+    assert slo_counts(gw) == (1, 0, 0)
+    assert sample(gw, "hagw_upstream_requests_total", node="node-1", code_class="error") == 0
+
+
+async def test_public_failure_answers_name_no_node(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
+    """A 504 from the per-try timeout and a 503 from a node's circuit breaker say what
+    happened, not which node or address (the log has that)."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       retries={"attempts": 1, "per_try_timeout": "200ms"},
+                       overload={"max_node_requests": 1})
+    slow = asyncio.create_task(exchange(gw.traffic_address,
+                                        head(method="GET", target="/slow?ms=1500")))
+    await wait_for(lambda: gw.cluster.get("node-1").in_flight == 1, what="one in flight")
+    full = await exchange(gw.traffic_address, head(method="GET", target="/x"))
+    late = await slow
+    assert (late.status, full.status) == (504, 503)
+    for answer in (late, full):
+        text = answer.body.decode()
+        assert "node-1" not in text and str(nodes[0].port) not in text, text
+        assert answer.json()["request_id"]
+
+
+async def test_a_failed_websocket_upgrade_names_no_node(gateway: Any) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gw = await gateway([f"http://127.0.0.1:{port}"], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(
+        "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", method="GET", target="/ws"))
+    assert answer.status == 502
+    assert str(port) not in answer.body.decode() and "node-1" not in answer.body.decode()
 
 
 # -- Host, absolute-form targets and where the gateway connects ---------------------------------

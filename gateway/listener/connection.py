@@ -346,6 +346,10 @@ class ClientConnection(asyncio.Protocol):
                 keep = await self.state.handler.handle(request, self)
         except asyncio.CancelledError:
             pass
+        except ConnectionError as exc:
+            # The client went away, or was cut for not reading (client_send_timeout):
+            # its own doing, counted as 499, and no traceback to flood the log.
+            log.debug("%r ended early: %s", request, exc)
         except Exception:
             log.exception("answering %r failed", request)
         finally:

@@ -238,13 +238,13 @@ class TrafficHandler:
         try:
             up, node = await self.router.send(ex)
         except TryTimeout as exc:
-            return self._failed(conn, request, ex, "timeout", error_response(
-                504, str(exc), request_id))
-        except TimeoutError:
-            return self._failed(conn, request, ex, "timeout", error_response(
+            return self._failed(conn, request, ex, "timeout", exc, error_response(
+                504, exc.public, request_id))
+        except TimeoutError as exc:
+            return self._failed(conn, request, ex, "timeout", exc, error_response(
                 504, f"no answer from a node within {self.request_timeout:g}s", request_id))
-        except NoNode:
-            return self._failed(conn, request, ex, "no_node", error_response(
+        except NoNode as exc:
+            return self._failed(conn, request, ex, "no_node", exc, error_response(
                 503, "no node is available to take the request", request_id, retry_after=1))
         except BadHeader as exc:
             return self._refusal(conn, request, 400, str(exc), request_id)
@@ -254,24 +254,30 @@ class TrafficHandler:
         except ClientBodyError as exc:
             return self._refusal(conn, request, exc.status, str(exc), request_id)
         except UpstreamError as exc:
+            # The public answer names no node, address or count; the log has the detail.
             if exc.kind == "overflow":
-                answer = error_response(503, str(exc), request_id, retry_after=1)
+                answer = error_response(503, "the nodes are at capacity", request_id,
+                                        retry_after=1)
             elif not exc.sent:
                 # Nothing reached a node (every try failed to connect): a 503 with
                 # Retry-After tells the client that retrying later is safe, even for a
-                # write. The nodes' addresses stay out of the answer.
+                # write.
                 answer = error_response(503, "no node could be reached", request_id,
                                         retry_after=1)
-            else:  # what broke, in words that name no node (the connection's messages)
+            else:  # what broke, in the connection's words, which name no node
                 answer = error_response(502, str(exc), request_id)
-            return self._failed(conn, request, ex, "upstream", answer, reason=exc.kind)
+            return self._failed(conn, request, ex, "upstream", exc, answer, reason=exc.kind)
         status, keep = await self.responder.respond(ex, request, conn, up, node,
                                                     self._advisory_line)
         return status, None, keep
 
     def _failed(self, conn: ClientConnection, request: Request, ex: Exchange, failure: str,
-                answer: Answer, reason: str | None = None) -> tuple[int, str | None, bool]:
-        """The gateway answers for a node that did not: counted against the SLO."""
+                error: Exception, answer: Answer,
+                reason: str | None = None) -> tuple[int, str | None, bool]:
+        """The gateway answers for a node that did not: counted against the SLO. The
+        client's answer says what kind of failure it was; the log says which node."""
+        log.info("request %s: %d: %s", ex.request_id, answer.status,
+                 str(error) or type(error).__name__)
         ex.failure = failure
         self.accounting.gateway_errors.labels(reason or failure).inc()
         return answer.status, failure, self._answer(conn, request, answer)

@@ -22,7 +22,16 @@ class NoNode(Exception):
 
 class TryTimeout(TimeoutError):
     """One attempt got no answer within ``retries.per_try_timeout`` (the request's own
-    deadline had not passed); the message names the node and says why no retry followed."""
+    deadline had not passed). The message, which the client sees, says why no retry
+    followed; ``str()`` names the node too (for the log)."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.public = message
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.public}"
 
 
 class BodyTooLarge(Exception):
