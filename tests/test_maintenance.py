@@ -24,7 +24,10 @@ HOUR, DAY = 3600.0, 86400.0
 QUEUE = {"queue_routes": [{"method": "POST", "path": "/orders"},
                           {"method": "POST", "path": "/withdrawals/**"}],
          "read_routes": [{"method": "POST", "path": "/search"}],
-         "max_queued_body": "1KB", "verify_timeout": "10s"}
+         "max_queued_body": "1KB", "verify_timeout": "10s",
+         # Every client here is one loopback address: the per-client guards are tested in
+         # tests/test_queue_limits.py.
+         "queue_rate_limit": {"enabled": False}, "max_client_queued_bytes": 0}
 
 
 # -- the schedule, synchronously -------------------------------------------------------------

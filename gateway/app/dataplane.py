@@ -19,7 +19,7 @@ from gateway.listener import OutcomeSink, Responder, TrafficHandler, WebSocketTu
 from gateway.maintenance import MaintenanceMode, ReplayWaiter
 from gateway.node import Node
 from gateway.outlier import OutlierDetector
-from gateway.queue.store import SqliteQueue
+from gateway.queue.store import QueueLimits, SqliteQueue
 from gateway.router import Forwarder, PassiveObserver, Router
 from gateway.tls import TlsError, client_context
 from gateway.upstream import ConnectionPool
@@ -38,6 +38,12 @@ def upstream_tls(config: GatewayConfig, clock: Clock,
         return client_context(config.upstream_tls, clock=clock)
     except TlsError as exc:
         raise ConfigError(str(exc), file=str(path or "<config>"), path="upstream_tls") from None
+
+
+def queue_limits(config: GatewayConfig) -> QueueLimits:
+    m = config.maintenance
+    return QueueLimits(max_bytes=m.max_queued_bytes, max_client_bytes=m.max_client_queued_bytes,
+                       min_free_disk=m.min_free_disk)
 
 
 class DataPlane:
@@ -61,9 +67,10 @@ class DataPlane:
             self.router, Admission(config.rate_limit, config.overload, clock),
             Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),
             self.websockets, self.accounting, outcomes, config, publish)
-        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
+        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity,
+                                 limits=queue_limits(config))
         self.mode = MaintenanceMode(config.maintenance, self.queue, replay, publish,
-                                    body_timeout=config.limits.client_body_timeout)
+                                    body_timeout=config.limits.client_body_timeout, clock=clock)
         self.traffic.local_routes.append(self.mode)
 
     def __repr__(self) -> str:
@@ -113,6 +120,8 @@ class DataPlane:
         self.traffic.configure(new)
         self.outlier.config = new.outlier_detection
         self.mode.configure(new.maintenance, new.limits.client_body_timeout)
+        self.queue.capacity = new.maintenance.queue_capacity
+        self.queue.limits = queue_limits(new)
         for node, pool in self.pools.items():
             pool.connect_timeout = new.timeouts.connect
             pool.idle_timeout = new.timeouts.idle_upstream

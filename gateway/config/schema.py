@@ -35,6 +35,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 KEY_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 METHOD = re.compile(r"[A-Z]{1,20}")
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^`|~-]{1,128}")
 RETRY_CONDITIONS = ("connect-failure", "reset", "timeout", "gateway-error", "5xx")
 
 
@@ -599,6 +600,23 @@ class WindowConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueRateLimitConfig:
+    """Per-client token buckets on the writes a whole-fleet window queues (on by default:
+    every one of them takes disk until it is replayed). Per worker process."""
+
+    enabled: bool = True
+    #: Sustained queued writes per second per client...
+    rate: float = field(default=10.0, metadata=positive)
+    #: ...and the burst a client may queue at once.
+    burst: int = field(default=50, metadata=at_least_one)
+
+    @property
+    def buckets(self) -> RateLimitConfig:
+        """As the admission's token buckets take it."""
+        return RateLimitConfig(enabled=self.enabled, rate=self.rate, burst=self.burst)
+
+
+@dataclass(frozen=True, slots=True)
 class MaintenanceConfig:
     #: Writes accepted into the durable queue during a whole-fleet window (202 + ticket).
     queue_routes: tuple[RouteMatch, ...] = ()
@@ -607,6 +625,17 @@ class MaintenanceConfig:
     max_queued_body: Size = 1024 * 1024
     #: Queued entries (not yet replayed) beyond which new writes get 503. Nothing is dropped.
     queue_capacity: int = field(default=1_000_000, metadata=at_least_one)
+    #: Bytes (bodies, headers, targets) all waiting entries may hold on disk: beyond, 503...
+    max_queued_bytes: Size = 1024 ** 3
+    #: ...and one client's (by address, see trusted_proxies): beyond, 429. 0: no limit.
+    max_client_queued_bytes: Size = 10 * 1024 ** 2
+    #: A write that would leave less free space than this on state_dir's disk gets 503.
+    min_free_disk: Size = 256 * 1024 ** 2
+    #: Per-client token buckets on queued writes, whatever the top-level rate_limit says.
+    queue_rate_limit: QueueRateLimitConfig = QueueRateLimitConfig()
+    #: Only these request headers are stored with a queued write (case-insensitive); empty:
+    #: every end-to-end header (see README "Maintenance windows" for what is never stored).
+    store_headers: tuple[str, ...] = ()
     #: Entries replayed at once; 1 keeps the order strict.
     replay_concurrency: int = field(default=1, metadata=at_least_one)
     max_attempts: int = field(default=5, metadata=at_least_one)
@@ -625,6 +654,10 @@ class MaintenanceConfig:
     windows: tuple[WindowConfig, ...] = ()
 
     def validate(self) -> None:
+        for i, name in enumerate(self.store_headers):
+            if not HEADER_NAME.fullmatch(name):
+                raise FieldProblem(f"store_headers.{i}", "expected a header name like "
+                                                         f"Authorization, found {name!r}")
         if not self.ticket_path.startswith("/") or self.ticket_path.endswith("/"):
             raise FieldProblem("ticket_path", "expected a path like /_hagw/queue, found "
                                               f"{self.ticket_path!r}")

@@ -191,7 +191,15 @@ class TrafficHandler:
             self.outcomes.record(status, failure)
             if self.config.access_log:
                 access_log.info("%s %s %s %d %.1fms %s", request.remote, request.method,
-                                request.target, status, elapsed * 1000, request_id)
+                                self._logged_target(request), status, elapsed * 1000,
+                                request_id)
+
+    def _logged_target(self, request: Request) -> str:
+        """The target as the access log shows it: a queue ticket is a credential."""
+        prefix = self.config.maintenance.ticket_path + "/"
+        if request.path.startswith(prefix):
+            return prefix + "<ticket>"
+        return request.target
 
     def _identify(self, request: Request) -> None:
         """Who the client is: the peer, or behind a trusted proxy the address it names."""
