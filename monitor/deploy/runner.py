@@ -247,11 +247,13 @@ class DeployRunner:
         record = plan.record
         while (step := plan.next()) is not None:
             plan.started(step)
-            await self._save(record)
-            self.events.publish(News("deploy.step", f"{step}: started", data={
-                "deploy": record.id, "step": step.kind, "nodes": list(step.nodes)}))
             began = time.monotonic()
             try:
+                # An abort may cancel this task while the started step is being saved:
+                # the step still ends "stopped by abort", not without a word.
+                await self._save(record)
+                self.events.publish(News("deploy.step", f"{step}: started", data={
+                    "deploy": record.id, "step": step.kind, "nodes": list(step.nodes)}))
                 ok, detail, output = await self._execute(record, step)
             except asyncio.CancelledError:
                 plan.cancelled(step, "interrupted by a gateway shutdown"
