@@ -228,11 +228,25 @@ class AdminConfig:
     tls: TlsConfig | None = None
     #: Accept an admin listener off loopback without TLS (the token crosses in clear text).
     insecure: bool = False
+    #: A bearer token every read needs too (GET /healthz and /readyz excepted); the admin
+    #: token works for reads as well. None: reads are open, deploy output hidden.
+    read_token: str | None = None
+    #: Host names (in the Host header) the plain-HTTP admin API answers to besides IP
+    #: addresses, localhost and admin.listen's own host; others get 403, so a web page
+    #: cannot reach it through DNS rebinding.
+    hosts: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not self.token.strip():
             raise FieldProblem("token", "expected a non-empty token (mutating admin calls "
                                         "need it; set HAGW_ADMIN_TOKEN)")
+        if self.read_token is not None and not self.read_token.strip():
+            raise FieldProblem("read_token", "expected a non-empty token, or no read_token "
+                                             "(reads open)")
+        for i, host in enumerate(self.hosts):
+            if not HOST_NAME.fullmatch(host):
+                raise FieldProblem(f"hosts.{i}", "expected a DNS name like gw.internal, "
+                                                 f"found {host!r}")
         if not self.listen.is_loopback and self.tls is None and not self.insecure:
             raise FieldProblem("listen", f"{self.listen} is not a loopback address: the admin "
                                          "token would cross the network in clear text; set "
