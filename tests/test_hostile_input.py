@@ -750,6 +750,28 @@ async def test_behind_a_trusted_proxy_rate_limits_key_on_the_real_client(
     assert (first.status, other.status, again.status) == (200, 200, 429)
 
 
+async def test_upgrades_a_node_refuses_charge_nothing_to_the_slo(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    """Issue 16, item 4: upgrades to a path the node does not upgrade get the node's own
+    answer, and cost the error budget nothing (no incident, no page, no deploy gate)."""
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(response(b"no websocket here", status="404 Not Found"))
+        await writer.drain()
+        return False
+
+    node = await raw_node(script)
+    gw = await gateway([node.url], health={"enabled": False},
+                       incidents={"min_requests": 1})
+    for _ in range(10):
+        answer = await exchange(gw.traffic_address, head(
+            "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", method="GET", target="/api"))
+        assert (answer.status, answer.body) == (404, b"no websocket here")
+    assert gw.slo.totals[1] == 0
+    assert gw.slo.budget_remaining() == 1.0
+    assert not [i for i in gw.incidents.tracker.incidents.values() if i.status == "open"]
+
+
 async def test_header_names_with_underscores_are_dropped(
         gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
     """nginx's underscores_in_headers off: CGI, WSGI and PHP read X_Forwarded_For as

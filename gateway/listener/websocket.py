@@ -152,7 +152,10 @@ class _NodeSide(asyncio.Protocol):
                 self.answered.set_result(b"")  # an answer delimited by the close
             else:
                 self.answered.set_exception(ConnectionError("the node closed the connection"))
-        self.tunnel.node_lost()
+        if self.status == 101:
+            self.tunnel.node_lost()
+        # A refusal (any other answer) is still to be relayed: the client connection stays
+        # open until it has been written (WebSocketTunnels.tunnel).
 
     def pause_writing(self) -> None:
         self.tunnel.pause_client()
