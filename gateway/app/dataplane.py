@@ -62,7 +62,7 @@ class DataPlane:
         self.router = Router(cluster, self.pools, self.outlier, passive, self.accounting,
                              config)
         self.forwarder = Forwarder(self.router)
-        self.websockets = WebSocketTunnels(cluster)
+        self.websockets = WebSocketTunnels(cluster, tls=self._tls_for)
         self.traffic = TrafficHandler(
             self.router, Admission(config.rate_limit, config.overload, clock),
             Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),
@@ -77,6 +77,11 @@ class DataPlane:
         return f"<DataPlane {len(self.pools)} pools {self.traffic!r}>"
 
     # -- pools ------------------------------------------------------------------------------
+
+    def _tls_for(self, node: Node) -> tuple[ssl.SSLContext | None, str | None]:
+        """A WebSocket tunnel reaches a node as its pool does (TLS for https:// nodes)."""
+        pool = self.pools.get(node)
+        return (None, None) if pool is None else (pool.ssl, pool.server_hostname)
 
     def add_pool(self, node: Node) -> None:
         url = node.config.url

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import struct
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import httptools
@@ -259,10 +261,22 @@ class Tunnel:
         up.transport.write(close_frame(code, reason, masked=True))
 
 
+#: How a tunnel reaches a node over TLS: the client context and the name for SNI and the
+#: certificate check (None, None for a plain http:// node). The data plane answers it
+#: from the node's pool, so tunnels and requests use the same settings.
+UpstreamTls = Callable[[Node], tuple[ssl.SSLContext | None, str | None]]
+
+
+def _plain(node: Node) -> tuple[ssl.SSLContext | None, str | None]:
+    return None, None
+
+
 class WebSocketTunnels:
-    def __init__(self, cluster: Cluster, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, cluster: Cluster, *, connect_timeout: float = 5.0,
+                 tls: UpstreamTls = _plain) -> None:
         self.cluster = cluster
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.open: dict[Node, set[Tunnel]] = defaultdict(set)
 
     def __repr__(self) -> str:
@@ -281,11 +295,13 @@ class WebSocketTunnels:
         loop = asyncio.get_running_loop()
         url = node.config.url
         node.acquire()
+        context, server_name = self.tls(node)
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    _, up = await loop.create_connection(lambda: _NodeSide(tunnel), url.host,
-                                                         url.port)
+                    _, up = await loop.create_connection(
+                        lambda: _NodeSide(tunnel), url.host, url.port, ssl=context,
+                        server_hostname=(server_name or url.host) if context else None)
             except (OSError, TimeoutError):
                 conn.send(error_response(502, "the WebSocket upgrade could not reach a node",
                                          request_id), keep_alive=False)
