@@ -432,6 +432,17 @@ async def test_oversized_requests(edge: Edge, raw_request: bytes, status: int) -
     edge.assert_nothing_forwarded()
 
 
+async def test_headers_over_the_limit_are_refused_before_they_end(edge: Edge) -> None:
+    """The total is capped while parsing: a head that never ends gets its 431 within about
+    twice limits.max_header (4KB here), not after a whole read or megabytes were buffered,
+    nor at the header timeout."""
+    async with Raw(edge.address) as raw:
+        await raw.send(b"GET /echo HTTP/1.1\r\nHost: gw.example\r\nX-Big: " + b"a" * 12_000)
+        answer = await raw.answer(timeout=5)
+    assert answer.status == 431
+    edge.assert_nothing_forwarded()
+
+
 # -- slow clients -------------------------------------------------------------------------
 
 
@@ -770,6 +781,22 @@ async def test_upgrades_a_node_refuses_charge_nothing_to_the_slo(
     assert gw.slo.totals[1] == 0
     assert gw.slo.budget_remaining() == 1.0
     assert not [i for i in gw.incidents.tracker.incidents.values() if i.status == "open"]
+
+
+@pytest.mark.parametrize("given", ["<script>alert(1)</script>", "a b", "x" * 129,
+                                   "id\tinjected", "ok-1\", \"admin\": true"])
+async def test_an_x_request_id_that_does_not_look_like_one_is_replaced(
+        edge: Edge, given: str) -> None:
+    """Envoy regenerates an external client's id; hagw keeps one only if it is 1 to 128 of
+    A-Za-z0-9._:@/+=-, so it never injects into logs, JSON or headers."""
+    answer = await exchange(edge.address, head(f"X-Request-Id: {given}", method="GET",
+                                               target="/echo"))
+    assert answer.status == 200
+    sent = {k.lower(): v for k, v in answer.json()["headers"]}["x-request-id"]
+    assert sent != given and sent == answer.headers["x-request-id"]
+    kept = await exchange(edge.address, head("X-Request-Id: trace-7f3a:2@edge", method="GET",
+                                             target="/echo"))
+    assert kept.headers["x-request-id"] == "trace-7f3a:2@edge"
 
 
 async def test_header_names_with_underscores_are_dropped(

@@ -190,16 +190,32 @@ class ClientConnection(asyncio.Protocol):
             # The first byte of a new request on an idle keep-alive connection: from now on
             # its head has client_header_timeout to arrive (slowloris guard).
             self._arm(self.state.limits.client_header_timeout, self._head_too_slow)
-        if self._head_fed is not None:
-            self._head_fed += len(data)
+        # Between messages a read is fed to the parser a head's worth at a time, so a head
+        # that never ends is refused once past the limit, not after a whole read (256 KB)
+        # was buffered by llhttp; a body is fed as it comes.
+        step = self.state.limits.max_header + 1024
+        while data:
+            if self._building is None and len(data) > step:
+                part, data = data[:step], data[step:]
+            else:
+                part, data = data, b""
+            if not self._feed(part, data):
+                return
+
+    def _feed(self, part: bytes, rest: bytes) -> bool:
+        """Parse ``part`` (``rest`` follows it); False once the connection is refused or
+        upgraded, when nothing more is parsed."""
+        began = self._head_fed is None
+        if not began:
+            self._head_fed = (self._head_fed or 0) + len(part)
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(part)
         except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0]:] if upgrade.args else b"")
-            return
+            self._upgrade((part[upgrade.args[0]:] if upgrade.args else b"") + rest)
+            return False
         except _Refused as refused:
             self._refuse(refused.status, str(refused))
-            return
+            return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refused):
@@ -207,14 +223,19 @@ class ClientConnection(asyncio.Protocol):
             else:  # pragma: no cover - a bug in a callback
                 log.exception("request parsing failed", exc_info=cause)
                 self._refuse(400, "malformed request")
-            return
+            return False
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
-            return
+            return False
+        if began and self._head_fed is not None:
+            # A head began inside this part: at most ``step`` bytes of it are in there.
+            self._head_fed = 0
         limit = self.state.limits.max_header
         if self._head_fed is not None and self._head_fed > limit + 1024:
             # Still inside a head past the limit: do not let the parser buffer more.
             self._refuse(431, f"request headers exceed {limit} bytes")
+            return False
+        return True
 
     def pause_writing(self) -> None:
         self._write_paused = True
