@@ -16,7 +16,7 @@ import hmac
 from typing import Any
 
 from gateway.errors import Answer, error_response, json_answer
-from gateway.headers import RESPONSE_DROP
+from gateway.headers import RESPONSE_HIDDEN
 from gateway.queue.store import DONE, FAILED, QUEUED, Entry, QueueStore, stored_result_headers
 
 #: On every answer about a ticket: it is one client's, and nothing in between may keep it.
@@ -83,6 +83,6 @@ def result_json(entry: Entry) -> dict[str, Any]:
 def result_response(entry: Entry, request_id: str) -> Answer:
     """A write replayed while its client waited (``live_wait``): the node's own answer."""
     keep = [(k, v) for k, v in entry.result_headers or []
-            if k.lower().encode() not in RESPONSE_DROP and k.lower() != "x-request-id"]
+            if k.lower().encode() not in RESPONSE_HIDDEN and k.lower() != "x-request-id"]
     keep += [("X-Request-Id", request_id), ("X-Queue-Ticket", entry.ticket)]
     return Answer(entry.result_status or 200, entry.result_body or b"", keep)

@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from gateway.headers import HOP_BY_HOP
+from gateway.headers import RESPONSE_HIDDEN
 from gateway.store import SqliteFile, open_sqlite
 
 QUEUED, REPLAYING, DONE, FAILED = "queued", "replaying", "done", "failed"
@@ -69,7 +69,7 @@ _ADDED = {"node": "node TEXT", "request_id": "request_id TEXT NOT NULL DEFAULT '
 #: The usage row that sums every client's.
 TOTAL = "*"
 #: Never stored with a result: a cookie the node set is its client's, not the ticket's.
-RESULT_DROP = HOP_BY_HOP | {b"set-cookie", b"set-cookie2", b"content-length"}
+RESULT_DROP = RESPONSE_HIDDEN | {b"set-cookie", b"set-cookie2"}
 
 
 def stored_result_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
