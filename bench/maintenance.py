@@ -37,7 +37,10 @@ def maintenance(fleet: Fleet, settings: Settings) -> list[Row]:
         child, port, admin = start_gateway_with_admin(fleet.group, nodes, "hagw-maintenance", {
             "maintenance": {"queue_routes": [{"method": "POST", "path": "/orders"}],
                             "replay_concurrency": concurrency,
-                            "queue_capacity": entries * 2}})
+                            "queue_capacity": entries * 2,
+                            # the load generator is one client
+                            "queue_rate_limit": {"enabled": False},
+                            "max_client_queued_bytes": 0}})
     except Unavailable as exc:
         return [unavailable("hagw", SCENARIO, exc.status)]
     except StartError as exc:

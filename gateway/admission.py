@@ -16,14 +16,12 @@ pays back (it may go down to ``-burst``).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from gateway.clock import Clock
 from gateway.config.schema import OverloadConfig, RateLimitConfig
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from gateway.forwarding import TrustedProxies
 
 
 @dataclass(slots=True)
@@ -55,32 +53,22 @@ class Admission:
         self.remote_busy: dict[str, int] = {}
         self.configure(limits, overload)
 
-    def configure(self, limits: RateLimitConfig, overload: OverloadConfig) -> None:
+    def configure(self, limits: RateLimitConfig, overload: OverloadConfig,
+                  trusted_proxies: tuple[str, ...] = ()) -> None:
+        """``trusted_proxies``: the top-level key, used when rate_limit has none of its own."""
         self.limits = limits
         self.overload = overload
-        self._trusted: list[Network] = [ipaddress.ip_network(c, strict=False)
-                                        for c in limits.trusted_proxies]
+        self._trusted = TrustedProxies(limits.trusted_proxies or trusted_proxies)
 
     def client_key(self, peer: str, header_value: str | None) -> str:
         """The client's identity: its address, or what a trusted proxy says it is."""
-        if self.limits.key != "header" or header_value is None or not self._is_trusted(peer):
+        if self.limits.key != "header" or header_value is None \
+                or not self._trusted.trusts(peer):
             return peer
         if self.limits.header.lower() != "x-forwarded-for":
             return header_value.strip() or peer
         # The rightmost address no trusted proxy added is the client (RFC 7239 reasoning).
-        for hop in reversed([h.strip() for h in header_value.split(",") if h.strip()]):
-            if not self._is_trusted(hop):
-                return hop
-        return peer
-
-    def _is_trusted(self, address: str) -> bool:
-        if not self._trusted:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+        return self._trusted.client(peer, header_value)
 
     def admit(self, key: str) -> Verdict | None:
         """None to let the request in (then call ``done(key)``), or why not."""

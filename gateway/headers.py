@@ -1,5 +1,6 @@
 """Header hygiene between client and node (RFC 9110 §7.6): hop-by-hop headers are
-stripped both ways, X-Forwarded-* and Via are appended, X-Request-Id is kept or made."""
+stripped both ways, the forwarding headers are the gateway's own (gateway.forwarding),
+Via is appended, X-Request-Id is kept or made."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
+from gateway.forwarding import FORWARDING, ForwardingHeaders
+
 #: Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
-_REQUEST_MANAGED = HOP_BY_HOP | {
-    b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"via", b"x-request-id",
+_REQUEST_MANAGED = HOP_BY_HOP | FORWARDING | {
+    b"content-length", b"expect", b"via", b"x-request-id",
 }
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+#: Also dropped from the nodes' answers: what software they run is nobody's business
+#: (nginx's proxy_hide_header default).
+RESPONSE_HIDDEN = RESPONSE_DROP | {b"server", b"x-powered-by"}
 VIA = b"1.1 hagw"
 _BAD = (b"\r", b"\n", b"\0")
 
@@ -63,12 +68,15 @@ def origin_form(target: str) -> tuple[str, bytes]:
 
 def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, bytes]], *,
                  client_ip: str, scheme: str, node_host: bytes, request_id: str,
-                 content_length: int | None, chunked: bool) -> bytes:
-    """The request line and headers sent to a node, framed as the gateway sends the body."""
+                 content_length: int | None, chunked: bool, trusted: bool = False) -> bytes:
+    """The request line and headers sent to a node, framed as the gateway sends the body.
+    ``trusted``: the peer is a trusted proxy (or this is a replay), so its forwarding
+    headers are believed (gateway.forwarding)."""
     target, authority = origin_form(target)
     out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1", "replace")]
     append = out.append
-    forwarded_for = forwarded_proto = forwarded_host = via = b""
+    forwarding = ForwardingHeaders()
+    via = b""
     host = b""
     # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1), wherever the
     # Connection header sits among the others.
@@ -78,18 +86,14 @@ def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, by
         if b"\r" in value or b"\n" in value or b"\0" in value:
             raise BadHeader(f"header {name.decode('latin-1')!r} contains CR, LF or NUL")
         if lower in drop:
-            if lower == b"x-forwarded-for":
-                forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
-            elif lower == b"x-forwarded-proto":
-                forwarded_proto = value if not forwarded_proto else forwarded_proto + b", " + value
-            elif lower == b"x-forwarded-host":
-                forwarded_host = value if not forwarded_host else forwarded_host + b", " + value
+            if lower in FORWARDING:
+                forwarding.take(lower, name, value)
             elif lower == b"via":
                 via = value if not via else via + b", " + value
             continue
         if lower == b"host":
-            if authority:
-                continue  # replaced by the absolute-form target's authority below
+            if authority or not value:
+                continue  # the absolute-form target's authority, or the node's, below
             host = value
         append(name + b": " + value + b"\r\n")
     if authority:
@@ -98,16 +102,9 @@ def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, by
     elif not host:
         host = node_host
         append(b"Host: " + host + b"\r\n")
-    client = client_ip.encode()
-    if client:
-        forwarded_for = forwarded_for + b", " + client if forwarded_for else client
-    if forwarded_for:  # a replayed write carries the chain recorded when it was queued
-        append(b"X-Forwarded-For: " + forwarded_for + b"\r\n")
-    proto = scheme.encode()
-    append(b"X-Forwarded-Proto: " + (forwarded_proto + b", " + proto if forwarded_proto else proto)
-           + b"\r\n")
-    append(b"X-Forwarded-Host: " + (forwarded_host + b", " + host if forwarded_host else host)
-           + b"\r\n")
+    for name, value in forwarding.fields(trusted=trusted, client=client_ip, scheme=scheme,
+                                         host=host):
+        append(name + b": " + value + b"\r\n")
     append(b"Via: " + (via + b", " + VIA if via else VIA) + b"\r\n")
     append(b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n")
     if chunked:
@@ -150,12 +147,12 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
                   content_length: int | None, keep_alive: bool, http10: bool,
                   extra: bytes = b"") -> bytes:
     """The status line and headers of a complete answer, built straight from the node's raw
-    headers: hop-by-hop and framing headers removed, Via and X-Request-Id added, framed by
-    ``content_length`` (None: no body allowed, as for 204 and 304)."""
+    headers: hop-by-hop, framing and software headers removed, Via and X-Request-Id added,
+    framed by ``content_length`` (None: no body allowed, as for 204 and 304)."""
     out = [status_line(status)]
     append = out.append
     # Headers named in Connection are hop-by-hop too, wherever Connection sits.
-    drop = RESPONSE_DROP | connection_tokens(raw)
+    drop = RESPONSE_HIDDEN | connection_tokens(raw)
     via = b""
     has_id = has_date = False
     for name, value in raw:

@@ -157,8 +157,9 @@ class Body:
 
 
 class Request:
-    __slots__ = ("_path", "body", "chunked", "content_length", "expect_continue", "headers",
-                 "keep_alive", "method", "remote", "scheme", "target", "upgrade", "version")
+    __slots__ = ("_path", "body", "chunked", "client", "content_length", "expect_continue",
+                 "headers", "keep_alive", "method", "remote", "scheme", "target", "trusted",
+                 "upgrade", "version")
 
     def __init__(self, method: str, target: str, version: str, headers: Headers,
                  remote: str, scheme: str, *, keep_alive: bool, upgrade: bool,
@@ -169,7 +170,12 @@ class Request:
         #: "1.1" or "1.0".
         self.version = version
         self.headers = headers
+        #: The peer's address, and whether it is a trusted proxy.
         self.remote = remote
+        self.trusted = False
+        #: The client's address: the peer's, or behind trusted proxies the one their
+        #: X-Forwarded-For names (set by the traffic handler, gateway.forwarding).
+        self.client = remote
         self.scheme = scheme
         self.keep_alive = keep_alive
         self.upgrade = upgrade

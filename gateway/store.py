@@ -4,12 +4,19 @@ Small records (operator drains, deploys, maintenance windows, incidents) are
 JSON values in namespaced keys. SQLite runs in WAL mode with synchronous=FULL
 on one dedicated thread, so a write has reached the disk when ``await`` returns
 and the event loop never blocks on fsync.
+
+The state directory is private: ``state_dir`` (and every directory hagw makes under it)
+is 0700 and every SQLite file 0600, its ``-wal`` and ``-shm`` included (SQLite gives
+them the database's mode), whatever the umask; a directory or file an older hagw left
+wider is narrowed at open. The queue holds credentials while writes wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -18,6 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("hagw.store")
+
+#: Owner only: the state directory, and the files in it.
+DIR_MODE, FILE_MODE = 0o700, 0o600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -30,8 +41,36 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
+def private_dir(path: str | Path) -> Path:
+    """``path`` as a directory only its owner can enter (made if missing, narrowed if an
+    older hagw or a umask left it wider)."""
+    path = Path(path)
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    _narrow(path, DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` (if missing) readable and writable by its owner only, and narrow
+    what SQLite keeps beside it."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    for sibling in (path, path.with_name(path.name + "-wal"),
+                    path.with_name(path.name + "-shm"), path.with_name(path.name + "-journal")):
+        if sibling.exists():
+            _narrow(sibling, FILE_MODE)
+
+
+def _narrow(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except OSError as exc:  # not ours: say so, the gateway still runs
+        log.warning("cannot make %s private (mode %o): %s", path, mode, exc.strerror or exc)
+
+
 def open_sqlite(path: Path, schema: str) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    private_file(path)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

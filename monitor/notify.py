@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
+from gateway.config.redact import redact_urls
 from gateway.config.schema import NotifierConfig
 from gateway.events import Entry, Event, Publish
 
@@ -174,7 +175,8 @@ class NotifierHub:
                     await notifier.send(self._session, notice)
         except Exception as exc:  # recorded, never silent
             delivery.status = "failed"
-            delivery.error = f"{type(exc).__name__}: {exc}"
+            # Shown in GET /maintenance and the event log: a notifier's URL is a secret.
+            delivery.error = redact_urls(f"{type(exc).__name__}: {exc}")
             log.warning("notifier %s failed to deliver %s after %d attempts: %s",
                         notifier.name, notice.event, delivery.attempts, delivery.error)
         else:

@@ -68,6 +68,12 @@ limits: {max_body: 10MB, max_header: 16KB, client_header_timeout: 10s}
     assert config.timeouts.connect == 1.0
     assert config.health.healthy_threshold == 2
     assert config.min_healthy.of(4) == 2
+    # What a client may do to the gateway by default (issue 16).
+    assert config.trusted_proxies == ()
+    assert config.maintenance.queue_rate_limit.enabled is True
+    assert config.maintenance.max_queued_bytes == 1024**3
+    assert config.maintenance.max_client_queued_bytes == 10 * 1024**2
+    assert config.maintenance.min_free_disk == 256 * 1024**2
 
 
 @pytest.mark.parametrize(("snippet", "message"), [
@@ -83,6 +89,14 @@ limits: {max_body: 10MB, max_header: 16KB, client_header_timeout: 10s}
     ("timeouts: {connect: 0ms}", "timeouts.connect: expected a value above zero"),
     ("locality: prefer_zone", "zone: expected the gateway's own zone"),
     ("health: {body_match: '('}", "health.body_match: expected a regular expression"),
+    ("trusted_proxies: [10.0.0.0/33]",
+     "gateway.yaml:5: trusted_proxies[0]: expected an address or CIDR like 10.0.0.0/8"),
+    ("maintenance: {store_headers: ['Bad Header']}",
+     "maintenance.store_headers[0]: expected a header name like Authorization"),
+    ("maintenance: {max_client_queued_bytes: lots}",
+     "maintenance.max_client_queued_bytes: expected a size like 16KB"),
+    ("maintenance: {queue_rate_limit: {rate: 0}}",
+     "maintenance.queue_rate_limit.rate: expected a value above zero"),
 ])
 def test_errors_name_file_line_key_and_expectation(snippet: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -105,7 +105,8 @@ async def wait_deploy(http: aiohttp.ClientSession, gw: Gateway, deploy_id: str,
 
     async def done() -> bool:
         nonlocal record
-        async with http.get(f"{gw.admin_url}/deploys/{deploy_id}") as resp:
+        # With the token: the steps' output is shown only to a caller that has one.
+        async with http.get(f"{gw.admin_url}/deploys/{deploy_id}", headers=auth()) as resp:
             record = await resp.json()
         return record["status"] not in ("running", "rolling_back")
 

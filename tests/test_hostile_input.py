@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ import aiohttp
 import pytest
 
 from monitor.incident.tracker import Incident
-from tests.conftest import auth, wait_for
+from tests.conftest import auth, sample, wait_for
 
 # -- a raw HTTP/1.1 client --------------------------------------------------------------------
 
@@ -430,6 +432,17 @@ async def test_oversized_requests(edge: Edge, raw_request: bytes, status: int) -
     edge.assert_nothing_forwarded()
 
 
+async def test_headers_over_the_limit_are_refused_before_they_end(edge: Edge) -> None:
+    """The total is capped while parsing: a head that never ends gets its 431 within about
+    twice limits.max_header (4KB here), not after a whole read or megabytes were buffered,
+    nor at the header timeout."""
+    async with Raw(edge.address) as raw:
+        await raw.send(b"GET /echo HTTP/1.1\r\nHost: gw.example\r\nX-Big: " + b"a" * 12_000)
+        answer = await raw.answer(timeout=5)
+    assert answer.status == 431
+    edge.assert_nothing_forwarded()
+
+
 # -- slow clients -------------------------------------------------------------------------
 
 
@@ -493,6 +506,103 @@ async def test_a_stalled_body_is_cut_off(edge: Edge) -> None:
         answer = await raw.answer(timeout=15)  # limits.client_body_timeout is 2s here
         assert_refused(answer, 408)
     edge.assert_nothing_forwarded()
+
+
+def gateway_errors(records: list[logging.LogRecord]) -> list[str]:
+    """What the gateway itself logged at ERROR (the demo node's aiohttp may log its own)."""
+    return [r.getMessage() for r in records
+            if r.name.startswith("hagw") and r.levelno >= logging.ERROR]
+
+
+def slo_counts(gw: Any) -> tuple[int, int, int]:
+    good, bad, excluded = gw.slo.totals
+    return good, bad, excluded
+
+
+async def test_a_client_that_stops_reading_is_cut_and_frees_the_node(
+        backends: Any, gateway: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """limits.client_send_timeout (nginx's send_timeout): a client that reads nothing of
+    a big answer is cut, its node connection and in-flight slot freed, nothing charged
+    to the SLO, and no traceback logged."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       limits={"client_send_timeout": "1s"})
+    node = gw.cluster.get("node-1")
+    async with Raw(gw.traffic_address) as raw:
+        raw.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                        4096)
+        raw.writer.transport.pause_reading()
+        await raw.send(head(method="GET", target="/download?size=50000000"))
+        await wait_for(lambda: node.in_flight == 1, what="the download started")
+        started = time.monotonic()
+        await wait_for(lambda: node.in_flight == 0, timeout=10, what="the node freed")
+        assert time.monotonic() - started < 5
+    await wait_for(lambda: sum(slo_counts(gw)) == 1, what="the request counted")
+    assert slo_counts(gw) == (0, 0, 1)  # 499, the client's own doing: excluded
+    assert gateway_errors(caplog.records) == []
+
+
+@pytest.mark.parametrize("sent", [100, 150_000], ids=["buffered body", "streamed body"])
+async def test_a_client_gone_mid_body_is_not_an_error(
+        backends: Any, gateway: Any, caplog: pytest.LogCaptureFixture, sent: int) -> None:
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False})
+    async with Raw(gw.traffic_address) as raw:
+        await raw.send(head("Content-Length: 1000000", target="/upload") + b"x" * sent)
+        await asyncio.sleep(0.2)
+    await wait_for(lambda: gw.traffic_server.state.busy() == 0, what="the request ended")
+    assert slo_counts(gw)[1] == 0
+    assert gateway_errors(caplog.records) == []
+    assert gw.cluster.get("node-1").ejected_until is None
+
+
+async def test_a_slow_upload_is_not_the_nodes_timeout(backends: Any, gateway: Any) -> None:
+    """timeouts.request counts from the end of the request: a client that takes longer
+    than that to send its body (each part within client_body_timeout) gets the node's
+    answer, not a 504 charged to the SLO and to the node."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       timeouts={"request": "500ms"},
+                       retries={"per_try_timeout": "400ms"})
+    part = b"x" * 70_000
+    parts = [head(f"Content-Length: {len(part) * 5}", target="/upload")] + [part] * 5
+    answer = await exchange(gw.traffic_address, *parts, pause=0.25)
+    assert answer.status == 200, answer.body
+    assert answer.json()["body_size"] == len(part) * 5
+    assert slo_counts(gw) == (1, 0, 0)
+    assert sample(gw, "hagw_upstream_requests_total", node="node-1", code_class="error") == 0
+
+
+async def test_public_failure_answers_name_no_node(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
+    """A 504 from the per-try timeout and a 503 from a node's circuit breaker say what
+    happened, not which node or address (the log has that)."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], health={"enabled": False},
+                       retries={"attempts": 1, "per_try_timeout": "200ms"},
+                       overload={"max_node_requests": 1})
+    slow = asyncio.create_task(exchange(gw.traffic_address,
+                                        head(method="GET", target="/slow?ms=1500")))
+    await wait_for(lambda: gw.cluster.get("node-1").in_flight == 1, what="one in flight")
+    full = await exchange(gw.traffic_address, head(method="GET", target="/x"))
+    late = await slow
+    assert (late.status, full.status) == (504, 503)
+    for answer in (late, full):
+        text = answer.body.decode()
+        assert "node-1" not in text and str(nodes[0].port) not in text, text
+        assert answer.json()["request_id"]
+
+
+async def test_a_failed_websocket_upgrade_names_no_node(gateway: Any) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gw = await gateway([f"http://127.0.0.1:{port}"], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(
+        "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", method="GET", target="/ws"))
+    assert answer.status == 502
+    assert str(port) not in answer.body.decode() and "node-1" not in answer.body.decode()
 
 
 # -- Host, absolute-form targets and where the gateway connects ---------------------------------
@@ -577,6 +687,168 @@ async def test_absolute_form_reaches_the_node_in_origin_form(
     sent = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
     # One authority everywhere: the node, its logs and X-Forwarded-Host agree.
     assert sent["host"] == sent["x-forwarded-host"] == "evil.example:8443"
+
+
+def received_headers(raw_head: bytes) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in raw_head.decode("latin-1").split("\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            out.setdefault(name.strip().lower(), []).append(value.strip())
+    return out
+
+
+SPOOFED = ("X-Forwarded-For: 203.0.113.9", "X-Forwarded-Proto: https",
+           "X-Forwarded-Host: bank.example", "X-Real-IP: 203.0.113.9",
+           "Forwarded: for=203.0.113.9;proto=https;host=bank.example")
+
+
+async def test_forwarding_headers_from_a_client_are_the_gateways_own(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    """At the edge the node learns only what the gateway saw: a client's X-Forwarded-*
+    are replaced, never appended to, and X-Real-IP and Forwarded are dropped."""
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(*SPOOFED, method="GET", target="/"))
+    assert answer.status == 200
+    sent = received_headers(heads[0])
+    assert sent["x-forwarded-for"] == ["127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["x-forwarded-host"] == ["gw.example"]
+    assert "x-real-ip" not in sent and "forwarded" not in sent
+
+
+async def test_forwarding_headers_from_a_trusted_proxy_are_kept(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False}, trusted_proxies=["127.0.0.0/8"])
+    answer = await exchange(gw.traffic_address, head(*SPOOFED, method="GET", target="/"))
+    assert answer.status == 200
+    sent = received_headers(heads[0])
+    assert sent["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["https"]
+    assert sent["x-forwarded-host"] == ["bank.example"]
+    assert sent["x-real-ip"] == ["203.0.113.9"]
+    assert sent["forwarded"] == ["for=203.0.113.9;proto=https;host=bank.example"]
+
+
+async def test_a_websocket_upgrade_gets_the_same_forwarding_headers(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(
+        *SPOOFED, "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", method="GET", target="/ws"))
+    assert answer.status == 200  # the recorder does not upgrade: its answer is relayed
+    sent = received_headers(heads[0])
+    assert sent["x-forwarded-for"] == ["127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["x-forwarded-host"] == ["gw.example"]
+    assert "x-real-ip" not in sent and "forwarded" not in sent
+
+
+async def test_behind_a_trusted_proxy_rate_limits_key_on_the_real_client(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    url, _ = recorder
+    gw = await gateway([url], health={"enabled": False}, trusted_proxies=["127.0.0.1"],
+                       rate_limit={"enabled": True, "rate": 0.001, "burst": 1})
+    first = await exchange(gw.traffic_address, head("X-Forwarded-For: 198.51.100.1",
+                                                    method="GET", target="/"))
+    other = await exchange(gw.traffic_address, head("X-Forwarded-For: 198.51.100.2",
+                                                    method="GET", target="/"))
+    again = await exchange(gw.traffic_address, head("X-Forwarded-For: 198.51.100.1",
+                                                    method="GET", target="/"))
+    assert (first.status, other.status, again.status) == (200, 200, 429)
+
+
+async def test_upgrades_a_node_refuses_charge_nothing_to_the_slo(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    """Issue 16, item 4: upgrades to a path the node does not upgrade get the node's own
+    answer, and cost the error budget nothing (no incident, no page, no deploy gate)."""
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(response(b"no websocket here", status="404 Not Found"))
+        await writer.drain()
+        return False
+
+    node = await raw_node(script)
+    gw = await gateway([node.url], health={"enabled": False},
+                       incidents={"min_requests": 1})
+    for _ in range(10):
+        answer = await exchange(gw.traffic_address, head(
+            "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", method="GET", target="/api"))
+        assert (answer.status, answer.body) == (404, b"no websocket here")
+    assert gw.slo.totals[1] == 0
+    assert gw.slo.budget_remaining() == 1.0
+    assert not [i for i in gw.incidents.tracker.incidents.values() if i.status == "open"]
+
+
+@pytest.mark.parametrize("given", ["<script>alert(1)</script>", "a b", "x" * 129,
+                                   "id\tinjected", "ok-1\", \"admin\": true"])
+async def test_an_x_request_id_that_does_not_look_like_one_is_replaced(
+        edge: Edge, given: str) -> None:
+    """Envoy regenerates an external client's id; hagw keeps one only if it is 1 to 128 of
+    A-Za-z0-9._:@/+=-, so it never injects into logs, JSON or headers."""
+    answer = await exchange(edge.address, head(f"X-Request-Id: {given}", method="GET",
+                                               target="/echo"))
+    assert answer.status == 200
+    sent = {k.lower(): v for k, v in answer.json()["headers"]}["x-request-id"]
+    assert sent != given and sent == answer.headers["x-request-id"]
+    kept = await exchange(edge.address, head("X-Request-Id: trace-7f3a:2@edge", method="GET",
+                                             target="/echo"))
+    assert kept.headers["x-request-id"] == "trace-7f3a:2@edge"
+
+
+async def test_header_names_with_underscores_are_dropped(
+        gateway: Any, recorder: tuple[str, list[bytes]]) -> None:
+    """nginx's underscores_in_headers off: CGI, WSGI and PHP read X_Forwarded_For as
+    X-Forwarded-For, so a node must never see one."""
+    url, heads = recorder
+    gw = await gateway([url], health={"enabled": False})
+    answer = await exchange(gw.traffic_address, head(
+        "X_Forwarded_For: 203.0.113.9", "X-Real_IP: 203.0.113.9", "X-Kept: yes",
+        method="GET", target="/"))
+    assert answer.status == 200
+    sent = received_headers(heads[0])
+    assert sent["x-kept"] == ["yes"]
+    assert not [name for name in sent if "_" in name], sent
+
+
+@pytest.mark.parametrize("host", [
+    "bad host", "a/b", "a@b", "a:b:c", "[::1", "host:99999x", "a\\b", "é.example", "<x>",
+])
+async def test_an_invalid_host_is_a_400(edge: Edge, host: str) -> None:
+    request = head(method="GET", target="/echo").replace(b"gw.example", host.encode("utf-8"))
+    assert_refused(await exchange(edge.address, request))
+    edge.assert_nothing_forwarded()
+
+
+@pytest.mark.parametrize("host", ["gw.example", "gw.example:8080", "127.0.0.1:80", "[::1]:8080",
+                                  "my_host.internal", "xn--bcher-kva.example"])
+async def test_valid_hosts_are_forwarded(edge: Edge, host: str) -> None:
+    request = head(method="GET", target="/echo").replace(b"gw.example", host.encode())
+    answer = await exchange(edge.address, request)
+    assert answer.status == 200
+    assert {k.lower(): v for k, v in answer.json()["headers"]}["host"] == host
+
+
+async def test_an_empty_host_is_the_nodes(edge: Edge) -> None:
+    """RFC 9110 section 7.2 allows an empty Host; the node gets its own, and only one."""
+    request = head(method="GET", target="/echo").replace(b"Host: gw.example", b"Host:")
+    answer = await exchange(edge.address, request)
+    assert answer.status == 200
+    hosts = [v for k, v in answer.json()["headers"] if k.lower() == "host"]
+    assert hosts == [f"127.0.0.1:{edge.node.port}"]
+
+
+@pytest.mark.parametrize(("method", "status"), [("TRACE", 405), ("TRACK", 400)])
+async def test_trace_is_refused(edge: Edge, method: str, status: int) -> None:
+    answer = await exchange(edge.address, head("Cookie: session=secret", method=method,
+                                               target="/echo"))
+    assert_refused(answer, status)
+    assert b"secret" not in answer.body
+    assert "TRACE" not in answer.headers.get("allow", "")
+    edge.assert_nothing_forwarded()
 
 
 # -- the admin API's JSON ------------------------------------------------------------------------
@@ -710,3 +982,256 @@ async def test_admin_bodies_over_the_size_limit_are_413(admin: Any,
                          headers=auth()) as resp:
         assert resp.status == 413 and (await resp.json())["error"]
     assert admin.cluster.get("node-1").state.value == "HEALTHY"
+
+
+# == the response side: what nodes may send, and what the gateway does with it ==================
+#
+# A node is trusted to answer its own requests, never to speak for another client's. The
+# gateway takes exactly one response per request (nginx's upstream keepalive rule): bytes
+# after a complete response, or on an idle pooled connection, close that connection; it is
+# never reused. These nodes misbehave on purpose, on raw sockets.
+
+Script = Callable[[int, bytes, asyncio.StreamWriter], Any]
+
+
+@dataclass
+class RawNode:
+    """A node on a raw socket: ``script(n, head, writer)`` answers its n-th request (1-based)
+    with whatever bytes it likes."""
+
+    port: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    #: Connections accepted, and connections that ended (the gateway closed them).
+    accepted: int = 0
+    ended: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def raw_node() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script, *, reads_bodies: bool = True) -> RawNode:
+        node = RawNode()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            node.accepted += 1
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    node.heads.append(head)
+                    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    if reads_bodies and length:
+                        await reader.readexactly(length)
+                    if await script(len(node.heads), head, writer) is False:
+                        break  # the script ended the connection
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                node.ended += 1
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        servers.append(server)
+        node.port = server.sockets[0].getsockname()[1]
+        return node
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def response(body: bytes = b"ok", *headers: str, status: str = "200 OK") -> bytes:
+    lines = "".join(f"{h}\r\n" for h in headers)
+    return (f"HTTP/1.1 {status}\r\n{lines}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+OTHER_USER = response(b"not yours", "Set-Cookie: session=OTHER-USERS-SESSION")
+
+
+async def fresh_gateway(gateway: Any, node: RawNode) -> Any:
+    return await gateway([node.url], health={"enabled": False})
+
+
+def get(target: str) -> bytes:
+    return head(method="GET", target=target)
+
+
+@pytest.mark.parametrize("when", ["same write", "later write"])
+async def test_a_second_response_to_one_request_reaches_nobody(
+        gateway: Any, raw_node: Callable[..., Any], when: str) -> None:
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        if n > 1:
+            writer.write(response(b"fresh"))
+        elif when == "same write":
+            writer.write(response(b"first") + OTHER_USER)
+        else:
+            writer.write(response(b"first"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(OTHER_USER)
+        await writer.drain()
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    first = await exchange(gw.traffic_address, get("/a"))
+    assert (first.status, first.body) == (200, b"first")
+    assert "set-cookie" not in first.headers, first.headers
+    # The gateway closed the connection that carried the extra response...
+    await wait_for(lambda: node.ended == 1, what="the connection closed")
+    assert gw.pools[gw.cluster.get("node-1")].idle == 0
+    # ...so the next client gets its own answer, on a new connection.
+    second = await exchange(gw.traffic_address, get("/b"))
+    assert (second.status, second.body) == (200, b"fresh")
+    assert "set-cookie" not in second.headers, second.headers
+    assert node.accepted == 2
+
+
+async def test_bytes_on_an_idle_pooled_connection_close_it(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    poke = asyncio.Event()
+    later: list[asyncio.Task[None]] = []
+
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(b"answer %d" % n))
+        await writer.drain()
+
+        async def stray() -> None:  # while the connection sits idle in the pool
+            await poke.wait()
+            writer.write(response(b"stray", "Set-Cookie: attacker=chosen"))
+            await writer.drain()
+
+        if n == 1:
+            later.append(asyncio.create_task(stray()))
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    pool = gw.pools[gw.cluster.get("node-1")]
+    first = await exchange(gw.traffic_address, get("/a"))
+    assert first.body == b"answer 1"
+    await wait_for(lambda: pool.idle == 1, what="the connection pooled")
+    poke.set()
+    await wait_for(lambda: node.ended == 1, what="the idle connection closed")
+    assert pool.idle == 0
+    second = await exchange(gw.traffic_address, get("/b"))
+    assert (second.status, second.body) == (200, b"answer 2")
+    assert "set-cookie" not in second.headers
+    assert node.accepted == 2
+    await asyncio.gather(*later)
+
+
+async def test_a_node_that_ignores_bodies_cannot_smuggle_into_the_next_answer(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    """CL.0: the node answers a POST without reading its body, then reads the body as a
+    request of its own. Its answer to that must never become the next client's."""
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET /smuggled"):
+            writer.write(response(b"smuggled", "Set-Cookie: attacker=chosen"))
+        else:
+            writer.write(response(b"yours %d" % n))
+        await writer.drain()
+
+    node = await raw_node(script, reads_bodies=False)
+    gw = await fresh_gateway(gateway, node)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: gw.example\r\n\r\n"
+    attack = await exchange(gw.traffic_address,
+                            head(f"Content-Length: {len(smuggled)}") + smuggled)
+    assert attack.status == 200 and attack.body == b"yours 1"
+    await wait_for(lambda: node.ended == 1, what="the desynchronised connection closed")
+    victim = await exchange(gw.traffic_address, get("/account"))
+    assert victim.status == 200 and victim.body.startswith(b"yours")
+    assert "set-cookie" not in victim.headers, victim.headers
+    assert node.accepted == 2
+
+
+async def test_a_close_delimited_response_is_forwarded_whole(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    """No Content-Length, not chunked: the body ends when the node closes (RFC 9112 §6.3).
+    The client gets all of it and a proper end (the final chunk), and the node is not
+    counted as failing."""
+    body = b"x" * 300_000
+
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        for i in range(0, len(body), 50_000):
+            writer.write(body[i:i + 50_000])
+            await writer.drain()
+        return False  # and close
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    async with Raw(gw.traffic_address) as raw:
+        await raw.send(get("/download"))
+        answer = await raw.answer()
+        assert answer.status == 200 and answer.body == body
+        assert answer.headers["transfer-encoding"] == "chunked"
+        # The client connection stays usable: the answer ended properly.
+        await raw.send(get("/again"))
+        again = await raw.answer()
+    assert again.status == 200 and again.body == body
+    assert sample(gw, "hagw_upstream_requests_total", node="node-1", code_class="error") == 0
+    assert sample(gw, "hagw_gateway_errors_total", reason="reset") == 0
+    assert gw.cluster.get("node-1").ejected_until is None
+
+
+async def test_a_101_for_a_request_that_did_not_ask_to_upgrade_is_a_502(
+        gateway: Any, raw_node: Callable[..., Any]) -> None:
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                     b"Connection: Upgrade\r\n\r\n\x00\x00\x12\x04\x00garbage")
+        await writer.drain()
+
+    node = await raw_node(script)
+    gw = await fresh_gateway(gateway, node)
+    answer = await exchange(gw.traffic_address, get("/x"))
+    assert answer.status == 502
+    assert answer.json()["error"] == "bad_gateway"
+    assert str(node.port) not in answer.body.decode() and "node-1" not in answer.body.decode()
+
+
+BAD_RESPONSES = {
+    "content-length and chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "two content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    "LF inside a header value": b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: injected=1\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+    "NUL inside a header value": b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+    "not HTTP": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "a head over 64 KB": b"HTTP/1.1 200 OK\r\n" + b"".join(
+        b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"Content-Length: 2\r\n\r\nok",
+    "one endless header line": b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * 200_000,
+    "endless interim answers": b"HTTP/1.1 100 Continue\r\n\r\n" * 5000,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RESPONSES))
+async def test_a_malformed_response_is_a_502_and_never_pooled(
+        gateway: Any, raw_node: Callable[..., Any], case: str) -> None:
+    async def script(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(BAD_RESPONSES[case])
+        await writer.drain()
+
+    node = await raw_node(script)
+    gw = await gateway([node.url], health={"enabled": False}, retries={"attempts": 1})
+    answer = await exchange(gw.traffic_address, get("/x"))
+    assert answer.status == 502, (answer.status, answer.headers, answer.body[:200])
+    assert "injected" not in answer.headers.get("set-cookie", "")
+    await wait_for(lambda: node.ended == node.accepted, what="the connection closed")
+    assert gw.pools[gw.cluster.get("node-1")].idle == 0
+
+
+async def test_what_software_answers_is_nobodys_business(edge: Edge) -> None:
+    """The demo node (aiohttp) says ``Server: Python/3.11 aiohttp/...``; the client sees no
+    Server header, from the node or the gateway (nginx's proxy_hide_header default)."""
+    proxied = await exchange(edge.address, head(method="GET", target="/echo"))
+    assert proxied.status == 200
+    own = await exchange(edge.address, head(method="TRACE", target="/"))
+    assert own.status == 405
+    for answer in (proxied, own):
+        assert "server" not in answer.headers and "x-powered-by" not in answer.headers

@@ -24,7 +24,10 @@ HOUR, DAY = 3600.0, 86400.0
 QUEUE = {"queue_routes": [{"method": "POST", "path": "/orders"},
                           {"method": "POST", "path": "/withdrawals/**"}],
          "read_routes": [{"method": "POST", "path": "/search"}],
-         "max_queued_body": "1KB", "verify_timeout": "10s"}
+         "max_queued_body": "1KB", "verify_timeout": "10s",
+         # Every client here is one loopback address: the per-client guards are tested in
+         # tests/test_queue_limits.py.
+         "queue_rate_limit": {"enabled": False}, "max_client_queued_bytes": 0}
 
 
 # -- the schedule, synchronously -------------------------------------------------------------
@@ -466,3 +469,21 @@ async def test_a_write_recovered_after_a_crash_goes_back_to_the_node_it_was_sent
     # node-3 may already hold them (same keys): only node-3 can drop the repeats.
     assert [w["body"] for w in nodes[2].info.writes] == [f"w{i}" for i in range(5)]
     assert nodes[0].info.writes == [] and nodes[1].info.writes == []
+
+
+async def test_the_maintenance_page_shows_nothing_but_itself(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
+    """The HTML 503 a browser gets: a CSP that allows no script or external anything,
+    nosniff, no caching, and the reason as text."""
+    nodes = await backends(1)
+    gw = await gateway([nodes[0].url], maintenance=QUEUE)
+    await start_window(http, gw, reason="<script>alert('x')</script> upgrade")
+    async with http.get(f"{gw.traffic_url}/item", headers={"Accept": "text/html"}) as resp:
+        assert resp.status == 503
+        page = await resp.text()
+        csp = resp.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "script-src" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Cache-Control"] == "no-store"
+    assert "<script>" not in page and "&lt;script&gt;" in page

@@ -56,7 +56,10 @@ def crash_setup(tmp_path: Path, node_processes: Callable[..., list[NodeProcess]]
                  "admin": {"listen": f"127.0.0.1:{admin}", "token": TOKEN},
                  "log_level": "warning",
                  "maintenance": {"queue_routes": [{"method": "POST", "path": "/orders"}],
-                                 "verify_timeout": "10s"}})
+                                 "verify_timeout": "10s",
+                                 # one loopback client queues thousands of writes
+                                 "queue_rate_limit": {"enabled": False},
+                                 "max_client_queued_bytes": 0}})
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(data))
     gateway = GatewayProcess(config, tmp_path / "gateway.log")

@@ -706,6 +706,20 @@ async def test_a_gateway_proxies_to_an_https_node(certs: Certs, tls_backend: int
     assert pool.size == 1  # both requests went over one TLS connection
 
 
+async def test_a_websocket_to_an_https_node_goes_over_tls(certs: Certs, tls_backend: int,
+                                                          gateway: Any, http: Any) -> None:
+    """The tunnel reaches the node as its pool does: TLS, the node's certificate checked
+    for upstream_tls.server_name. (It used to speak plain TCP to the TLS port.)"""
+    gw = await gateway([f"https://127.0.0.1:{tls_backend}"],
+                       upstream_tls={"ca": certs.ca_file, "server_name": "node.test"})
+    [node] = gw.cluster
+    await wait_for(lambda: node.state is NodeState.HEALTHY, WAIT, "the https node is healthy")
+    async with http.ws_connect(f"{gw.traffic_url}/ws") as ws:
+        await ws.send_str("over tls")
+        reply = await asyncio.wait_for(ws.receive(), WAIT)
+        assert reply.type is aiohttp.WSMsgType.TEXT and "over tls" in reply.data
+
+
 def test_a_gateway_refuses_a_missing_upstream_ca(tmp_path: Path, certs: Certs) -> None:
     text = f"""admin: {{token: t}}
 nodes: [{{name: node-1, url: "https://127.0.0.1:1"}}]

@@ -20,7 +20,7 @@ from gateway.listener import OutcomeSink, Responder, TrafficHandler, WebSocketTu
 from gateway.maintenance import MaintenanceMode, ReplayWaiter
 from gateway.node import Node
 from gateway.outlier import OutlierDetector
-from gateway.queue.store import SqliteQueue
+from gateway.queue.store import QueueLimits, SqliteQueue
 from gateway.router import Forwarder, PassiveObserver, Router
 from gateway.tls import TlsError, client_context
 from gateway.upstream import ConnectionPool
@@ -64,6 +64,12 @@ class EjectionTimer:
         return f"<EjectionTimer {'armed' if self._handle else 'idle'}>"
 
 
+def queue_limits(config: GatewayConfig) -> QueueLimits:
+    m = config.maintenance
+    return QueueLimits(max_bytes=m.max_queued_bytes, max_client_bytes=m.max_client_queued_bytes,
+                       min_free_disk=m.min_free_disk)
+
+
 class DataPlane:
     def __init__(self, config: GatewayConfig, *, cluster: Cluster, clock: Clock,
                  registry: CollectorRegistry, passive: PassiveObserver,
@@ -80,14 +86,15 @@ class DataPlane:
         self.router = Router(cluster, self.pools, self.outlier, passive, self.accounting,
                              config)
         self.forwarder = Forwarder(self.router)
-        self.websockets = WebSocketTunnels(cluster)
+        self.websockets = WebSocketTunnels(cluster, tls=self._tls_for)
         self.traffic = TrafficHandler(
             self.router, Admission(config.rate_limit, config.overload, clock),
             Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),
             self.websockets, self.accounting, outcomes, config, publish)
-        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity)
+        self.queue = SqliteQueue(config.state_dir, config.maintenance.queue_capacity,
+                                 limits=queue_limits(config))
         self.mode = MaintenanceMode(config.maintenance, self.queue, replay, publish,
-                                    body_timeout=config.limits.client_body_timeout)
+                                    body_timeout=config.limits.client_body_timeout, clock=clock)
         self.mode.status_url = config.status.path if config.status.public else None
         self.traffic.local_routes.append(self.mode)
 
@@ -95,6 +102,11 @@ class DataPlane:
         return f"<DataPlane {len(self.pools)} pools {self.traffic!r}>"
 
     # -- pools ------------------------------------------------------------------------------
+
+    def _tls_for(self, node: Node) -> tuple[ssl.SSLContext | None, str | None]:
+        """A WebSocket tunnel reaches a node as its pool does (TLS for https:// nodes)."""
+        pool = self.pools.get(node)
+        return (None, None) if pool is None else (pool.ssl, pool.server_hostname)
 
     def add_pool(self, node: Node) -> None:
         url = node.config.url
@@ -139,6 +151,8 @@ class DataPlane:
         self.outlier.config = new.outlier_detection
         self.mode.configure(new.maintenance, new.limits.client_body_timeout)
         self.mode.status_url = new.status.path if new.status.public else None
+        self.queue.capacity = new.maintenance.queue_capacity
+        self.queue.limits = queue_limits(new)
         for node, pool in self.pools.items():
             pool.connect_timeout = new.timeouts.connect
             pool.idle_timeout = new.timeouts.idle_upstream

@@ -26,15 +26,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.store import private_dir
+
 #: A handoff message and its sockets fit in one datagram-sized read.
 _BUFSIZE = 64 * 1024
 MAX_FDS = 8
 
 
 def run_dir(state_dir: str | Path) -> Path:
-    path = Path(state_dir) / "run"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    private_dir(state_dir)
+    return private_dir(Path(state_dir) / "run")
 
 
 def control_path(state_dir: str | Path) -> Path:
@@ -42,9 +43,7 @@ def control_path(state_dir: str | Path) -> Path:
 
 
 def workers_dir(state_dir: str | Path) -> Path:
-    path = run_dir(state_dir) / "workers"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(run_dir(state_dir) / "workers")
 
 
 #: sun_path holds 108 bytes; deep state directories (CI temp dirs) exceed it.

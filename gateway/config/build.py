@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from gateway.config.errors import ConfigError, FieldProblem
+from gateway.config.redact import EnvSecrets
 
 Path = tuple[str | int, ...]
 
@@ -31,8 +32,12 @@ class Builder:
     def __init__(self, file: str, lines: Mapping[Path, int] | None = None) -> None:
         self.file = file
         self.lines = lines or {}
+        #: Values ``${VAR}`` put in (gateway.config.source.expand_env): never echoed.
+        self.secrets = EnvSecrets()
 
     def error(self, path: Path, message: str) -> ConfigError:
+        if self.secrets:
+            message = self.secrets.scrub(path, message)
         line = None
         probe = path
         while probe and line is None:

@@ -35,6 +35,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 KEY_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 METHOD = re.compile(r"[A-Z]{1,20}")
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^`|~-]{1,128}")
 RETRY_CONDITIONS = ("connect-failure", "reset", "timeout", "gateway-error", "5xx")
 
 
@@ -60,6 +61,15 @@ WILDCARD_NAME = re.compile(rf"\*\.(?:{_LABEL}\.)+{_LABEL}", re.IGNORECASE)
 ALPN_PROTOCOLS = ("http/1.1",)
 #: hstspreload.org's least max-age for the preload list: one year.
 HSTS_PRELOAD_MIN_AGE = 365 * 86400.0
+
+
+def _check_cidrs(key: str, cidrs: tuple[str, ...]) -> None:
+    for i, cidr in enumerate(cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise FieldProblem(f"{key}.{i}", "expected an address or CIDR like 10.0.0.0/8, "
+                                             f"found {cidr!r}") from None
 
 
 def _check_path(key: str, value: str | None) -> None:
@@ -218,11 +228,25 @@ class AdminConfig:
     tls: TlsConfig | None = None
     #: Accept an admin listener off loopback without TLS (the token crosses in clear text).
     insecure: bool = False
+    #: A bearer token every read needs too (GET /healthz and /readyz excepted); the admin
+    #: token works for reads as well. None: reads are open, deploy output hidden.
+    read_token: str | None = None
+    #: Host names (in the Host header) the plain-HTTP admin API answers to besides IP
+    #: addresses, localhost and admin.listen's own host; others get 403, so a web page
+    #: cannot reach it through DNS rebinding.
+    hosts: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not self.token.strip():
             raise FieldProblem("token", "expected a non-empty token (mutating admin calls "
                                         "need it; set HAGW_ADMIN_TOKEN)")
+        if self.read_token is not None and not self.read_token.strip():
+            raise FieldProblem("read_token", "expected a non-empty token, or no read_token "
+                                             "(reads open)")
+        for i, host in enumerate(self.hosts):
+            if not HOST_NAME.fullmatch(host):
+                raise FieldProblem(f"hosts.{i}", "expected a DNS name like gw.internal, "
+                                                 f"found {host!r}")
         if not self.listen.is_loopback and self.tls is None and not self.insecure:
             raise FieldProblem("listen", f"{self.listen} is not a loopback address: the admin "
                                          "token would cross the network in clear text; set "
@@ -359,18 +383,14 @@ class RateLimitConfig:
     #: How a client is told apart: its address, or a header set by a trusted proxy.
     key: Literal["ip", "header"] = "ip"
     header: str = "X-Forwarded-For"
-    #: Peers whose ``header`` is believed (CIDRs). Anyone else is keyed by address.
+    #: Peers whose ``header`` is believed (CIDRs); empty: the top-level trusted_proxies.
+    #: Anyone else is keyed by address.
     trusted_proxies: tuple[str, ...] = ()
     #: Clients remembered at once (least recently seen are forgotten first).
     max_clients: int = field(default=100_000, metadata=at_least_one)
 
     def validate(self) -> None:
-        for i, cidr in enumerate(self.trusted_proxies):
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise FieldProblem(f"trusted_proxies.{i}", "expected an address or CIDR like "
-                                                           f"10.0.0.0/8, found {cidr!r}") from None
+        _check_cidrs("trusted_proxies", self.trusted_proxies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +634,23 @@ class WindowConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueRateLimitConfig:
+    """Per-client token buckets on the writes a whole-fleet window queues (on by default:
+    every one of them takes disk until it is replayed). Per worker process."""
+
+    enabled: bool = True
+    #: Sustained queued writes per second per client...
+    rate: float = field(default=10.0, metadata=positive)
+    #: ...and the burst a client may queue at once.
+    burst: int = field(default=50, metadata=at_least_one)
+
+    @property
+    def buckets(self) -> RateLimitConfig:
+        """As the admission's token buckets take it."""
+        return RateLimitConfig(enabled=self.enabled, rate=self.rate, burst=self.burst)
+
+
+@dataclass(frozen=True, slots=True)
 class MaintenanceConfig:
     #: Writes accepted into the durable queue during a whole-fleet window (202 + ticket).
     queue_routes: tuple[RouteMatch, ...] = ()
@@ -622,6 +659,17 @@ class MaintenanceConfig:
     max_queued_body: Size = 1024 * 1024
     #: Queued entries (not yet replayed) beyond which new writes get 503. Nothing is dropped.
     queue_capacity: int = field(default=1_000_000, metadata=at_least_one)
+    #: Bytes (bodies, headers, targets) all waiting entries may hold on disk: beyond, 503...
+    max_queued_bytes: Size = 1024 ** 3
+    #: ...and one client's (by address, see trusted_proxies): beyond, 429. 0: no limit.
+    max_client_queued_bytes: Size = 10 * 1024 ** 2
+    #: A write that would leave less free space than this on state_dir's disk gets 503.
+    min_free_disk: Size = 256 * 1024 ** 2
+    #: Per-client token buckets on queued writes, whatever the top-level rate_limit says.
+    queue_rate_limit: QueueRateLimitConfig = QueueRateLimitConfig()
+    #: Only these request headers are stored with a queued write (case-insensitive); empty:
+    #: every end-to-end header (see README "Maintenance windows" for what is never stored).
+    store_headers: tuple[str, ...] = ()
     #: Entries replayed at once; 1 keeps the order strict.
     replay_concurrency: int = field(default=1, metadata=at_least_one)
     max_attempts: int = field(default=5, metadata=at_least_one)
@@ -640,6 +688,10 @@ class MaintenanceConfig:
     windows: tuple[WindowConfig, ...] = ()
 
     def validate(self) -> None:
+        for i, name in enumerate(self.store_headers):
+            if not HEADER_NAME.fullmatch(name):
+                raise FieldProblem(f"store_headers.{i}", "expected a header name like "
+                                                         f"Authorization, found {name!r}")
         if not self.ticket_path.startswith("/") or self.ticket_path.endswith("/"):
             raise FieldProblem("ticket_path", "expected a path like /_hagw/queue, found "
                                               f"{self.ticket_path!r}")
@@ -834,6 +886,9 @@ class GatewayConfig:
     #: A worker whose supervisor is gone serves on its last snapshot this long, waiting to
     #: be adopted by a new supervisor, then stops.
     orphan_grace: Duration = 5.0
+    #: Peers (CIDRs) whose X-Forwarded-For, -Proto, -Host, X-Real-IP and Forwarded are
+    #: believed: a load balancer in front. From anyone else they are replaced or dropped.
+    trusted_proxies: tuple[str, ...] = ()
     #: Where durable state lives (SLO history, deploys, maintenance queue, incidents).
     state_dir: str = "var/hagw"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -847,6 +902,7 @@ class GatewayConfig:
     def validate(self) -> None:
         if not self.nodes:
             raise FieldProblem("nodes", "expected at least one node")
+        _check_cidrs("trusted_proxies", self.trusted_proxies)
         seen: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             if node.name in seen:

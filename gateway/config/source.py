@@ -111,11 +111,13 @@ def _index(node: yaml.Node, path: Path, lines: dict[Path, int], builder: Builder
 def expand_env(data: Any, builder: Builder, env: Mapping[str, str] | None = None,
                path: Path = (), unset: list[tuple[Path, str]] | None = None) -> Any:
     """Replace ``${VAR}`` in every string; an unset variable without a default is an error,
-    or, given ``unset`` (``hagw check``), recorded there and left as written."""
+    or, given ``unset`` (``hagw check``), recorded there and left as written. What came from
+    the environment is noted in ``builder.secrets``, so that no error message ever shows it."""
     environ = os.environ if env is None else env
     if isinstance(data, str):
         if "$" not in data:
             return data
+        used: list[str] = []
 
         def sub(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
@@ -130,9 +132,13 @@ def expand_env(data: Any, builder: Builder, env: Mapping[str, str] | None = None
                     raise builder.error(path, f"environment variable {name} is not set "
                                               f"(use ${{{name}:-default}} for a fallback)")
                 return default
+            used.append(name)
             return value
 
-        return _ENV.sub(sub, data)
+        expanded = _ENV.sub(sub, data)
+        if used:
+            builder.secrets.record(path, expanded, tuple(used))
+        return expanded
     if isinstance(data, dict):
         return {k: expand_env(v, builder, environ, (*path, k), unset) for k, v in data.items()}
     if isinstance(data, list):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, cast
@@ -32,6 +33,17 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 WRITE_HIGH_WATER = 1024 * 1024
 #: Requests parsed ahead of the one being answered (pipelining) before reading pauses.
 PIPELINE_DEPTH = 16
+#: Methods refused before routing: a gateway is no forward proxy (CONNECT), and TRACE
+#: would echo the request, cookies and credentials included (nginx answers 405 too).
+#: llhttp refuses IIS's TRACK itself (400).
+_REFUSED_METHODS = {
+    "CONNECT": "CONNECT is not supported: this is a gateway, not a forward proxy",
+    "TRACE": "TRACE is not supported: it would echo the request back",
+}
+#: A Host value (RFC 9110 section 7.2, RFC 3986 section 3.2.2): a registered name or an
+#: IPv4 address, or an IP literal in brackets, then an optional port. Empty is allowed.
+VALID_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)?"
+                        rb"(?::[0-9]{1,5})?")
 
 
 class Tunnel(Protocol):
@@ -204,16 +216,32 @@ class ClientConnection(asyncio.Protocol):
             # The first byte of a new request on an idle keep-alive connection: from now on
             # its head has client_header_timeout to arrive (slowloris guard).
             self._arm(self.state.limits.client_header_timeout, self._head_too_slow)
-        if self._head_fed is not None:
-            self._head_fed += len(data)
+        # Between messages a read is fed to the parser a head's worth at a time, so a head
+        # that never ends is refused once past the limit, not after a whole read (256 KB)
+        # was buffered by llhttp; a body is fed as it comes.
+        step = self.state.limits.max_header + 1024
+        while data:
+            if self._building is None and len(data) > step:
+                part, data = data[:step], data[step:]
+            else:
+                part, data = data, b""
+            if not self._feed(part, data):
+                return
+
+    def _feed(self, part: bytes, rest: bytes) -> bool:
+        """Parse ``part`` (``rest`` follows it); False once the connection is refused or
+        upgraded, when nothing more is parsed."""
+        began = self._head_fed is None
+        if not began:
+            self._head_fed = (self._head_fed or 0) + len(part)
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(part)
         except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0]:] if upgrade.args else b"")
-            return
+            self._upgrade((part[upgrade.args[0]:] if upgrade.args else b"") + rest)
+            return False
         except _Refused as refused:
             self._refuse(refused.status, str(refused))
-            return
+            return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refused):
@@ -221,14 +249,19 @@ class ClientConnection(asyncio.Protocol):
             else:  # pragma: no cover - a bug in a callback
                 log.exception("request parsing failed", exc_info=cause)
                 self._refuse(400, "malformed request")
-            return
+            return False
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
-            return
+            return False
+        if began and self._head_fed is not None:
+            # A head began inside this part: at most ``step`` bytes of it are in there.
+            self._head_fed = 0
         limit = self.state.limits.max_header
         if self._head_fed is not None and self._head_fed > limit + 1024:
             # Still inside a head past the limit: do not let the parser buffer more.
             self._refuse(431, f"request headers exceed {limit} bytes")
+            return False
+        return True
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -262,6 +295,11 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused(431, f"more than {limits.max_headers} request headers")
         if self._header_bytes + len(self._url) > limits.max_header:
             raise _Refused(431, f"request headers exceed {limits.max_header} bytes")
+        if b"_" in name:
+            # nginx's underscores_in_headers off: X_Forwarded_For and friends are dropped,
+            # as a node or a framework that maps - and _ alike would read them as the real
+            # header (CGI, WSGI and PHP do).
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -274,12 +312,14 @@ class ClientConnection(asyncio.Protocol):
         headers = Headers(self._headers)
         if version not in ("1.1", "1.0"):
             raise _Refused(505, f"HTTP/{version or '0.9'} is not supported; use HTTP/1.1")
-        if method == "CONNECT":
-            raise _Refused(405, "CONNECT is not supported: this is a gateway, not a forward "
-                                "proxy")
+        refused = _REFUSED_METHODS.get(method)
+        if refused is not None:
+            raise _Refused(405, refused)
         hosts = headers.count(b"host")
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise _Refused(400, "a request needs exactly one Host header")
+        if hosts and not VALID_HOST.fullmatch(headers.get("Host").encode("latin-1")):
+            raise _Refused(400, "the Host header is not a valid host[:port]")
         transfer = headers.get("Transfer-Encoding")
         if transfer and version == "1.0":
             # RFC 9112 section 6.1: faulty framing; close afterwards.
@@ -353,6 +393,10 @@ class ClientConnection(asyncio.Protocol):
                 keep = await self.state.handler.handle(request, self)
         except asyncio.CancelledError:
             pass
+        except ConnectionError as exc:
+            # The client went away, or was cut for not reading (client_send_timeout):
+            # its own doing, counted as 499, and no traceback to flood the log.
+            log.debug("%r ended early: %s", request, exc)
         except Exception:
             log.exception("answering %r failed", request)
         finally:

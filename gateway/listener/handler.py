@@ -16,6 +16,7 @@ from gateway.admission import Admission
 from gateway.config.schema import GatewayConfig
 from gateway.errors import Answer, error_response
 from gateway.events import Event, Publish
+from gateway.forwarding import TrustedProxies
 from gateway.headers import BadHeader, new_request_id
 from gateway.listener.access_log import AccessEntry
 from gateway.listener.connection import ClientConnection
@@ -136,7 +137,8 @@ class TrafficHandler:
         self.max_body = config.limits.max_body
         self.body_timeout = config.limits.client_body_timeout
         self.responder.stream_idle = config.timeouts.stream_idle
-        self.admission.configure(config.rate_limit, config.overload)
+        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.admission.configure(config.rate_limit, config.overload, config.trusted_proxies)
         self._key_header = (config.rate_limit.header if config.rate_limit.key == "header"
                             else None)
 
@@ -155,13 +157,15 @@ class TrafficHandler:
         given = request.headers.get("X-Request-Id")
         # Without the client's own id, the request id is the trace id (README "Tracing").
         request_id = given if given and _REQUEST_ID.fullmatch(given) else trace.trace_id
-        entry = (AccessEntry(request.remote, request.method, request.target, request.version,
-                             request_id, trace.trace_id, request.headers.get("User-Agent"),
-                             request.headers.get("Referer"), time.time(), conn.bytes_out)
+        self._identify(request)
+        entry = (AccessEntry(request.remote, request.method, self._logged_target(request),
+                             request.version, request_id, trace.trace_id,
+                             request.headers.get("User-Agent"), request.headers.get("Referer"),
+                             time.time(), conn.bytes_out)
                  if self.config.access_log else None)
         admission = self.admission
-        key = admission.client_key(request.remote, request.headers.get(self._key_header)
-                                   if self._key_header else None)
+        key = (admission.client_key(request.remote, request.headers.get(self._key_header))
+               if self._key_header else request.client)
         refused = admission.admit(key)
         if refused is not None:
             shed = refused.status == 503
@@ -204,10 +208,26 @@ class TrafficHandler:
                 entry.write(self.config.access_log_format, status,
                             conn.bytes_out - entry.bytes_before, elapsed)
 
+    def _logged_target(self, request: Request) -> str:
+        """The target as the access log shows it: a queue ticket is a credential."""
+        prefix = self.config.maintenance.ticket_path + "/"
+        if request.path.startswith(prefix):
+            return prefix + "<ticket>"
+        return request.target
+
+    def _identify(self, request: Request) -> None:
+        """Who the client is: the peer, or behind a trusted proxy the address it names."""
+        proxies = self.proxies
+        if proxies and proxies.trusts(request.remote):
+            request.trusted = True
+            request.client = proxies.client(request.remote,
+                                            request.headers.get("X-Forwarded-For"))
+
     async def upgrade(self, request: Request, conn: ClientConnection, rest: bytes) -> None:
         """A WebSocket upgrade: relayed to a node, the node's own handshake answer back."""
         given = request.headers.get("X-Request-Id")
         request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        self._identify(request)
         status = await self.websockets.tunnel(request, conn, rest, request_id)
         self.accounting.observe_request(status, 0.0)
 
@@ -238,18 +258,18 @@ class TrafficHandler:
                       with_trace(request.raw_headers, trace),
                       request.remote, request.scheme, body, length, request.chunked,
                       self.router.idempotent(request.method, "Idempotency-Key" in request.headers),
-                      source=source)
+                      source=source, trusted=request.trusted)
         sent_at = time.monotonic()
         try:
             up, node = await self.router.send(ex)
         except TryTimeout as exc:
-            return self._failed(conn, request, ex, "timeout", error_response(
-                504, str(exc), request_id))
-        except TimeoutError:
-            return self._failed(conn, request, ex, "timeout", error_response(
+            return self._failed(conn, request, ex, "timeout", exc, error_response(
+                504, exc.public, request_id))
+        except TimeoutError as exc:
+            return self._failed(conn, request, ex, "timeout", exc, error_response(
                 504, f"no answer from a node within {self.request_timeout:g}s", request_id))
-        except NoNode:
-            return self._failed(conn, request, ex, "no_node", error_response(
+        except NoNode as exc:
+            return self._failed(conn, request, ex, "no_node", exc, error_response(
                 503, "no node is available to take the request", request_id, retry_after=1))
         except BadHeader as exc:
             return self._refusal(conn, request, 400, str(exc), request_id)
@@ -259,17 +279,19 @@ class TrafficHandler:
         except ClientBodyError as exc:
             return self._refusal(conn, request, exc.status, str(exc), request_id)
         except UpstreamError as exc:
+            # The public answer names no node, address or count; the log has the detail.
             if exc.kind == "overflow":
-                answer = error_response(503, str(exc), request_id, retry_after=1)
+                answer = error_response(503, "the nodes are at capacity", request_id,
+                                        retry_after=1)
             elif not exc.sent:
                 # Nothing reached a node (every try failed to connect): a 503 with
                 # Retry-After tells the client that retrying later is safe, even for a
-                # write. The nodes' addresses stay out of the answer.
+                # write.
                 answer = error_response(503, "no node could be reached", request_id,
                                         retry_after=1)
-            else:  # what broke, in words that name no node (the connection's messages)
+            else:  # what broke, in the connection's words, which name no node
                 answer = error_response(502, str(exc), request_id)
-            return self._failed(conn, request, ex, "upstream", answer, reason=exc.kind)
+            return self._failed(conn, request, ex, "upstream", exc, answer, reason=exc.kind)
         if entry is not None:
             entry.upstream_node = node.name
             entry.upstream_seconds = time.monotonic() - sent_at
@@ -279,8 +301,12 @@ class TrafficHandler:
         return status, None, keep
 
     def _failed(self, conn: ClientConnection, request: Request, ex: Exchange, failure: str,
-                answer: Answer, reason: str | None = None) -> tuple[int, str | None, bool]:
-        """The gateway answers for a node that did not: counted against the SLO."""
+                error: Exception, answer: Answer,
+                reason: str | None = None) -> tuple[int, str | None, bool]:
+        """The gateway answers for a node that did not: counted against the SLO. The
+        client's answer says what kind of failure it was; the log says which node."""
+        log.info("request %s: %d: %s", ex.request_id, answer.status,
+                 str(error) or type(error).__name__)
         ex.failure = failure
         self.accounting.gateway_errors.labels(reason or failure).inc()
         return answer.status, failure, self._answer(conn, request, answer)

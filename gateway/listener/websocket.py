@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import struct
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import httptools
 
 from gateway.cluster import Cluster
 from gateway.errors import error_response
+from gateway.forwarding import FORWARDING, ForwardingHeaders
 from gateway.headers import HOP_BY_HOP, connection_tokens
 from gateway.node import Node
 from gateway.request import Request
@@ -32,8 +35,7 @@ GOING_AWAY = 1001
 #: A node's answer that is not a 101 is relayed whole, up to this size.
 _MAX_REFUSAL = 64 * 1024
 _HIGH_WATER = 256 * 1024
-_SKIP = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                      b"x-request-id"}
+_SKIP = HOP_BY_HOP | FORWARDING | {b"x-request-id"}
 
 
 class Client(Protocol):
@@ -152,7 +154,10 @@ class _NodeSide(asyncio.Protocol):
                 self.answered.set_result(b"")  # an answer delimited by the close
             else:
                 self.answered.set_exception(ConnectionError("the node closed the connection"))
-        self.tunnel.node_lost()
+        if self.status == 101:
+            self.tunnel.node_lost()
+        # A refusal (any other answer) is still to be relayed: the client connection stays
+        # open until it has been written (WebSocketTunnels.tunnel).
 
     def pause_writing(self) -> None:
         self.tunnel.pause_client()
@@ -256,10 +261,22 @@ class Tunnel:
         up.transport.write(close_frame(code, reason, masked=True))
 
 
+#: How a tunnel reaches a node over TLS: the client context and the name for SNI and the
+#: certificate check (None, None for a plain http:// node). The data plane answers it
+#: from the node's pool, so tunnels and requests use the same settings.
+UpstreamTls = Callable[[Node], tuple[ssl.SSLContext | None, str | None]]
+
+
+def _plain(node: Node) -> tuple[ssl.SSLContext | None, str | None]:
+    return None, None
+
+
 class WebSocketTunnels:
-    def __init__(self, cluster: Cluster, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, cluster: Cluster, *, connect_timeout: float = 5.0,
+                 tls: UpstreamTls = _plain) -> None:
         self.cluster = cluster
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.open: dict[Node, set[Tunnel]] = defaultdict(set)
 
     def __repr__(self) -> str:
@@ -278,11 +295,13 @@ class WebSocketTunnels:
         loop = asyncio.get_running_loop()
         url = node.config.url
         node.acquire()
+        context, server_name = self.tls(node)
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    _, up = await loop.create_connection(lambda: _NodeSide(tunnel), url.host,
-                                                         url.port)
+                    _, up = await loop.create_connection(
+                        lambda: _NodeSide(tunnel), url.host, url.port, ssl=context,
+                        server_hostname=(server_name or url.host) if context else None)
             except (OSError, TimeoutError):
                 conn.send(error_response(502, "the WebSocket upgrade could not reach a node",
                                          request_id), keep_alive=False)
@@ -364,22 +383,26 @@ def _upgrade_head(request: Request, node: Node, request_id: str) -> bytes:
     lines = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1", "replace")]
     upgrade = b"websocket"
     host = b""
+    forwarding = ForwardingHeaders()
     for name, value in request.raw_headers:
         lower = name.lower()
         if lower == b"upgrade":
             upgrade = value
             continue
         if lower in drop:
+            if lower in FORWARDING:
+                forwarding.take(lower, name, value)
             continue
         if lower == b"host":
+            if not value:
+                continue
             host = value
         lines.append(name + b": " + value + b"\r\n")
     if not host:
         host = node.host_header
         lines.append(b"Host: " + host + b"\r\n")
-    lines += [b"Upgrade: " + upgrade + b"\r\n", b"Connection: Upgrade\r\n",
-              b"X-Forwarded-For: " + request.remote.encode() + b"\r\n",
-              b"X-Forwarded-Proto: " + request.scheme.encode() + b"\r\n",
-              b"X-Forwarded-Host: " + host + b"\r\n",
-              b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n", b"\r\n"]
+    lines += [b"Upgrade: " + upgrade + b"\r\n", b"Connection: Upgrade\r\n"]
+    lines += [n + b": " + v + b"\r\n" for n, v in forwarding.fields(
+        trusted=request.trusted, client=request.remote, scheme=request.scheme, host=host)]
+    lines += [b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n", b"\r\n"]
     return b"".join(lines)

@@ -16,14 +16,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.config.schema import MaintenanceConfig
+from gateway.admission import Admission
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.config.schema import MaintenanceConfig, OverloadConfig
 from gateway.errors import Answer, error_response, json_answer
 from gateway.events import Event, Publish
 from gateway.maintenance.intake import BodyRefused, read_entry
 from gateway.maintenance.page import unavailable
 from gateway.maintenance.routes import RouteSet
-from gateway.maintenance.tickets import result_response, ticket_status
-from gateway.queue.store import DONE, Entry, QueueFull, QueueStore
+from gateway.maintenance.tickets import NO_STORE, result_response, ticket_status
+from gateway.queue.store import DONE, ClientOverQuota, Entry, QueueFull, QueueStore
 from gateway.request import Request
 
 MAINTENANCE = "maintenance"  # how these answers count for the SLO (see monitor.slo)
@@ -66,11 +68,14 @@ class ReplayWaiter(Protocol):
 
 class MaintenanceMode:
     def __init__(self, config: MaintenanceConfig, queue: QueueStore, replay: ReplayWaiter,
-                 publish: Publish, *, body_timeout: float) -> None:
+                 publish: Publish, *, body_timeout: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.queue = queue
         self.replay = replay
         self.publish = publish
         self.body_timeout = body_timeout
+        #: maintenance.queue_rate_limit: per-client buckets on queued writes (per process).
+        self.limiter = Admission(config.queue_rate_limit.buckets, OverloadConfig(max_requests=0),
+                                 clock)
         self._phase = Phase.NORMAL
         self._window: dict[str, Any] | None = None
         #: The public status page (``status.public``), linked from the 503 page.
@@ -105,6 +110,8 @@ class MaintenanceMode:
         self.queue_routes = RouteSet(config.queue_routes)
         self.read_routes = RouteSet(config.read_routes)
         self._ticket_prefix = config.ticket_path + "/"
+        self._keep = frozenset(h.lower().encode("latin-1") for h in config.store_headers)
+        self.limiter.configure(config.queue_rate_limit.buckets, OverloadConfig(max_requests=0))
 
     def is_queue_route(self, method: str, path: str) -> bool:
         return self.queue_routes.matches(method, path)
@@ -121,7 +128,8 @@ class MaintenanceMode:
                      request_id: str) -> tuple[Answer, str | None] | None:
         if request.path.startswith(self._ticket_prefix):
             ticket = request.path[len(self._ticket_prefix):]
-            return await ticket_status(self.queue, request.method, ticket, request_id), None
+            return await ticket_status(self.queue, request.method, ticket, request_id,
+                                       request.headers.get("Authorization") or None), None
         phase = self.phase
         if phase is Phase.NORMAL:
             return None
@@ -148,13 +156,30 @@ class MaintenanceMode:
 
     async def _enqueue(self, request: Request, request_id: str,
                        wait: bool) -> tuple[Answer, str | None]:
+        limiter = self.limiter
+        refused = limiter.admit(request.client)
+        if refused is not None:
+            return error_response(429, f"{refused.message} (maintenance.queue_rate_limit); "
+                                       "nothing was accepted", request_id,
+                                  retry_after=refused.retry_after, close=True), None
+        try:
+            return await self._accept(request, request_id, wait)
+        finally:
+            limiter.done(request.client)
+
+    async def _accept(self, request: Request, request_id: str,
+                      wait: bool) -> tuple[Answer, str | None]:
         try:
             entry = await read_entry(request, request_id, limit=self.config.max_queued_body,
-                                     timeout=self.body_timeout)
+                                     timeout=self.body_timeout, keep=self._keep)
         except BodyRefused as refused:
             return refused.response, None
         try:
             entry = await self.queue.enqueue(entry)
+        except ClientOverQuota as exc:
+            return error_response(429, f"{exc}; nothing was accepted, retry after the "
+                                       "replay", request_id,
+                                  retry_after=self._retry_after()), None
         except QueueFull as exc:
             return error_response(503, f"{exc}; nothing was accepted, retry later",
                                   request_id, retry_after=self._retry_after()), MAINTENANCE
@@ -170,4 +195,5 @@ class MaintenanceMode:
         if self.window is not None and self.phase is not Phase.REPLAYING:
             body["replay_after"] = self.window.get("end")
         return json_answer(body, 202, headers=[("Location", location),
-                                               ("X-Request-Id", request_id)]), MAINTENANCE
+                                               ("X-Request-Id", request_id), NO_STORE]), \
+            MAINTENANCE

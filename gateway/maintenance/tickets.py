@@ -1,23 +1,55 @@
 """Queue tickets: a queued write's status URL on the traffic listener, and how a replayed
-write's stored answer is shown."""
+write's stored answer is shown.
+
+A ticket is a bearer credential for its write's result (128 random bits): it is shown
+to its client alone (the 202, ``Location``), never sent to a node or written to a log,
+and every answer about it says ``Cache-Control: no-store``. A write sent with
+``Authorization`` is bound to it as well: the result is shown only to a ticket request
+that carries the same ``Authorization``; anyone else holding the ticket sees the status
+alone."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from typing import Any
 
 from gateway.errors import Answer, error_response, json_answer
-from gateway.headers import RESPONSE_DROP
-from gateway.queue.store import DONE, FAILED, QUEUED, Entry, QueueStore
+from gateway.headers import RESPONSE_HIDDEN
+from gateway.queue.store import DONE, FAILED, QUEUED, Entry, QueueStore, stored_result_headers
+
+#: On every answer about a ticket: it is one client's, and nothing in between may keep it.
+NO_STORE = ("Cache-Control", "no-store")
 
 
-async def ticket_status(queue: QueueStore, method: str, ticket: str,
-                        request_id: str) -> Answer:
+def owner_of(ticket: str, authorization: str | None) -> str | None:
+    """A digest of the credentials a write was sent with, salted with its ticket (None
+    without any)."""
+    if not authorization:
+        return None
+    return hashlib.sha256(f"hagw-ticket\0{ticket}\0{authorization}".encode()).hexdigest()
+
+
+def _is_owner(entry: Entry, authorization: str | None) -> bool:
+    if entry.owner is None:
+        return True
+    given = owner_of(entry.ticket, authorization)
+    return given is not None and hmac.compare_digest(given, entry.owner)
+
+
+async def ticket_status(queue: QueueStore, method: str, ticket: str, request_id: str,
+                        authorization: str | None = None) -> Answer:
+    headers = [("X-Request-Id", request_id), NO_STORE]
     if method not in ("GET", "HEAD"):
-        return error_response(405, "ticket status is read-only", request_id)
+        answer = error_response(405, "ticket status is read-only", request_id)
+        answer.headers.append(NO_STORE)
+        return answer
     entry = await queue.get(ticket) if ticket else None
     if entry is None:
-        return error_response(404, "unknown ticket, or its result has expired", request_id)
+        answer = error_response(404, "unknown ticket, or its result has expired", request_id)
+        answer.headers.append(NO_STORE)
+        return answer
     body: dict[str, Any] = {"ticket": ticket, "status": entry.status,
                             "created": entry.created, "attempts": entry.attempts}
     if entry.status == QUEUED:
@@ -25,17 +57,21 @@ async def ticket_status(queue: QueueStore, method: str, ticket: str,
         if entry.error:
             body["last_error"] = entry.error
     elif entry.status == DONE:
-        body["result"] = result_json(entry)
+        if _is_owner(entry, authorization):
+            body["result"] = result_json(entry)
+        else:
+            body["result_withheld"] = ("the write was sent with Authorization: ask with "
+                                       "the same to see its result")
         body["finished"] = entry.finished
     elif entry.status == FAILED:
         body["error"] = entry.error
         body["finished"] = entry.finished
-    return json_answer(body, headers=[("X-Request-Id", request_id)])
+    return json_answer(body, headers=headers)
 
 
 def result_json(entry: Entry) -> dict[str, Any]:
     result: dict[str, Any] = {"status": entry.result_status,
-                              "headers": dict(entry.result_headers or [])}
+                              "headers": dict(stored_result_headers(entry.result_headers or []))}
     body = entry.result_body or b""
     try:
         result["body"] = body.decode("utf-8")
@@ -47,6 +83,6 @@ def result_json(entry: Entry) -> dict[str, Any]:
 def result_response(entry: Entry, request_id: str) -> Answer:
     """A write replayed while its client waited (``live_wait``): the node's own answer."""
     keep = [(k, v) for k, v in entry.result_headers or []
-            if k.lower().encode() not in RESPONSE_DROP and k.lower() != "x-request-id"]
+            if k.lower().encode() not in RESPONSE_HIDDEN and k.lower() != "x-request-id"]
     keep += [("X-Request-Id", request_id), ("X-Queue-Ticket", entry.ticket)]
     return Answer(entry.result_status or 200, entry.result_body or b"", keep)

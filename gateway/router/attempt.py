@@ -51,6 +51,7 @@ class Attempts:
         self.hedge_on_stall = config.retries.hedge_on_stall
         self.hedge_on_per_try_timeout = config.retries.hedge_on_per_try_timeout
         self.per_try_timeout = config.retries.per_try_timeout
+        self.request_timeout = config.timeouts.request
         self.stream_idle = config.timeouts.stream_idle
         self.retry_buffer = config.retries.buffer
         self.max_body = config.limits.max_body
@@ -111,6 +112,12 @@ class Attempts:
             # body needs awaiting (one coroutine frame less on the common path).
             if self._send_request(ex, conn, node):
                 await self._stream_body(ex, conn)
+                # The time the client took to send its body is not the node's: the
+                # deadlines count from the request's end (Envoy's route timeout does).
+                sent = loop.time()
+                ex.deadline = max(ex.deadline, sent + self.request_timeout)
+                deadline = ex.deadline if self.per_try_timeout is None else min(
+                    ex.deadline, max(deadline, sent + self.per_try_timeout))
             hedged = await self._wait_head(ex, conn, node, pool, started, deadline)
             if hedged is not None:
                 return hedged
@@ -145,13 +152,12 @@ class Attempts:
             self.outlier.failure(node, "timeout")
             reason = self.policy.timeout_reason(ex.idempotent, ex.replayable)
             per_try = self.per_try_timeout
-            late = (f"no answer from {node.name} within retries.per_try_timeout ({per_try:g}s)"
-                    if per_try is not None and loop.time() - started >= per_try
-                    else f"{node.name}: {exc}")
+            late = (f"no answer within retries.per_try_timeout ({per_try:g}s)"
+                    if per_try is not None and loop.time() - started >= per_try else str(exc))
             if reason is not None:
-                raise Retryable(node, reason, TryTimeout(late)) from exc
+                raise Retryable(node, reason, TryTimeout(late, node.name)) from exc
             raise TryTimeout(f"{late}; not retried: a {ex.method} that reached a node is "
-                             "retried only with an Idempotency-Key") from exc
+                             "retried only with an Idempotency-Key", node.name) from exc
         except BaseException:
             node.release()
             if conn is not None:
@@ -294,7 +300,8 @@ class Attempts:
         head = request_head(
             ex.method, ex.target, ex.raw_headers, client_ip=ex.client_ip, scheme=ex.scheme,
             node_host=node.host_header, request_id=ex.request_id,
-            content_length=ex.length if not ex.chunked else None, chunked=ex.chunked)
+            content_length=ex.length if not ex.chunked else None, chunked=ex.chunked,
+            trusted=ex.trusted)
         body = ex.body
         if body is None:
             conn.write(head)

@@ -22,7 +22,16 @@ class NoNode(Exception):
 
 class TryTimeout(TimeoutError):
     """One attempt got no answer within ``retries.per_try_timeout`` (the request's own
-    deadline had not passed); the message names the node and says why no retry followed."""
+    deadline had not passed). The message, which the client sees, says why no retry
+    followed; ``str()`` names the node too (for the log)."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.public = message
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.public}"
 
 
 class BodyTooLarge(Exception):
@@ -69,6 +78,9 @@ class Exchange:
     #: records where the entry goes, durably, before it goes).
     before_send: Callable[[Node], Awaitable[None]] | None = None
     body_consumed: bool = False
+    #: The peer is a trusted proxy, or this is a replay of what the gateway recorded: its
+    #: forwarding headers are believed (gateway.forwarding).
+    trusted: bool = False
     #: Why the gateway answered itself (for metrics): "no_node", "timeout", "upstream"...
     failure: str | None = None
 

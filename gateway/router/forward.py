@@ -28,7 +28,7 @@ class Forwarder:
         ex = Exchange(request_id, method, target, raw, "", "http", body, len(body),
                       False, self.router.idempotent(method, any(
                           k.lower() == "idempotency-key" for k, _ in headers)),
-                      prefer=prefer, before_send=before_send)
+                      prefer=prefer, before_send=before_send, trusted=True)
         conn, node = await self.router.send(ex)
         pool = self.router.pools[node]
         try:

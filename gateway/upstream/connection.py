@@ -5,17 +5,27 @@ Performance section, aiohttp's ClientSession costs about three times what the
 rest of a proxied request costs. The connection carries one exchange at a time
 and tells its failures apart precisely, because retry safety depends on it:
 was anything sent, and did any answer arrive?
+
+Exactly one response per request, as nginx's upstream keepalive does
+(``ngx_http_upstream_keepalive_close_handler``): a byte the node sends after a complete
+response, or while the connection sits idle in the pool, is a protocol violation. The
+connection is closed and never reused, so an extra response (a node that answers twice,
+or one desynchronised by a body it ignored) can never become another client's answer.
+A connection goes back to the pool only when its parser sits between messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Protocol, cast
 
 import httptools
 
 from gateway.stall import NodeSignal
+
+log = logging.getLogger("hagw.upstream")
 
 
 class Owner(Protocol):
@@ -32,6 +42,10 @@ class Owner(Protocol):
     def close_idle(self) -> None:
         """A reused connection broke before any answer: the idle ones are suspect."""
 
+#: A response head (status line and headers, interim answers included) larger than this
+#: is refused with a 502, as Envoy's max_response_headers_kb (60 KiB) and count (100) do.
+MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEADERS = 200
 #: Pause reading from the node while this much response body waits for the client.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -83,12 +97,32 @@ class InvalidResponse(UpstreamError):
     kind = "protocol"
 
 
+class _SecondResponse(Exception):
+    """Raised inside the parser: a message began after the exchange's response ended."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside the parser: the response head is over MAX_RESPONSE_HEAD(ERS)."""
+
+
+def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a response says where its body ends (Content-Length, or chunked last)."""
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            return True
+        if lower == b"transfer-encoding" and value.rsplit(b",", 1)[-1].strip().lower() \
+                == b"chunked":
+            return True
+    return False
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_body", "_body_size", "_body_waiter", "_drain_waiter", "_exc", "_head_waiter",
-        "_headers", "_interim", "_paused", "_write_paused", "closed", "complete", "exchanges",
-        "head_only", "headers", "idle_since", "keep_alive", "loop", "parser", "pool", "status",
-        "transport",
+        "_body", "_body_size", "_body_waiter", "_drain_waiter", "_exc", "_expecting",
+        "_head_fed", "_head_size", "_head_waiter", "_interim", "_paused", "_until_close",
+        "_write_paused", "closed", "complete", "exchanges", "head_only", "headers",
+        "idle_since", "keep_alive", "loop", "parser", "pool", "status", "stray", "transport",
     )
 
     def __init__(self, pool: Owner) -> None:
@@ -100,6 +134,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.exchanges = 0
+        #: The node sent bytes nobody asked for (after a complete response, or while idle):
+        #: the connection is closed and never reused.
+        self.stray = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reset_exchange()
@@ -117,6 +154,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._exc: BaseException | None = None
         self._interim = False
         self._paused = False
+        self._head_size = 0
+        #: Bytes received before the final response head was complete.
+        self._head_fed = 0
+        #: An exchange is on and its response is not complete: only now may bytes arrive.
+        self._expecting = False
+        #: The response's body ends when the node closes the connection (no framing).
+        self._until_close = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -126,20 +170,65 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.pool.signal.heard = self.loop.time()
+        if not self._expecting:
+            # Idle in the pool, or its response already complete: nobody asked for these.
+            self._protocol_violation(f"{len(data)} bytes arrived while no response was due",
+                                     logging.INFO if self.complete else logging.WARNING)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # A 101 without our asking: nothing sensible to do with the connection.
-            self.keep_alive = False
-            self.complete = True
-            self._wake()
-        except httptools.HttpParserError as exc:
-            self._fail(InvalidResponse(f"invalid response from the node: {exc}"))
+            # A 101 for a request that never asked to upgrade (this client never does).
+            self._fail(InvalidResponse("the node switched protocols (101) for a request "
+                                       "that did not ask to upgrade"))
             self.close()
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _SecondResponse):
+                self._protocol_violation("a second response followed a complete one")
+            elif isinstance(exc.__context__, _HeadTooLarge):
+                self._fail(InvalidResponse(f"the node's response head is over "
+                                           f"{MAX_RESPONSE_HEAD} bytes or "
+                                           f"{MAX_RESPONSE_HEADERS} headers"))
+                self.close()
+            else:  # pragma: no cover - a bug in a callback
+                self._fail(InvalidResponse(f"invalid response from the node: {exc}"))
+                self.close()
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                self._protocol_violation(f"bytes after a complete response ({exc})")
+            else:
+                self._fail(InvalidResponse(f"invalid response from the node: {exc}"))
+                self.close()
+            return
+        if not self.status and self._exc is None:
+            # Still no final head: one endless header line or interim answers would
+            # otherwise be buffered by the parser without bound.
+            self._head_fed += len(data)
+            if self._head_fed > MAX_RESPONSE_HEAD:
+                self._fail(InvalidResponse(f"the node's response head is over "
+                                           f"{MAX_RESPONSE_HEAD} bytes"))
+                self.close()
+
+    def _protocol_violation(self, what: str, level: int = logging.WARNING) -> None:
+        """Bytes the node had no business sending: the connection is never reused. A
+        response already complete is still delivered whole; one still due fails."""
+        self.stray = True
+        self.keep_alive = False
+        if not self.complete:
+            self._fail(InvalidResponse(f"invalid response from the node: {what}"))
+        log.log(level, "node %s: %s; connection closed, never reused", self.pool.name, what)
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        if self._until_close and self.status and not self.complete and exc is None:
+            # A response without Content-Length or chunked framing ends with the
+            # connection (RFC 9112 section 6.3): the close is its end, not a failure.
+            self.complete = True
+            self._expecting = False
+            self.keep_alive = False
+            self._wake()
         if not self.complete and self.exchanges > 1 and not self.status:
             self.pool.close_idle()
         if not self.complete:
@@ -168,21 +257,33 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_RESPONSE_HEAD or len(self.headers) >= MAX_RESPONSE_HEADERS:
+            raise _HeadTooLarge()
         self.headers.append((name, value))
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _SecondResponse()
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            return  # refused in data_received (HttpParserUpgrade), never forwarded
+        if 100 <= status < 200:
             # Interim answers (100 Continue, 103 Early Hints) are not forwarded.
             self._interim = True
             self.headers = []
             return
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
+        self._until_close = (not self.head_only and status not in (204, 304)
+                             and not _framed(self.headers))
         if self.head_only:
             # A HEAD answer has no body even if it announces one; llhttp cannot be told,
             # so the exchange ends here and the connection is not reused.
             self.complete = True
+            self._expecting = False
             self.keep_alive = False
         self._wake_head()
 
@@ -200,7 +301,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        if not self.status:
+            return  # the 101's (see on_headers_complete)
         self.complete = True
+        self._expecting = False
+        self._until_close = False
         self._wake()
 
     # -- wakeups -------------------------------------------------------------------------
@@ -232,6 +337,7 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, head_only: bool) -> None:
         self._reset_exchange()
         self.head_only = head_only
+        self._expecting = True
         self.exchanges += 1
 
     def write(self, data: bytes) -> None:
@@ -360,7 +466,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and self.usable and self._exc is None
+        """Back into the pool only between messages: the response complete, the node
+        willing, nothing stray heard, no failure."""
+        return (self.complete and self.keep_alive and not self.stray and self.usable
+                and self._exc is None)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -373,4 +482,5 @@ class UpstreamConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("idle" if self.complete or not self.exchanges
                                               else "busy")
-        return f"<UpstreamConnection {self.pool.name} {state} exchanges={self.exchanges}>"
+        stray = " stray" if self.stray else ""
+        return f"<UpstreamConnection {self.pool.name} {state}{stray} exchanges={self.exchanges}>"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from gateway.config.redact import redact_urls, shown_url
 from gateway.config.schema import DeployConfig
 from monitor.deploy.record import OUTPUT_LIMIT
 from monitor.versions import validate_version
@@ -133,7 +134,9 @@ async def call_webhook(session: aiohttp.ClientSession, config: DeployConfig,
             text = (await resp.text(errors="replace"))[-OUTPUT_LIMIT:]
             status = resp.status
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise ActionFailed(f"webhook {hook.url} failed: {exc or type(exc).__name__}",
+        # The URL may carry a token: records and events show its origin only.
+        raise ActionFailed(f"webhook {shown_url(hook.url)} failed: "
+                           f"{redact_urls(str(exc)) or type(exc).__name__}",
                            transient=True) from None
     if status >= 300:
         raise ActionFailed(f"webhook answered HTTP {status}", text,
@@ -178,5 +181,5 @@ async def run_action(session: aiohttp.ClientSession, config: DeployConfig,
 
 def describe(config: DeployConfig) -> str:
     if config.webhook is not None:
-        return f"webhook {config.webhook.url}"
+        return f"webhook {shown_url(config.webhook.url)}"
     return json.dumps(list(config.command)) if config.command else "none"

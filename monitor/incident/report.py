@@ -1,7 +1,13 @@
-"""The post-incident review skeleton, in Markdown, written from the incident record."""
+"""The post-incident review skeleton, in Markdown, written from the incident record.
+
+Everything that comes from people or from events (the title, conditions, timeline,
+notes) is text, never markup: no HTML tag can open, newlines cannot start a heading or
+a list of their own, and brackets cannot make a link or an image, whatever renders the
+review later."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from gateway.clock import strftime_utc
@@ -17,15 +23,27 @@ def _span(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(max(0.0, seconds))
 
 
+#: Backslashed: what could make a link or an image, end a table cell, or undo an escape.
+_MARKUP = re.compile(r"([\\\[\]|])")
+
+
+def _text(value: object) -> str:
+    """``value`` as Markdown text on one line: no HTML tag can open (``<`` is an entity;
+    ``->`` and ``R&D`` stay readable), no link, image or table cell either."""
+    flat = " ".join(str(value).split())
+    return _MARKUP.sub(r"\\\1", flat).replace("<", "&lt;")
+
+
 def render(incident: Incident) -> str:
     impact = incident.impact()
     total = impact["requests_total"]
     failed = impact["requests_failed"]
     share = f" ({failed / total:.2%} of {total})" if total else ""
     lines = [
-        f"# Post-incident review: {incident.title}",
+        f"# Post-incident review: {_text(incident.title)}",
         "",
-        f"- **Incident:** {incident.id} ({incident.severity} outage, {incident.status})",
+        f"- **Incident:** {_text(incident.id)} ({_text(incident.severity)} outage, "
+        f"{_text(incident.status)})",
         f"- **Started (first sign):** {_utc(incident.started_at)}",
         f"- **Detected (incident opened):** {_utc(incident.opened_at)}, "
         f"time to detect {_span(impact['detection_seconds'])}",
@@ -38,7 +56,7 @@ def render(incident: Incident) -> str:
         "",
         f"- Requests failed: {failed}{share}",
         f"- Error budget consumed: {impact['budget_consumed']:.2%} of the SLO window's budget",
-        "- Conditions: " + "; ".join(incident.causes),
+        "- Conditions: " + "; ".join(_text(c) for c in incident.causes),
         "",
         "## Timeline (UTC)",
         "",
@@ -46,12 +64,12 @@ def render(incident: Incident) -> str:
         "| --- | --- |",
     ]
     for entry in incident.timeline:
-        where = f" {entry['node']}:" if entry.get("node") else ""
-        message = str(entry["message"]).replace("|", "\\|")
+        where = f" {_text(entry['node'])}:" if entry.get("node") else ""
+        message = _text(entry["message"])
         lines.append(f"| {time.strftime('%H:%M:%S', time.gmtime(entry['at']))} |"
                      f"{where} {message} |")
     lines += ["", "## Notes", ""]
-    lines += [f"- {_utc(n['at'])} ({n.get('author', 'operator')}): {n['text']}"
+    lines += [f"- {_utc(n['at'])} ({_text(n.get('author', 'operator'))}): {_text(n['text'])}"
               for n in incident.notes] or ["- (none)"]
     lines += [
         "",

@@ -245,10 +245,13 @@ class MaintenanceManager:
         self.metrics.entries.labels("replayed" if entry.status == DONE else "failed").inc()
         self._oldest.pop(entry.seq, None)
         if entry.status != DONE:
-            self.events.publish(News("queue.failed", f"queued write {entry.ticket} "
-                                      f"({entry.method} {entry.target}) failed after "
-                                      f"{entry.attempts} attempts: {entry.error}",
-                                      level=logging.ERROR))
+            # Named by its number and request id: the ticket is its client's credential,
+            # and the query string may carry one too.
+            path = entry.target.split("?", 1)[0]
+            self.events.publish(News("queue.failed", f"queued write #{entry.seq} (request "
+                                      f"{entry.request_id or '-'}, {entry.method} {path}) "
+                                      f"failed after {entry.attempts} attempts: "
+                                      f"{entry.error}", level=logging.ERROR))
 
     def oldest_age(self) -> float:
         # Keys are in arrival order, so the first one is the oldest still waiting.
@@ -309,7 +312,7 @@ class MaintenanceManager:
             "recent": [w.to_json() for w in windows if w.status not in ("scheduled", ACTIVE)][-20:],
             "queue": {"depth": stats.depth, "queued": stats.queued,
                       "replaying": stats.replaying, "done": stats.done, "failed": stats.failed,
-                      "oldest_age_seconds": self.oldest_age(),
+                      "oldest_age_seconds": self.oldest_age(), "bytes": stats.bytes,
                       "replay_rate": self.replayer.rate()},
             "announcements": [asdict(d) for d in self.notifier.deliveries
                               if d.event.startswith("maintenance.")],

@@ -1,8 +1,10 @@
 """Replaying queued writes to the nodes, in arrival order.
 
 Each entry is marked ``replaying`` on disk before it is sent, so after a crash it
-is sent again with the same ``Idempotency-Key`` (the client's own, or its ticket
-id) and the backend can drop the duplicate. Transient failures (no answer, 502,
+is sent again with the same ``Idempotency-Key`` (the client's own, or one made for
+it, never its ticket) and the backend can drop the duplicate. The node gets the
+request id the write was queued with; logs and events name an entry by it, never by
+its ticket. Transient failures (no answer, 502,
 503, 504) are retried with backoff by tenacity; after ``max_attempts`` an entry
 ends ``failed``. A fleet with no serving node pauses the replay without using
 attempts: nothing is dropped because the nodes are still coming back.
@@ -21,9 +23,10 @@ from tenacity.wait import wait_exponential_jitter
 
 from gateway.config.schema import MaintenanceConfig
 from gateway.events import Event
+from gateway.headers import new_request_id
 from gateway.node import Node, NodeChanged
 from gateway.queue.store import DONE, FAILED, Entry, QueueStore
-from gateway.router import NoNode
+from gateway.router import NoNode, TryTimeout
 from gateway.upstream import UpstreamError
 from monitor.ports import ClusterView, Events, Forwarder, Spawn
 
@@ -35,6 +38,20 @@ REPLAY_BATCH = 256
 
 class Transient(Exception):
     pass
+
+
+def public_error(exc: Exception) -> str:
+    """Why a try failed, as the write's client may read it (at its ticket URL): the kind of
+    failure, never a node's name or address."""
+    if isinstance(exc, TryTimeout):
+        return f"TryTimeout: {exc.public}"
+    if isinstance(exc, NoNode):
+        return "NoNode: no node is available"
+    if isinstance(exc, UpstreamError) and not exc.sent:
+        return f"{type(exc).__name__}: no node could be reached"
+    if isinstance(exc, TimeoutError):
+        return "TimeoutError: no answer from a node in time"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +169,8 @@ class Replayer:
         except Exception as exc:
             # A bug or a store error must not stop the replay or strand the entry: it goes
             # back in line and the replay carries on after a pause.
-            log.exception("replaying %s failed unexpectedly; it stays queued", entry.ticket)
+            log.exception("replaying queued write #%d (request %s) failed unexpectedly; it "
+                          "stays queued", entry.seq, entry.request_id)
             await self.store.retry_later(entry, time.time(), f"internal error: {exc!r}")
             await asyncio.sleep(1.0)
 
@@ -172,8 +190,8 @@ class Replayer:
                     await self._attempt(entry, first_try)
         except Transient as exc:
             entry.status, entry.error = FAILED, str(exc)
-            log.warning("queued write %s failed after %d attempts: %s", entry.ticket,
-                        entry.attempts, exc)
+            log.warning("queued write #%d (request %s) failed after %d attempts: %s",
+                        entry.seq, entry.request_id, entry.attempts, exc)
         entry.finished = time.time()
         self._recent.append(time.monotonic())
         for future in self._waiters.pop(entry.ticket, []):
@@ -199,10 +217,14 @@ class Replayer:
 
         try:
             status, answer, body = await self.forwarder.forward(
-                entry.method, entry.target, headers, entry.body, request_id=entry.ticket,
+                entry.method, entry.target, headers, entry.body,
+                request_id=entry.request_id or new_request_id(),
                 prefer=entry.node, before_send=before_send)
         except (UpstreamError, TimeoutError, NoNode) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            # The ticket's status shows the error to its client: no node's name or address.
+            error = public_error(exc)
+            log.info("queued write #%d (request %s): %s", entry.seq, entry.request_id,
+                     f"{type(exc).__name__}: {exc}")
             await self.store.retry_later(entry, time.time(), error)
             raise Transient(error) from None
         if status in TRANSIENT_STATUSES:

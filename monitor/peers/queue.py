@@ -66,6 +66,7 @@ from gateway.queue.store import (
     QueueFull,
     QueueStats,
     SqliteQueue,
+    stored_result_headers,
 )
 from monitor.peers.connection import PeerLink, PeersUnavailable
 from monitor.peers.fence import CHECK, Fence, fence_args, fence_keys, stale
@@ -513,7 +514,8 @@ class RedisQueue:
         args: list[EncodableT] = [self.keys.entry_prefix]
         for e in entries:
             args += [e.ticket, e.status, "" if e.result_status is None else e.result_status,
-                     "" if e.result_headers is None else json.dumps(e.result_headers),
+                     "" if e.result_headers is None
+                     else json.dumps(stored_result_headers(e.result_headers)),
                      "0" if e.result_body is None else "1", e.result_body or b"",
                      e.error or "", repr(e.finished or time.time())]
         return args

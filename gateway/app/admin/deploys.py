@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from gateway.app.admin.core import GATEWAY, BadInput, error_json, field, json_response, read_json
+from gateway.app.admin.core import (
+    GATEWAY,
+    BadInput,
+    authenticated,
+    error_json,
+    field,
+    json_response,
+    read_json,
+)
 from monitor.deploy.runner import DeployConflict, DeployNotFound, DeployRefused, DeployUnchanged
 from monitor.versions import validate_version
 
@@ -39,6 +49,22 @@ async def list_deploys(request: web.Request) -> web.Response:
     return json_response({"deploys": [r.summary() for r in gw.deploys.history()]})
 
 
+#: What an unauthenticated read sees instead of a step's output.
+HIDDEN_OUTPUT = "[hidden: deploy output needs Authorization: Bearer <admin or read token>]"
+
+
+def shown(request: web.Request, record: dict[str, Any]) -> dict[str, Any]:
+    """A deploy record as this request may read it: what the deploy commands printed (they
+    may print anything, secrets included) only with a token."""
+    if authenticated(request):
+        return record
+    for run in record.get("nodes", {}).values():
+        for step in run.get("steps", []):
+            if step.get("output"):
+                step["output"] = HIDDEN_OUTPUT
+    return record
+
+
 async def get_deploy(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     deploy_id = request.match_info["id"]
@@ -46,9 +72,9 @@ async def get_deploy(request: web.Request) -> web.Response:
         history = gw.deploys.history()
         if not history:
             return error_json(404, "not_found", "no deploy has run yet")
-        return json_response(history[0].to_json())
+        return json_response(shown(request, history[0].to_json()))
     try:
-        return json_response(gw.deploys.get(deploy_id).to_json())
+        return json_response(shown(request, gw.deploys.get(deploy_id).to_json()))
     except DeployNotFound:
         return error_json(404, "not_found", f"no deploy {deploy_id!r}")
 

@@ -90,7 +90,10 @@ async def resolve(request: web.Request) -> web.Response:
 
 
 async def report(request: web.Request) -> web.Response:
-    return web.Response(text=render(_find(request)), content_type="text/markdown")
+    # Text for people and tools; never sniffed or run as a page.
+    return web.Response(text=render(_find(request)), content_type="text/markdown", headers={
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox"})
 
 
 def add_routes(app: web.Application) -> None:

@@ -12,6 +12,7 @@ from gateway import __version__
 from gateway.app.admin.core import GATEWAY, BadInput, field, json_response, node_or_404, read_json
 from gateway.app.parts import RESTART_KEYS
 from gateway.config import ConfigError
+from gateway.config.redact import redact_urls
 
 
 async def index(request: web.Request) -> web.Response:
@@ -91,7 +92,9 @@ async def events(request: web.Request) -> web.Response:
         raise BadInput("since and limit must be whole numbers") from None
     picked = gw.events.since(after, max(0, min(limit, 1000)), request.query.get("kind"),
                              request.query.get("node"))
-    return json_response({"events": [e.to_json() for e in picked]})
+    # A URL in an event (a webhook's, a notifier's) may carry a token: its origin only.
+    return json_response({"events": [{**e.to_json(), "message": redact_urls(e.message)}
+                                     for e in picked]})
 
 
 async def reload_config(request: web.Request) -> web.Response:

@@ -40,7 +40,7 @@ class AdminClient:
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        if method not in ("GET", "HEAD") and self.token:
+        if self.token:  # reads need it too with admin.read_token, and show deploy output
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
