@@ -136,6 +136,25 @@ async def test_every_read_command_speaks_json(backends: Any, gateway: Any,
     assert "REQ/S" in result.stdout and "P99" in result.stdout
 
 
+async def test_status_shows_each_component(backends: Any, gateway: Any,
+                                           tmp_path: Path) -> None:
+    nodes = await backends(3)
+    gw = await gateway([b.url for b in nodes], min_healthy=1, nodes=[
+        {"name": f"node-{i + 1}", "url": b.url, "zone": zone}
+        for i, (b, zone) in enumerate(zip(nodes, ["eu-1", "eu-1", "us-1"], strict=True))])
+    config = tmp_path / "gateway.yaml"
+    write_cli_config(config, [b.url for b in nodes], gw.admin_address[1])
+    nodes[2].fault(health="fail")
+    async with asyncio.timeout(5):
+        while gw.cluster.get("node-3").serving or not gw.cluster.get("node-1").serving:
+            await asyncio.sleep(0.02)
+    result = await asyncio.to_thread(hagw, "status", config=config)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("component")]
+    assert lines == ["component     eu-1: Operational (2/2 serving)",
+                     "component     us-1: Major outage (0/1 serving)"]
+
+
 async def test_incident_updates_ack_and_resolve(backends: Any, gateway: Any,
                                                 tmp_path: Path) -> None:
     gw, config = await live(backends, gateway, tmp_path)

@@ -97,6 +97,16 @@ limits: {max_body: 10MB, max_header: 16KB, client_header_timeout: 10s}
      "maintenance.max_client_queued_bytes: expected a size like 16KB"),
     ("maintenance: {queue_rate_limit: {rate: 0}}",
      "maintenance.queue_rate_limit.rate: expected a value above zero"),
+    ("status: {components: [{name: API, zones: [mars-1]}]}",
+     "gateway.yaml:5: status.components[0].zones[0]: no node has zone 'mars-1'"),
+    ("status: {components: [{name: API, nodes: [node-9]}]}",
+     "status.components[0].nodes[0]: no node named 'node-9'"),
+    ("status: {components: [{name: API}]}",
+     "status.components[0].zones: component 'API' has no zones and no nodes"),
+    ("status: {components: [{name: ' ', nodes: [node-1]}]}",
+     "status.components[0].name: expected a name of 1 to 100 characters"),
+    ("status: {components: [{name: A, nodes: [node-1]}, {name: A, nodes: [node-1]}]}",
+     "status.components[1].name: duplicate component name 'A' (also components[0])"),
 ])
 def test_errors_name_file_line_key_and_expectation(snippet: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

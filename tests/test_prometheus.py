@@ -30,6 +30,7 @@ import yaml
 
 from bench.processes import free_port
 from tests.conftest import require_tool
+from tests.readme import sections, slug
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "configs" / "prometheus"
@@ -163,6 +164,45 @@ def test_alerts_have_severity_and_annotations() -> None:
                 assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
                 assert rule["annotations"]["summary"], rule["alert"]
                 assert rule["annotations"]["description"], rule["alert"]
+
+
+#: Where runbook_url points (README "Runbooks"); operators replace it with their own copy.
+RUNBOOK_BASE = "https://hagw.example/README.md"
+
+
+def test_slugs_are_githubs() -> None:
+    assert slug("HagwNodeDown") == "hagwnodedown"
+    assert slug("Several gateways: shared state on Redis") == \
+        "several-gateways-shared-state-on-redis"
+    assert slug("Logs, access log and tracing") == "logs-access-log-and-tracing"
+    assert slug("Stalled nodes, detected from live traffic") == \
+        "stalled-nodes-detected-from-live-traffic"
+    assert list(sections("# A\n## A\n```\n# not a heading\n```\n")) == ["a", "a-1"]
+
+
+def test_every_alert_has_a_runbook_in_the_readme() -> None:
+    """runbook_url on every alert, to a README section that exists and says what the alert
+    means, what to check and what to do."""
+    readme = sections()
+    alerts = [rule for group in yaml.safe_load(RULES.read_text())["groups"]
+              for rule in group["rules"] if "alert" in rule]
+    assert len(alerts) >= 10
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url")
+        assert url, f"{rule['alert']} has no runbook_url"
+        base, _, anchor = url.partition("#")
+        assert base == RUNBOOK_BASE, url
+        assert anchor == slug(rule["alert"]), url
+        assert anchor in readme, f"{rule['alert']}: README has no section #{anchor}"
+        body = readme[anchor]
+        for part in ("**Means.**", "**Check.**", "**Do.**"):
+            assert part in body, f"README #{anchor} has no {part}"
+        assert len(body.split()) > 60, f"README #{anchor} says too little"
+    # Every runbook is for an alert that exists (none left behind by a rename).
+    runbooks = readme["runbooks"]
+    assert runbooks
+    listed = [a for a in readme if a.startswith("hagw") and "**Means.**" in readme[a]]
+    assert sorted(listed) == sorted(slug(rule["alert"]) for rule in alerts)
 
 
 def test_promtool_check_config() -> None:

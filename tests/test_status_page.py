@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import random
 import re
@@ -464,6 +465,107 @@ async def test_an_operator_update_is_rendered_on_the_public_page(
     assert updates[0].one(cls="utext").text == "A bad config push; rolling it back now."
     assert "every node is out of rotation" not in public.text  # the internal cause
     assert "identified" in item.one(cls="status").text
+
+
+# -- components ---------------------------------------------------------------------------
+
+
+def components(dom: Element) -> dict[str, Element]:
+    return {li.attrs["data-component"]: li for li in dom.all("li", cls="component")}
+
+
+async def test_components_show_each_group_of_nodes_with_its_own_state(
+        backends: Any, gateway: Any, http: aiohttp.ClientSession, browser: Browser) -> None:
+    """Statuspage's components: configured groups (two zones and a named node), each with
+    the state of its own nodes, on the admin page and, without node names, the public one."""
+    nodes = await backends(5, version="v7.7.7")
+    zones = ["eu-central-1a", "eu-central-1a", "eu-west-1a", "eu-west-1a", None]
+    gw = await gateway(
+        [b.url for b in nodes], min_healthy=1, status={"public": True, "components": [
+            {"name": "API (Frankfurt)", "zones": ["eu-central-1a"]},
+            {"name": "API (Dublin)", "zones": ["eu-west-1a"]},
+            {"name": "Reports <beta> & co", "nodes": ["node-5"]}]},
+        nodes=[{"name": f"node-{i + 1}", "url": b.url, **({"zone": z} if z else {})}
+               for i, (b, z) in enumerate(zip(nodes, zones, strict=True))])
+    await wait_for(lambda: all(n.state is NodeState.HEALTHY for n in gw.cluster), timeout=5)
+    # Dublin: both nodes fail their health checks. Frankfurt: one node reports warn.
+    # Reports: its only node drained by an operator (planned).
+    nodes[2].fault(health="fail")
+    nodes[3].fault(health="fail")
+    nodes[1].fault(health="warn")
+    async with http.post(f"{gw.admin_url}/nodes/node-5/drain", headers=auth(),
+                         json={"reason": "reindex"}) as resp:
+        assert resp.status == 200, await resp.text()
+    await wait_for(lambda: [n.state for n in gw.cluster] == [
+        NodeState.HEALTHY, NodeState.WARNING, NodeState.UNHEALTHY, NodeState.UNHEALTHY,
+        NodeState.DRAINING], timeout=10, what="the faults seen")
+
+    public_url = f"{gw.traffic_url}{gw.config.status.path}"
+    public, admin = await asyncio.gather(browser.load(public_url, "components-public"),
+                                         browser.load(f"{gw.admin_url}/status",
+                                                      "components-admin"))
+    expected = {"API (Frankfurt)": ("degraded", "Degraded performance"),
+                "API (Dublin)": ("major_outage", "Major outage"),
+                "Reports <beta> & co": ("maintenance", "Under maintenance")}
+    for dom in (public, admin):
+        shown = components(dom)
+        assert list(shown) == list(expected)  # in the config's order
+        for name, (state, text) in expected.items():
+            assert shown[name].attrs["data-state"] == state
+            assert shown[name].one(cls="cstate").text == text
+            assert shown[name].one(cls="cname").text.startswith(name)
+        # The page's own state is the service's: degraded, not the worst component's.
+        assert banner(dom)[0] == "degraded"
+    members = {name: li.one(cls="members").text for name, li in components(admin).items()}
+    assert members == {"API (Frankfurt)": "node-1, node-2 \u00b7 1/2 serving",
+                       "API (Dublin)": "node-3, node-4 \u00b7 0/2 serving",
+                       "Reports <beta> & co": "node-5 \u00b7 0/1 serving"}
+    assert public.all(cls="members") == []
+
+    async with http.get(public_url) as resp:
+        public_html = await resp.text()
+    assert "Reports &lt;beta&gt; &amp; co" in public_html  # escaped, never markup
+    data = await get_json(http, f"{public_url}.json")
+    assert data["components"] == [
+        {"name": "API (Frankfurt)", "state": "degraded", "state_text": "Degraded performance",
+         "serving": 1, "nodes": 2},
+        {"name": "API (Dublin)", "state": "major_outage", "state_text": "Major outage",
+         "serving": 0, "nodes": 2},
+        {"name": "Reports <beta> & co", "state": "maintenance",
+         "state_text": "Under maintenance", "serving": 0, "nodes": 1}]
+    secrets = ["127.0.0.1", *(f":{b.port}" for b in nodes), "node-", "v7.7.7", "eu-central",
+               "eu-west", "reindex", "health endpoint"]
+    for text in (public_html, json.dumps(data), public.text):
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"the public page shows {leaked}"
+
+
+async def test_components_default_to_one_per_zone(backends: Any, gateway: Any,
+                                                  http: aiohttp.ClientSession,
+                                                  browser: Browser) -> None:
+    nodes = await backends(4)
+    zones = ["b", "a", "a", None]
+    gw = await gateway([b.url for b in nodes], min_healthy=1, nodes=[
+        {"name": f"node-{i + 1}", "url": b.url, **({"zone": z} if z else {})}
+        for i, (b, z) in enumerate(zip(nodes, zones, strict=True))])
+    await wait_for(lambda: all(n.state is NodeState.HEALTHY for n in gw.cluster), timeout=5)
+    nodes[1].fault(health="fail")  # one of zone a's two nodes: half of it is out
+    await wait_for(lambda: node(gw, "node-2").state is NodeState.UNHEALTHY, timeout=5)
+
+    dom = await browser.dom(f"{gw.admin_url}/status")
+
+    shown = components(dom)
+    assert {name: li.attrs["data-state"] for name, li in shown.items()} == {
+        "a": "partial_outage", "b": "operational", "Other": "operational"}
+    assert list(shown) == ["a", "b", "Other"]  # zones by name, nodes without one last
+    assert shown["a"].one(cls="members").text == "node-2, node-3 \u00b7 1/2 serving"
+
+    # A fleet without zones has no components section.
+    plain = await gateway([b.url for b in nodes[:2]])
+    data = await get_json(http, f"{plain.admin_url}/status.json")
+    assert data["components"] == []
+    async with http.get(f"{plain.admin_url}/status") as resp:
+        assert 'class="components"' not in await resp.text()
 
 
 # -- the README screenshot --------------------------------------------------------------

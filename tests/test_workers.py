@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import feedparser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -365,6 +367,59 @@ async def test_once_a_drain_answers_no_worker_sends_the_node_a_request(
     await gw.metrics()  # a scrape collects every worker's counts
     workers = (await gw.processes())["workers"]
     assert all(w["requests"] > 0 for w in workers), workers
+
+
+async def test_workers_serve_the_public_page_its_json_and_its_feed(
+        backends: Any, supervised: Any, http: aiohttp.ClientSession) -> None:
+    """The supervisor has the state and renders; each worker asks for the page over its
+    channel (gateway.app.worker.RemotePage), for every format."""
+    nodes: list[Backend] = await backends(3)
+    gw: Supervised = await supervised(
+        [b.url for b in nodes], status={"public": True},
+        nodes=[{"name": f"node-{i + 1}", "url": b.url, "zone": zone}
+               for i, (b, zone) in enumerate(zip(nodes, ["a", "a", "b"], strict=True))])
+    status, window = await gw.admin("POST", "/maintenance", {
+        "start": "+2h", "duration": "45m", "reason": "db upgrade"})
+    assert status == 201, window
+
+    async def feed() -> Any:
+        async with http.get(f"{gw.traffic_url}/_status.atom") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "application/atom+xml; charset=utf-8"
+            parsed = feedparser.parse(await resp.read(), response_headers={
+                "content-type": resp.headers["Content-Type"],
+                "content-location": str(resp.url)})
+        assert not parsed.bozo, parsed.get("bozo_exception")
+        return parsed
+
+    # A worker may hold a page rendered before the window for up to RemotePage.MAX_AGE.
+    deadline = time.monotonic() + 10
+    while not (parsed := await feed()).entries:
+        assert time.monotonic() < deadline, "the window never reached the workers' feed"
+        await asyncio.sleep(0.2)
+    assert [e.title for e in parsed.entries] == ["Scheduled maintenance: db upgrade"]
+    assert parsed.entries[0].link == f"{gw.traffic_url}/_status#maintenance-{window['id']}"
+
+    # On new connections, so both workers answer some: every format from every worker.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async def get(path: str) -> tuple[int, str, bytes]:
+            async with client.get(f"{gw.traffic_url}{path}") as resp:
+                return resp.status, resp.headers["Content-Type"], await resp.read()
+        answers = await asyncio.gather(*(get(path) for path in
+                                         ["/_status", "/_status.json", "/_status.atom"] * 10))
+    assert {(status, kind) for status, kind, _ in answers} == {
+        (200, "text/html; charset=utf-8"), (200, "application/json"),
+        (200, "application/atom+xml; charset=utf-8")}
+    html = next(body for _, kind, body in answers if kind.startswith("text/html")).decode()
+    assert 'data-component="a"' in html and 'href="/_status.atom"' in html
+    data = json.loads(next(body for _, kind, body in answers if kind == "application/json"))
+    assert [(c["name"], c["state"]) for c in data["components"]] == [
+        ("a", "operational"), ("b", "operational")]
+    assert "node-1" not in html + json.dumps(data)
+    # The admin listener (the supervisor itself) has the feed too.
+    async with http.get(f"{gw.admin_url}/status.atom") as resp:
+        assert resp.status == 200 and b"db upgrade" in await resp.read()
 
 
 # -- state up: accounting and rate limits ---------------------------------------------------

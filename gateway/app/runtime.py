@@ -36,14 +36,11 @@ class Gateway(Parts):
         super().__init__(config, config_path=config_path, clock=clock,
                          data_registry=data_registry)
         # The public status page answers even during maintenance, so it comes first.
-        async def html() -> Answer:
-            return status_routes.public_html(self)
-
-        async def json() -> Answer:
-            return status_routes.public_json(self)
+        async def page(kind: str) -> Answer:
+            return status_routes.public_page(self, kind)
 
         self.traffic.local_routes.insert(0, PublicPage(
-            lambda: self.config.status.public, lambda: self.config.status.path, html, json))
+            lambda: self.config.status.public, lambda: self.config.status.path, page))
         self.traffic_server: TrafficServer | None = None
         self.admin_runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None

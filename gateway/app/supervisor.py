@@ -188,10 +188,8 @@ class WorkerHub:
             elif kind == "replay":
                 gw.maintenance.replayer.ensure_running()
             elif kind == "page":
-                kind = message["kind"]
-                render = (status_routes.public_html if kind == "html"
-                          else status_routes.public_json)
-                self._send(handle, page_to_json(kind, render(gw)))
+                kind = str(message["kind"])
+                self._send(handle, page_to_json(kind, status_routes.public_page(gw, kind)))
             elif kind == "watch":
                 gw.tasks(self._watch(handle, message["ticket"], float(message["timeout"])),
                          name="watch ticket")

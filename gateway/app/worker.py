@@ -160,17 +160,10 @@ class Worker:
                               publish=self.bus.publish,
                               client_tls=upstream_tls(config, clock))
         self.data.traffic.admission.share()
-        self.page = page = RemotePage(self)
+        self.page = RemotePage(self)
         status = config.status
-
-        async def html() -> Answer:
-            return await page.get("html")
-
-        async def json() -> Answer:
-            return await page.get("json")
-
         self.data.traffic.local_routes.insert(0, PublicPage(
-            lambda: status.public, lambda: status.path, html, json))
+            lambda: status.public, lambda: status.path, self.page.get))
         self.tasks = Tasks()
         self.ejections = EjectionTimer(self.cluster)
         self.server: TrafficServer | None = None

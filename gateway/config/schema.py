@@ -743,19 +743,49 @@ class IncidentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ComponentConfig:
+    """A component of the status page (Statuspage's word): a group of nodes shown with a
+    state of its own. Its nodes are those of ``zones`` plus those named in ``nodes``."""
+
+    #: What people see, on the public page too: "API (Europe)", not a host name.
+    name: str
+    zones: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if not self.name.strip() or len(self.name) > 100:
+            raise FieldProblem("name", "expected a name of 1 to 100 characters, found "
+                                       f"{self.name!r}")
+        if not self.zones and not self.nodes:
+            raise FieldProblem("zones", f"component {self.name!r} has no zones and no nodes; "
+                                        "expected at least one of them")
+
+
+@dataclass(frozen=True, slots=True)
 class StatusConfig:
     """The status page: always on the admin listener, optionally on the traffic listener."""
 
-    #: Also serve the public (service-level) page on the traffic listener at ``path``.
+    #: Also serve the public (service-level) page on the traffic listener at ``path``
+    #: (HTML), ``path.json`` and the Atom feed ``path.atom``.
     public: bool = False
     path: str = "/_status"
     title: str = "Service status"
     #: How often the page reloads itself.
     refresh: Duration = field(default=30.0, metadata=positive)
+    #: The groups of nodes shown with their own state. None given: one per zone (named
+    #: after it), when nodes have zones.
+    components: tuple[ComponentConfig, ...] = ()
 
     def validate(self) -> None:
         if not self.path.startswith("/") or self.path.endswith("/"):
             raise FieldProblem("path", f"expected a path like /_status, found {self.path!r}")
+        seen: dict[str, int] = {}
+        for i, component in enumerate(self.components):
+            other = seen.setdefault(component.name, i)
+            if other != i:
+                raise FieldProblem(f"components.{i}.name", f"duplicate component name "
+                                                           f"{component.name!r} (also "
+                                                           f"components[{other}])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -913,6 +943,16 @@ class GatewayConfig:
             for j, name in enumerate(window.nodes):
                 if name not in seen:
                     raise FieldProblem(f"maintenance.windows.{i}.nodes.{j}",
+                                       f"no node named {name!r}")
+        zones = {node.zone for node in self.nodes if node.zone is not None}
+        for i, component in enumerate(self.status.components):
+            for j, zone in enumerate(component.zones):
+                if zone not in zones:
+                    raise FieldProblem(f"status.components.{i}.zones.{j}",
+                                       f"no node has zone {zone!r}")
+            for j, name in enumerate(component.nodes):
+                if name not in seen:
+                    raise FieldProblem(f"status.components.{i}.nodes.{j}",
                                        f"no node named {name!r}")
         if self.tls is not None and self.tls.http_redirect == self.listen:
             raise FieldProblem("tls.http_redirect", f"{self.listen} is the traffic listener "

@@ -23,18 +23,22 @@ class LocalRoute(Protocol):
         after all."""
 
 
+#: The public status page's formats: what follows ``status.path`` in the request path, and
+#: the kind of page the renderer is asked for.
+PAGE_FORMATS = {"": "html", ".json": "json", ".atom": "atom"}
+
+
 class PublicPage:
-    """Serves a page at ``path`` (HTML) and ``path + ".json"`` on the traffic listener, from
-    renderers the composition root provides (the public status page: rendered in this
-    process, or asked of the supervisor by a worker)."""
+    """Serves a page at ``path`` (HTML), ``path.json`` and ``path.atom`` (its Atom feed) on
+    the traffic listener, from a renderer the composition root provides (the public status
+    page: rendered in this process, or asked of the supervisor by a worker), called with
+    the kind of ``PAGE_FORMATS``."""
 
     def __init__(self, enabled: Callable[[], bool], path: Callable[[], str],
-                 html: Callable[[], Awaitable[Answer]],
-                 json: Callable[[], Awaitable[Answer]]) -> None:
+                 render: Callable[[str], Awaitable[Answer]]) -> None:
         self._enabled = enabled
         self._path = path
-        self._html = html
-        self._json = json
+        self._render = render
 
     def matches(self, request: Request) -> bool:
         return self._enabled() and request.path.startswith(self._path())
@@ -44,11 +48,10 @@ class PublicPage:
         if request.method not in ("GET", "HEAD"):
             return None
         path = self._path()
-        if request.path == path:
-            return await self._html(), None
-        if request.path == path + ".json":
-            return await self._json(), None
-        return None
+        kind = PAGE_FORMATS.get(request.path[len(path):])
+        if kind is None:
+            return None
+        return await self._render(kind), None
 
     def __repr__(self) -> str:
         return f"<PublicPage {self._path()} enabled={self._enabled()}>"

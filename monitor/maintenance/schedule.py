@@ -37,6 +37,9 @@ class Window:
     announced: list[str] = field(default_factory=list)
     started_at: float | None = None
     ended_at: float | None = None
+    #: When it was scheduled and, if so, cancelled (None in records from before 0.2).
+    created_at: float | None = None
+    cancelled_at: float | None = None
 
     @property
     def whole_fleet(self) -> bool:
@@ -45,6 +48,13 @@ class Window:
     @property
     def scope(self) -> str:
         return "whole fleet" if self.whole_fleet else ", ".join(self.nodes)
+
+    @property
+    def updated_at(self) -> float:
+        """Its last change: scheduled, started, ended or cancelled."""
+        times = [t for t in (self.created_at, self.started_at, self.ended_at,
+                             self.cancelled_at) if t is not None]
+        return max(times) if times else self.start
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -100,7 +110,7 @@ class Schedule:
                 raise ValueError(f"overlaps window {clash.id} ({iso(clash.start)} to "
                                  f"{iso(clash.end)}, {clash.scope}): cancel or end it first")
         window = Window(window_id or f"mw-{secrets.token_hex(3)}", start, start + duration,
-                        reason, tuple(nodes), source)
+                        reason, tuple(nodes), source, created_at=now)
         # Reminders whose time has already passed are not sent late; "scheduled" covers them.
         window.announced = [f"before:{lead:g}" for lead in self.lead_times
                             if start - lead <= now]
@@ -128,6 +138,7 @@ class Schedule:
             raise ValueError(f"window {window_id} is {window.status}; only a scheduled window "
                              f"can be cancelled (end an active one)")
         window.status = CANCELLED
+        window.cancelled_at = self.clock.time()
         return window
 
     def end_now(self, window_id: str) -> Window:
@@ -190,6 +201,11 @@ class Schedule:
     def upcoming(self) -> list[Window]:
         return sorted((w for w in self.windows.values() if w.status == SCHEDULED),
                       key=lambda w: w.start)
+
+    def recent(self, limit: int = 10) -> list[Window]:
+        """Ended and cancelled windows, the latest change first."""
+        done = (w for w in self.windows.values() if w.status in (ENDED, CANCELLED))
+        return sorted(done, key=lambda w: w.updated_at, reverse=True)[:limit]
 
     def fleet_window(self) -> Window | None:
         """The active whole-fleet window, if any."""

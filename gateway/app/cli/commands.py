@@ -275,6 +275,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     cap = data["capacity"]
     print(f"nodes         {cap['serving']}/{cap['nodes']} serving (min_healthy "
           f"{cap['min_healthy']})")
+    for component in data.get("components") or []:
+        shade = {"operational": "32", "degraded": "33", "maintenance": "34"}.get(
+            component["state"], "31")
+        print(f"component     {component['name']}: "
+              f"{style.paint(component['state_text'], shade)} "
+              f"({component['serving']}/{component['nodes']} serving)")
     print(table(node_rows(data["nodes"], wide=wide),
                 NODE_WIDE_HEADERS if wide else NODE_HEADERS, style, colour_col=1))
     deploy = data.get("deploy")

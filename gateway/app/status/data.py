@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.app.parts import Parts
+from gateway.app.status.components import components, components_json
 from gateway.clock import strftime_utc
 from gateway.maintenance import Phase
 from gateway.node import PLANNED_STATES
@@ -52,6 +53,7 @@ def _window_json(window: Any, now: float, public: bool) -> dict[str, Any]:
     data = window.to_json()
     keep = {"id", "start", "end", "start_iso", "end_iso", "reason", "status", "scope"}
     out = {k: v for k, v in data.items() if k in keep}
+    out["updated_at"] = window.updated_at
     out["starts_in"] = max(0.0, window.start - now)
     out["ends_in"] = max(0.0, window.end - now)
     if public:
@@ -75,19 +77,31 @@ def _incident_json(incident: Any, public: bool) -> dict[str, Any]:
     return data
 
 
+def links(gw: Parts, *, public: bool) -> dict[str, str]:
+    """Where the page and its other formats are: on the traffic listener at status.path
+    (public), on the admin listener at /status."""
+    page = gw.config.status.path if public else "/status"
+    return {"html": page, "json": f"{page}.json", "atom": f"{page}.atom"}
+
+
 def status_data(gw: Parts, *, public: bool,
                 stats: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     now = gw.clock.time()
     slo = gw.slo
     state = overall_state(gw)
     nodes = list(gw.cluster)
+    schedule = gw.maintenance.schedule
     data: dict[str, Any] = {
         "generated_at": now,
         "title": gw.config.status.title,
         "public": public,
         "refresh_seconds": gw.config.status.refresh,
+        "links": links(gw, public=public),
         "state": state,
         "state_text": STATES[state],
+        "components": components_json(components(gw.config), {n.name: n for n in nodes},
+                                      fleet_planned=gw.maintenance.mode.phase.planned,
+                                      public=public),
         "slo": {
             "target": slo.config.target,
             "window_days": slo.config.window / 86400,
@@ -111,9 +125,10 @@ def status_data(gw: Parts, *, public: bool,
                      "min_healthy": gw.cluster.floor},
         "maintenance": {
             "mode": gw.maintenance.mode.phase.value,
-            "active": [_window_json(w, now, public) for w in gw.maintenance.schedule.active()],
-            "upcoming": [_window_json(w, now, public)
-                         for w in gw.maintenance.schedule.upcoming()],
+            "active": [_window_json(w, now, public) for w in schedule.active()],
+            "upcoming": [_window_json(w, now, public) for w in schedule.upcoming()],
+            # Ended and cancelled ones, for the feed.
+            "recent": [_window_json(w, now, public) for w in schedule.recent(10)],
         },
         "incidents": {
             "open": [_incident_json(i, public) for i in gw.incidents.tracker.recent(50)

@@ -5,8 +5,11 @@ Hooks for tests and scrapers (keep them stable): ``#overall[data-state]``,
 ``.metric[data-window]``, ``#target``, ``#budget[data-value]``, ``svg.uptime
 rect.day[data-date]`` with a ``<title>`` each, ``li.window[data-window-id]`` with
 ``.when`` and ``<time datetime>``, ``li.incident[data-incident-id]`` with
-``li.update[data-status]``, ``#capacity``
-(public) and ``tr.node[data-node][data-state]`` with ``.addr`` and ``.reason`` (admin).
+``li.update[data-status]``, ``li.component[data-component][data-state]`` with
+``.cstate`` (and ``.members``, admin), ``a#feed`` and ``link[rel=alternate]`` (the Atom
+feed), ``#capacity`` (public) and ``tr.node[data-node][data-state]`` with ``.addr`` and
+``.reason`` (admin). Incidents and windows carry ``id="incident-ID"`` and
+``id="maintenance-ID"``, which the feed's entries link to.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ _COLOURS = {"operational": "#15803d", "degraded": "#a16207", "partial_outage": "
 _NODE_COLOURS = {"HEALTHY": "#16a34a", "WARNING": "#ca8a04", "UNHEALTHY": "#dc2626",
                  "EJECTED": "#dc2626", "DRAINING": "#0891b2", "MAINTENANCE": "#2563eb",
                  "STARTING": "#6366f1"}
+#: Component dots, by component state (gateway.app.status.components).
+_COMPONENT_COLOURS = {"operational": "#16a34a", "degraded": "#ca8a04",
+                      "partial_outage": "#ea580c", "major_outage": "#dc2626",
+                      "maintenance": "#2563eb"}
 #: Day bars: at or above target, within 10x the allowed error, worse, no traffic.
 _BAR_COLOURS = {"good": "#16a34a", "warn": "#ca8a04", "bad": "#dc2626", "nodata": "#d1d5db"}
 #: Small inline icons for the banner (24x24, stroked in currentColor).
@@ -185,6 +192,25 @@ def _availability(data: dict[str, Any]) -> str:
       {_uptime_svg(days, target)}{legend}""")
 
 
+def _components(data: dict[str, Any]) -> str:
+    items = data.get("components") or []
+    if not items:
+        return ""
+    rows = []
+    for c in items:
+        members = ""
+        if "members" in c:  # the admin view names the nodes
+            members = (f'<span class="members muted">{_e(", ".join(c["members"]))} &middot; '
+                       f'{c["serving"]}/{c["nodes"]} serving</span>')
+        rows.append(
+            f'<li class="component" data-component="{_e(c["name"])}" '
+            f'data-state="{_e(c["state"])}"><span class="cname">{_e(c["name"])}{members}'
+            f'</span><span class="cstate"><span class="dot" style="background:'
+            f'{_COMPONENT_COLOURS.get(c["state"], "#6b7280")}"></span>{_e(c["state_text"])}'
+            f"</span></li>")
+    return _section("Components", f'<ul class="components">{"".join(rows)}</ul>')
+
+
 def _maintenance(data: dict[str, Any]) -> str:
     windows = data["maintenance"]["active"] + data["maintenance"]["upcoming"]
     if not windows:
@@ -198,6 +224,7 @@ def _maintenance(data: dict[str, Any]) -> str:
         end = _time(w["end"], w.get("end_iso"), "%H:%M" if same_day else "%Y-%m-%d %H:%M")
         rows.append(
             f'<li class="window {"active" if active else "scheduled"}" '
+            f'id="maintenance-{_e(w["id"])}" '
             f'data-window-id="{_e(w["id"])}" data-status="{_e(w["status"])}">'
             f'<div class="row"><strong>{_e(w["reason"])}</strong>'
             f'<span class="tag {"active" if active else "scheduled"}">'
@@ -244,7 +271,8 @@ def _incidents(data: dict[str, Any]) -> str:
             details += ('<ul class="causes">' + "".join(f"<li>{_e(c)}</li>" for c in causes)
                         + "</ul>")
         rows.append(
-            f'<li class="incident {_e(status)}" data-incident-id="{_e(inc["id"])}" '
+            f'<li class="incident {_e(status)}" id="incident-{_e(inc["id"])}" '
+            f'data-incident-id="{_e(inc["id"])}" '
             f'data-severity="{_e(inc.get("severity", ""))}"><div class="row">'
             f'<strong>{_e(inc["title"])}</strong><span class="tag status">{_e(status)}</span>'
             + (f'<span class="tag sev">{_e(inc["severity"])}</span>'
@@ -307,19 +335,27 @@ def _footer(data: dict[str, Any], refresh: int) -> str:
     if data.get("queue_depth"):
         bits.append(f"{data['queue_depth']} queued write(s)")
     bits.append(f"times in UTC &middot; refreshes every {refresh}s")
+    feed = (data.get("links") or {}).get("atom")
+    if feed:
+        bits.append(f'<a id="feed" href="{_e(feed)}" type="application/atom+xml">'
+                    "incidents and maintenance feed (Atom)</a>")
     return f'<footer class="muted">{" &middot; ".join(bits)}</footer>'
 
 
 def render_page(data: dict[str, Any]) -> str:
-    parts = [_banner(data), _availability(data), _maintenance(data), _incidents(data),
-             _nodes(data)]
+    parts = [_banner(data), _components(data), _availability(data), _maintenance(data),
+             _incidents(data), _nodes(data)]
     refresh = max(1, int(data["refresh_seconds"]))
+    feed = (data.get("links") or {}).get("atom")
+    alternate = (f'<link rel="alternate" type="application/atom+xml" '
+                 f'title="{_e(data["title"])}: incidents and maintenance" href="{_e(feed)}">\n'
+                 if feed else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="color-scheme" content="light dark">
 <meta http-equiv="refresh" content="{refresh}">
-<title>{_e(data["title"])}: {_e(data["state_text"])}</title>
+{alternate}<title>{_e(data["title"])}: {_e(data["state_text"])}</title>
 <style>{_CSS}</style></head>
 <body class="{"public" if data["public"] else "admin"}"><main>{"".join(parts)}
 {_footer(data, refresh)}</main>
@@ -370,10 +406,12 @@ background:#1d4ed8;color:#fff}.when{color:var(--link);font-weight:500}
 .causes{margin:4px 0 0;padding-left:18px;font-size:.85rem;color:var(--muted)}
 .updates{margin:6px 0 0;padding-left:0;list-style:none;font-size:.9rem}
 .updates li{padding:3px 0;border-left:2px solid var(--line);padding-left:8px;margin:2px 0}
-.components{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:8px;
-list-style:none;padding:0;margin:0}
-.components li{display:flex;justify-content:space-between;padding:6px 10px;border-radius:6px;
-border:1px solid var(--line)}
+.components{list-style:none;padding:0;margin:0}.components li{display:flex;
+justify-content:space-between;align-items:baseline;gap:12px;padding:8px 0;border-top:1px
+solid var(--line)}.components li:first-child{border:0;padding-top:0}
+.components .cname{font-weight:500;overflow-wrap:anywhere}.components .members{
+display:block;font-weight:400}.cstate{white-space:nowrap}
+footer a{color:var(--link)}
 table{width:100%;border-collapse:collapse;font-size:.9rem}th{text-align:left;
 color:var(--muted);font-weight:500;font-size:.75rem;text-transform:uppercase;
 white-space:nowrap}td,th{
