@@ -262,11 +262,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0,
-                   what: str = "condition") -> None:
-    """Wait for a state change the test caused (bounded; never a timing assertion)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+                   what: str | Callable[[], str] = "condition") -> None:
+    """Wait for a state change the test caused (bounded; never a timing assertion). On a
+    timeout the failure says what was awaited (``what``, or what it returns then)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        said = what() if callable(what) else what
+        raise AssertionError(f"not within {timeout:g}s: {said}") from None
 
 
 def sample(gw: Gateway, name: str, **labels: str) -> float:

@@ -13,12 +13,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
+from gateway.app.cli.deploy_view import progress, view
 from gateway.app.demo.fleet import demo_config_text
 from gateway.config.source import read_yaml
 
@@ -73,6 +77,21 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, list[int
         for pid_path in (tmp_path / "var/demo/run").glob("*.pid"):
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(pid_path.read_text()), signal.SIGKILL)
+
+
+def mid_deploy(admin_port: int) -> dict[str, Any]:
+    """The current deploy's record once one node is done and another is on its way."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/deploys/current",
+                                    timeout=5) as resp:
+            record: dict[str, Any] = json.load(resp)
+        runs = list(record["nodes"].values())
+        if record["status"] == "running" and runs[0]["done"] and not runs[-1]["done"] \
+                and any(run["steps"] and not run["done"] for run in runs):
+            return record
+        time.sleep(0.02)
+    raise AssertionError(f"no deploy in the middle seen: {record}")
 
 
 def cli(config: Path, *args: str, tty: bool = False, timeout: float = 60
@@ -131,6 +150,22 @@ def test_the_deploy_view_against_a_live_demo(
     assert "detached; the deploy goes on" in rest
     result = cli(config, "deploy", "status", "--watch")
     assert result.returncode == 0 and "to v5" in result.stdout and "SUCCEEDED" in result.stdout
+
+    # The view in the middle of a deploy, as the README shows it.
+    result = cli(config, "deploy", "v6", "--no-follow")
+    assert result.returncode == 0, result.stderr
+    record = mid_deploy(ports[1])
+    console = Console(record=True, width=110, force_terminal=True, color_system="truecolor")
+    console.print(view(record, record["created"] + progress(record, time.time())["elapsed"]))
+    text = console.export_text(clear=False)
+    assert re.search(r"to v6\s+RUNNING\s+[12]/3 nodes\s+elapsed \d+:\d\d\s+ETA \d+:\d\d",
+                     text), text
+    assert re.search(r"node-1\s+done\s+v6\s+ok", text), text
+    shot = os.environ.get("HAGW_DOCS_DEPLOY_VIEW")  # e.g. docs/deploy-view.svg
+    if shot:
+        console.save_svg(shot, title="hagw deploy v6")
+    result = cli(config, "deploy", "status", "--watch")
+    assert result.returncode == 0 and "to v6" in result.stdout and "SUCCEEDED" in result.stdout
 
     # A second demo is refused and leaves the first one alone.
     second = subprocess.run([sys.executable, "-m", "gateway", "demo", "-c", str(config)],

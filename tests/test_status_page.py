@@ -450,8 +450,14 @@ async def test_an_operator_update_is_rendered_on_the_public_page(
         b.fault(health="fail")
     # The nodes fail one health check apart: the incident opens as "Reduced capacity" and
     # is retitled once the last node is out.
+    def outage() -> str:
+        current = gw.incidents.tracker.current
+        return (f"a total outage: nodes {[(n.name, n.state.value) for n in gw.cluster]}, "
+                f"incident {current!r} {current.conditions if current else ''}")
+
     await wait_for(lambda: gw.incidents.tracker.current is not None
-                   and gw.incidents.tracker.current.title == "Service unavailable", timeout=5)
+                   and gw.incidents.tracker.current.title == "Service unavailable", timeout=5,
+                   what=outage)
     incident = gw.incidents.tracker.current
     async with http.post(f"{gw.admin_url}/incidents/{incident.id}/updates", headers=auth(),
                          json={"status": "identified", "text": "A bad config push; rolling "

@@ -65,6 +65,15 @@ def node_step(run: dict[str, Any], now: float) -> tuple[str, str, str, str]:
     return kind, state, f"{took:.1f}s", step.get("detail") or ""
 
 
+def node_version(run: dict[str, Any]) -> str:
+    """What the node runs as far as the deploy knows: the version of its last step that
+    set one (the action, or a rollback's), else what it ran before."""
+    for step in reversed(run["steps"]):
+        if step.get("version") and step["ok"]:
+            return str(step["version"])
+    return str(run.get("previous_version") or "-")
+
+
 def headline(record: dict[str, Any], now: float) -> Text:
     p = progress(record, now)
     status = record["status"]
@@ -88,8 +97,7 @@ def view(record: dict[str, Any], now: float) -> Group:
         nodes.add_column(column, no_wrap=column != "DETAIL", overflow="fold")
     for name, run in record["nodes"].items():
         kind, state, took, detail = node_step(run, now)
-        step = run["steps"][-1] if run["steps"] else None
-        version = (step or {}).get("version") or run.get("previous_version") or "-"
+        version = node_version(run)
         style = {"ok": "green", "FAILED": "bold red", "running": "cyan"}.get(state, "dim")
         nodes.add_row(name, kind, version, Text(state or "-", style=style), took, detail)
     parts: list[Any] = [headline(record, now), bar, nodes]
