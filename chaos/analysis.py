@@ -61,6 +61,8 @@ class Tally:
     gets: int = 0
     posts: int = 0
     failed_get: int = 0
+    #: Failed GETs in flight during a fault window (a worker kill fails those too).
+    failed_get_in_flight: int = 0
     failed_post: int = 0
     #: Failed POSTs attributed to a fault window (in flight on the crashed component).
     failed_post_in_flight: int = 0
@@ -118,6 +120,7 @@ def tally(load: MixedLoad, ledger: Ledger, windows: list[FaultWindow]) -> Tally:
             t.failure_examples.setdefault(kind, o.detail)
         if o.method == "GET":
             t.failed_get += 1
+            t.failed_get_in_flight += any(w.covers(o) for w in windows)
             continue
         t.failed_post += 1
         if any(w.covers(o) for w in windows):
@@ -194,6 +197,17 @@ def posts_fail_only_in_flight(t: Tally) -> Check:
                  f"node, {t.failed_post_other} other ({t.failed_post_never_sent} never sent)"
                  + (f"; {t.failed_post_applied} of them were applied anyway"
                     if t.failed_post_applied else ""))
+
+
+def failures_only_in_flight(t: Tally, most: int) -> Check:
+    """A process that dies fails what it had in flight, GETs too (the client's connection
+    goes with it), and nothing else."""
+    failed = t.failed_get + t.failed_post
+    in_flight = t.failed_get_in_flight + t.failed_post_in_flight
+    return Check(f"failures only in flight on the killed process (at most {most})",
+                 failed == in_flight <= most,
+                 f"{failed} failed ({t.failed_get} GET, {t.failed_post} POST): {in_flight} in "
+                 f"flight at the kill (or within 1 s of it), {failed - in_flight} other")
 
 
 def no_failed_posts(t: Tally) -> Check:

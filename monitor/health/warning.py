@@ -42,13 +42,18 @@ class TrafficWindow:
         self.clock = clock
         self._slots = [_Second() for _ in range(max(1, int(window)))]
 
-    def record(self, seconds: float, error: bool) -> None:
+    def _slot(self) -> _Second:
+        """This second's slot, emptied first if it last held an older second."""
         now = int(self.clock.monotonic())
         slot = self._slots[now % len(self._slots)]
         if slot.second != now:
             slot.second = now
             slot.count = slot.errors = 0
             slot.hist = [0] * (len(_BOUNDS) + 1)
+        return slot
+
+    def record(self, seconds: float, error: bool) -> None:
+        slot = self._slot()
         slot.count += 1
         if error:
             slot.errors += 1
@@ -56,12 +61,7 @@ class TrafficWindow:
 
     def record_counts(self, hist: list[int], errors: int) -> None:
         """A batch of outcomes, bucketed by ``try_bucket`` (a worker's report)."""
-        now = int(self.clock.monotonic())
-        slot = self._slots[now % len(self._slots)]
-        if slot.second != now:
-            slot.second = now
-            slot.count = slot.errors = 0
-            slot.hist = [0] * (len(_BOUNDS) + 1)
+        slot = self._slot()
         slot.count += sum(hist)
         slot.errors += errors
         for i, n in enumerate(hist):
