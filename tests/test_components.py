@@ -22,6 +22,8 @@ from gateway.upstream import ConnectionPool
 from monitor.deploy.record import Status
 from monitor.deploy.runner import DeployFinished, DeployRunner
 from monitor.health import HealthChecker
+from monitor.incident import watch
+from monitor.incident.watch import IncidentWatcher
 from monitor.maintenance.manager import MaintenanceManager
 from monitor.maintenance.replay import Replayer, ReplayIdle
 from monitor.notify import NotifierHub
@@ -227,3 +229,48 @@ async def test_router_alone(serve: Any) -> None:
     assert {name for name, _s, _e in passive.seen} == {"node-1", "node-2"}
     for pool in pools.values():
         pool.abort_all()
+
+
+class HeldStore(MemoryStore):
+    """A store whose next put waits until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def put(self, namespace: str, key: str, value: Any) -> None:
+        if not self.hold.is_set():
+            self.held.set()
+            await self.hold.wait()
+        await super().put(namespace, key, value)
+
+
+async def test_a_node_change_during_the_incident_watchers_save_is_not_missed(
+        monkeypatch: Any) -> None:
+    """The watcher looks again at once when a node changed while it was saving; it used to
+    clear that wake-up after the save and look only at the next tick."""
+    monkeypatch.setattr(watch, "TICK", 3600.0)  # only a wake-up can bring the next look
+    cfg = config(["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"],
+                 health={"enabled": False, "unhealthy_threshold": 1})
+    cluster, bus = cluster_of(cfg)
+    store, spawn = HeldStore(), Spawner()
+    watcher = IncidentWatcher(cfg.incidents, cluster=cluster, budget=Budget(),
+                              maintenance=Mode(), store=store, events=bus,
+                              notifier=NotifierHub((), spawn, bus.publish), spawn=spawn,
+                              clock=FakeClock(), registry=CollectorRegistry())
+    nodes = list(cluster)
+    try:
+        await watcher.start()
+        for node in nodes[:2]:  # below the floor: an incident opens, then is saved
+            node.probe_failed("down")
+        await wait_for(store.held.is_set, what=lambda: f"a save: {[n.state for n in nodes]}")
+        nodes[2].probe_failed("down")  # while the save waits, the last node goes
+        store.hold.set()
+        await wait_for(lambda: watcher.tracker.current is not None
+                       and "all_nodes_out" in watcher.tracker.current.conditions, timeout=5,
+                       what=lambda: f"a second look: {watcher.tracker.current!r}")
+        assert watcher.tracker.current.title == "Service unavailable"
+    finally:
+        await watcher.stop()
+        await spawn.close()

@@ -148,8 +148,10 @@ class IncidentWatcher:
 
     async def _loop(self) -> None:
         while True:
-            await self.evaluate()
+            # Cleared before looking, so a node change during the evaluation's own I/O
+            # (saving, announcing) wakes the next look at once instead of TICK later.
             self._wake.clear()
+            await self.evaluate()
             try:
                 async with asyncio.timeout(TICK):
                     await self._wake.wait()
