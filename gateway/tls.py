@@ -377,25 +377,35 @@ def classify_handshake_error(exc: BaseException) -> str:
 
 class TlsCollector(Collector):
     """``hagw_tls_certificate_expiry_timestamp_seconds{listener, cert}`` and
-    ``hagw_tls_handshake_failures_total{listener, reason}``, read at scrape time."""
+    ``hagw_tls_handshake_failures_total{listener, reason}``, read at scrape time.
 
-    def __init__(self, servers: Callable[[], Iterable[ServerTls]]) -> None:
+    ``expiry``: report the certificates of ``servers``; ``handshakes``: the listeners whose
+    handshake failures to report (default: ``servers``). A supervisor reports the expiry
+    of what its workers serve (the same files) and sums the workers' failure counts into
+    one series, so the two are split between its registries."""
+
+    def __init__(self, servers: Callable[[], Iterable[ServerTls]], *, expiry: bool = True,
+                 handshakes: Callable[[], Iterable[ServerTls]] | None = None) -> None:
         self._servers = servers
+        self._expiry = expiry
+        self._handshakes = handshakes or servers
 
     def collect(self) -> Iterator[Metric]:
-        expiry = GaugeMetricFamily(
-            "hagw_tls_certificate_expiry_timestamp_seconds", "When each certificate a listener "
-            "serves expires (the earliest notAfter of its chain), Unix seconds",
-            labels=["listener", "cert"])
+        if self._expiry:
+            expiry = GaugeMetricFamily(
+                "hagw_tls_certificate_expiry_timestamp_seconds", "When each certificate a "
+                "listener serves expires (the earliest notAfter of its chain), Unix seconds",
+                labels=["listener", "cert"])
+            for server in self._servers():
+                for listener, cert, not_after in server.expiries():
+                    expiry.add_metric([listener, cert], not_after)
+            yield expiry
         failures = CounterMetricFamily(
             "hagw_tls_handshake_failures", "TLS handshakes a listener refused or lost, by reason",
             labels=["listener", "reason"])
-        for server in self._servers():
-            for listener, cert, not_after in server.expiries():
-                expiry.add_metric([listener, cert], not_after)
+        for server in self._handshakes():
             for reason, count in server.failures.items():
                 failures.add_metric([server.listener, reason], count)
-        yield expiry
         yield failures
 
 

@@ -1,0 +1,464 @@
+"""TLS on the gateway's own listeners, in both process models: the traffic listener (SNI,
+protocol floor, mutual TLS, X-Forwarded-Proto, HSTS, the redirect listener, bad input
+counted), the admin API over TLS, certificates rotated under HTTPS load (by a reload and
+by a change of the files) and a bad certificate refused while the old one keeps serving,
+and the hagw_tls_* metrics on the admin /metrics.
+
+Real sockets on 127.0.0.1, certificates made at test time by trustme. ``single`` is a
+gateway in the test's process (``workers: 0``); ``workers`` is ``hagw run`` with a real
+supervisor and two worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.processes import free_port
+from gateway.app import runtime
+from gateway.app.runtime import Gateway
+from gateway.config import load_config
+from tests.conftest import TOKEN, Backend, auth, config_dict, hagw
+from tests.test_tls import Certs, Pair, old_client
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Every wait is bounded by this (seconds); none is a timing assertion.
+WAIT = 15.0
+NAME = "gateway.test"
+
+
+class Served:
+    """A gateway with TLS, in one of the two process models, and what a test asks of it."""
+
+    def __init__(self, model: str, workdir: Path, config: dict[str, Any], certs: Certs,
+                 session: aiohttp.ClientSession) -> None:
+        self.model = model
+        self.workdir = workdir
+        self.config = config
+        self.certs = certs
+        self.http = session
+        self.path = workdir / "gateway.yaml"
+        self.gw: Gateway | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.traffic_port = 0
+        self.admin_port = 0
+        self.write(config)
+
+    def write(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.path.write_text(yaml.safe_dump(config))
+
+    @property
+    def admin_scheme(self) -> str:
+        return "https" if self.config["admin"].get("tls") else "http"
+
+    @property
+    def traffic_url(self) -> str:
+        return f"https://127.0.0.1:{self.traffic_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"{self.admin_scheme}://127.0.0.1:{self.admin_port}"
+
+    async def start(self) -> None:
+        if self.model == "single":
+            self.gw = Gateway(load_config(self.path), config_path=str(self.path))
+            await self.gw.start()
+            assert self.gw.traffic_address is not None and self.gw.admin_address is not None
+            self.traffic_port = self.gw.traffic_address[1]
+            self.admin_port = self.gw.admin_address[1]
+            return
+        self.traffic_port = int(self.config["listen"].rsplit(":", 1)[1])
+        self.admin_port = int(self.config["admin"]["listen"].rsplit(":", 1)[1])
+        self.proc = self.spawn()
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                _, data = await self.admin("GET", "/processes")
+                if sum(1 for w in data["workers"] if w["serving"]) == 2:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the supervisor did not serve:\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """``hagw run -c FILE``, as an operator starts it."""
+        with (self.workdir / "gateway.log").open("ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c",
+                                     str(self.path)], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def log_tail(self) -> str:
+        path = self.workdir / "gateway.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    async def stop(self) -> None:
+        if self.gw is not None:
+            await self.gw.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    async def admin(self, method: str, path: str) -> tuple[int, Any]:
+        async with self.http.request(method, f"{self.admin_url}{path}", headers=auth(),
+                                     ssl=self.certs.client(), server_hostname=NAME
+                                     if self.admin_scheme == "https" else None,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def metrics(self) -> dict[str, float]:
+        async with self.http.get(f"{self.admin_url}/metrics", ssl=self.certs.client(),
+                                 server_hostname=NAME if self.admin_scheme == "https"
+                                 else None) as resp:
+            text = await resp.text()
+        return {f"{s.name}{sorted(s.labels.items())}": s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    async def get(self, path: str = "/echo", *, name: str = NAME,
+                  ssl_context: ssl.SSLContext | None = None) -> tuple[int, Any, Any]:
+        async with self.http.get(f"{self.traffic_url}{path}",
+                                 ssl=ssl_context or self.certs.client(), server_hostname=name,
+                                 timeout=aiohttp.ClientTimeout(total=WAIT)) as resp:
+            return resp.status, resp.headers, await resp.json(content_type=None)
+
+    async def served(self, name: str = NAME) -> bytes:
+        """The certificate a new connection asking for ``name`` gets (DER)."""
+        async with asyncio.timeout(WAIT):
+            _, writer = await asyncio.open_connection("127.0.0.1", self.traffic_port,
+                                                      ssl=self.certs.client(),
+                                                      server_hostname=name)
+        der: bytes = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return der
+
+
+def not_after(pair: Pair) -> float:
+    """When ``pair``'s certificate expires, Unix seconds."""
+    cert = x509.load_pem_x509_certificate(pair.leaf.cert_chain_pems[0].bytes())
+    return cert.not_valid_after_utc.timestamp()
+
+
+def failures(metrics: dict[str, float], reason: str) -> float:
+    return metrics.get("hagw_tls_handshake_failures_total"
+                       f"[('listener', 'traffic'), ('reason', '{reason}')]", 0.0)
+
+
+def expiry(metrics: dict[str, float], listener: str, cert: str) -> float | None:
+    return metrics.get("hagw_tls_certificate_expiry_timestamp_seconds"
+                       f"[('cert', '{cert}'), ('listener', '{listener}')]")
+
+
+@pytest.fixture
+async def tls_gateway(tmp_path: Path, backends: Any
+                      ) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    """``gw = await tls_gateway(model, certs, tls={...}, **overrides)``: started, serving."""
+    made: list[Served] = []
+    session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def start(model: str, certs: Certs, *, tls: dict[str, Any],
+                    admin_tls: dict[str, Any] | None = None, **overrides: Any) -> Served:
+        nodes: list[Backend] = await backends(2)
+        workdir = tmp_path / f"gw{len(made)}"
+        workdir.mkdir()
+        workers = 0 if model == "single" else 2
+        config = config_dict([b.url for b in nodes], workdir / "state", workers=workers,
+                             log_level="warning", tls=tls, **overrides)
+        if model == "workers":
+            config["listen"] = f"127.0.0.1:{free_port()}"
+            config["admin"] = {"listen": f"127.0.0.1:{free_port()}", "token": TOKEN}
+        if admin_tls is not None:
+            config["admin"]["tls"] = admin_tls
+        served = Served(model, workdir, config, certs, session)
+        made.append(served)
+        await served.start()
+        return served
+
+    yield start
+    for served in made:
+        await served.stop()
+    await session.close()
+
+
+def tls_of(pair: Pair, **more: Any) -> dict[str, Any]:
+    return {"cert": pair.cert, "key": pair.key, **more}
+
+
+MODELS = ["single", "workers"]
+
+
+@pytest.fixture(params=MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# -- the traffic listener ----------------------------------------------------------------------
+
+async def test_https_sni_hsts_forwarded_proto_redirect_and_admin_tls(
+        model: str, tmp_path: Path, tls_gateway: Any) -> None:
+    certs = Certs(tmp_path)
+    default = certs.issue("gateway", NAME)
+    api = certs.issue("api", "api.example.com")
+    admin = certs.issue("admin", NAME)
+    redirect = free_port()
+    gw: Served = await tls_gateway(model, certs, tls=tls_of(
+        default, sni=[{"names": ["api.example.com"], "cert": api.cert, "key": api.key}],
+        http_redirect=f"127.0.0.1:{redirect}", hsts={"max_age": "1d"}),
+        admin_tls=tls_of(admin))
+    # Verified by an aiohttp client against the test CA; the node is told it was https.
+    status, headers, body = await gw.get("/echo?x=1")
+    assert status == 200
+    sent = {k.lower(): v for k, v in body["headers"]}
+    assert sent["x-forwarded-proto"] == "https"
+    assert headers["Strict-Transport-Security"] == "max-age=86400"
+    # SNI picks the certificate of two; an unknown name gets the default one.
+    assert await gw.served("api.example.com") == api.der
+    assert await gw.served(NAME) == default.der
+    status, _, body = await gw.get("/echo", name="api.example.com")
+    assert status == 200 and body["path"] == "/echo"
+    # The plain listener sends every request to https: same host, path and query.
+    async with gw.http.post(f"http://127.0.0.1:{redirect}/some/path?a=1&b=2", data=b"x",
+                            allow_redirects=False, headers={"Host": "shop.test:80"}) as resp:
+        assert resp.status == 308
+        assert resp.headers["Location"] == f"https://shop.test:{gw.traffic_port}/some/path?a=1&b=2"
+        assert "Strict-Transport-Security" not in resp.headers
+    # The admin API over TLS (its own certificate), and the metrics of both listeners.
+    status, data = await gw.admin("GET", "/healthz")
+    assert status == 200, data
+    metrics = await gw.metrics()
+    assert expiry(metrics, "traffic", "gateway.pem") == not_after(default)
+    assert expiry(metrics, "traffic", "api.example.com") == not_after(api)
+    assert expiry(metrics, "admin", "admin.pem") == not_after(admin)
+
+
+async def test_bad_tls_input_fails_cleanly_and_is_counted(
+        model: str, tmp_path: Path, tls_gateway: Any, caplog: pytest.LogCaptureFixture) -> None:
+    certs = Certs(tmp_path)
+    gw: Served = await tls_gateway(model, certs, tls=tls_of(certs.issue("gateway", NAME)),
+                                   limits={"client_header_timeout": "500ms"})
+    # TLS 1.1 only: refused.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        async with asyncio.timeout(WAIT):
+            await asyncio.open_connection("127.0.0.1", gw.traffic_port, ssl=old_client())
+    # Plain HTTP to the TLS port: the connection closes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.traffic_port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        while await reader.read(65536):
+            pass
+    writer.close()
+    # A handshake that never starts: cut after client_header_timeout.
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.traffic_port)
+    async with asyncio.timeout(WAIT):
+        assert await reader.read(65536) == b""
+    assert time.monotonic() - started < WAIT
+    writer.close()
+    # Nothing crashed: a good client is served, and each failure has its reason.
+    status, _, _ = await gw.get("/echo")
+    assert status == 200
+    deadline = time.monotonic() + WAIT
+    while True:
+        metrics = await gw.metrics()
+        counted = {r: failures(metrics, r) for r in ("protocol_version", "http_on_tls_port",
+                                                     "timeout")}
+        if all(counted.values()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert counted == {"protocol_version": 1, "http_on_tls_port": 1, "timeout": 1}, counted
+    if model == "single":
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+    else:
+        assert "Traceback" not in gw.log_tail(), gw.log_tail()
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate(
+        model: str, tmp_path: Path, tls_gateway: Any) -> None:
+    certs = Certs(tmp_path)
+    (tmp_path / "clients").mkdir()
+    clients = Certs(tmp_path / "clients")
+    gw: Served = await tls_gateway(model, certs, tls=tls_of(
+        certs.issue("gateway", NAME), client_ca=clients.ca_file))
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await gw.get("/echo")
+    context = certs.client()
+    clients.ca.issue_cert("client.test").configure_cert(context)
+    status, _, body = await gw.get("/echo", ssl_context=context)
+    assert status == 200 and body["path"] == "/echo"
+    if model == "single":
+        metrics = await gw.metrics()
+        assert failures(metrics, "no_client_certificate") >= 1
+
+
+# -- rotation --------------------------------------------------------------------------------
+
+def rotate(certs: Certs, file: str) -> Pair:
+    """A new certificate for the same name at the same paths, each file replaced whole."""
+    leaf = certs.ca.issue_cert(NAME)
+    staged = certs.write(f"{file}.new", leaf)
+    os.replace(staged.key, certs.dir / f"{file}.key")
+    os.replace(staged.cert, certs.dir / f"{file}.pem")
+    return Pair(str(certs.dir / f"{file}.pem"), str(certs.dir / f"{file}.key"), leaf)
+
+
+async def https_load(gw: Served, during: Callable[[], Awaitable[None]], *, rate: float = 200,
+                     max_requests: int = 2000) -> tuple[int, list[str]]:
+    """``rate`` requests/s over HTTPS, half on kept-alive connections, half each on a new
+    one (a new handshake), from a second before ``during`` until a second past it; the
+    count sent and what failed."""
+    failed: list[str] = []
+    sent = 0
+    fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    kept = gw.http
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.get(f"{gw.traffic_url}/echo", ssl=gw.certs.client(),
+                                   server_hostname=NAME,
+                                   timeout=aiohttp.ClientTimeout(total=WAIT)) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    failed.append(f"status {resp.status}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
+
+    stop = asyncio.Event()
+
+    async def schedule() -> None:
+        nonlocal sent
+        start = time.monotonic()
+        while not stop.is_set() and sent < max_requests:
+            task = asyncio.create_task(one(fresh if sent % 2 else kept))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+            await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+
+    scheduler = asyncio.create_task(schedule())
+    try:
+        await asyncio.sleep(1.0)
+        await during()
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await scheduler
+        await asyncio.gather(*tasks)
+        await fresh.close()
+    return sent, failed
+
+
+async def until_served(gw: Served, der: bytes, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while await gw.served() != der:
+        assert time.monotonic() < deadline, "the new certificate was not served in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_certificate_swapped_under_load_fails_no_request(
+        model: str, tmp_path: Path, tls_gateway: Any) -> None:
+    """In one process the swap is a reload (POST /reload); with workers, a change of the
+    files the supervisor notices and passes to every worker through its snapshot."""
+    certs = Certs(tmp_path)
+    first = certs.issue("gateway", NAME)
+    gw: Served = await tls_gateway(model, certs, tls=tls_of(first))
+    assert await gw.served() == first.der
+    new: dict[str, Pair] = {}
+
+    async def swap() -> None:
+        new["pair"] = rotate(certs, "gateway")
+        if model == "single":
+            status, data = await gw.admin("POST", "/reload")
+            assert status == 200, data
+        await until_served(gw, new["pair"].der)
+
+    sent, failed = await https_load(gw, swap)
+    assert sent >= 200, "the load did not run"
+    assert failed == [], failed[:10]
+    assert await gw.served() == new["pair"].der
+    metrics = await gw.metrics()
+    assert expiry(metrics, "traffic", "gateway.pem") == not_after(new["pair"])
+
+
+async def test_a_bad_certificate_on_reload_is_refused_and_the_old_one_serves(
+        model: str, tmp_path: Path, tls_gateway: Any) -> None:
+    certs = Certs(tmp_path)
+    good = certs.issue("gateway", NAME)
+    gw: Served = await tls_gateway(model, certs, tls=tls_of(good))
+    other = certs.issue("other", NAME)
+    # The config now names a certificate with another certificate's key.
+    config = {**gw.config, "tls": {"cert": good.cert, "key": other.key}}
+    gw.write(config)
+    status, data = await gw.admin("POST", "/reload")
+    assert status == 422, data
+    assert f"key {other.key} does not match the certificate {good.cert}" in data["message"]
+    assert "tls" in data["message"] and str(gw.path) in data["message"]
+    assert await gw.served() == good.der
+    status, _, _ = await gw.get("/echo")
+    assert status == 200
+    # A missing file, the same.
+    gw.write({**gw.config, "tls": {"cert": str(tmp_path / "gone.pem"), "key": good.key}})
+    status, data = await gw.admin("POST", "/reload")
+    assert status == 422 and f"certificate {tmp_path}/gone.pem: no such file" in data["message"]
+    assert await gw.served() == good.der
+
+
+async def test_changed_files_are_watched_and_a_broken_change_is_refused(
+        tmp_path: Path, tls_gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "TLS_WATCH_EVERY", 0.1)
+    certs = Certs(tmp_path)
+    first = certs.issue("gateway", NAME)
+    gw: Served = await tls_gateway("single", certs, tls=tls_of(first))
+    assert gw.gw is not None
+    # Half a rotation: a new certificate with the old key. Refused; the old one serves.
+    half = certs.write("gateway", certs.ca.issue_cert(NAME), key=False)
+    deadline = time.monotonic() + WAIT
+    while not [e for e in gw.gw.events.since(kind="tls") if e.kind == "tls.reload_failed"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    [event] = [e for e in gw.gw.events.since(kind="tls") if e.kind == "tls.reload_failed"]
+    assert f"key {half.key} does not match the certificate {half.cert}" in event.message
+    assert await gw.served() == first.der
+    # The key follows: loaded.
+    half.leaf.private_key_pem.write_to_path(half.key)
+    await until_served(gw, half.der)
+
+
+async def test_the_cli_reaches_an_admin_api_over_tls(tmp_path: Path, tls_gateway: Any) -> None:
+    certs = Certs(tmp_path)
+    gw: Served = await tls_gateway("single", certs, tls=tls_of(certs.issue("gateway", NAME)),
+                                   admin_tls=tls_of(certs.issue("admin", "127.0.0.1")))
+    cli = tmp_path / "cli.yaml"
+    cli.write_text(yaml.safe_dump({**gw.config, "admin": {
+        **gw.config["admin"], "listen": f"127.0.0.1:{gw.admin_port}"}}))
+    env = {"SSL_CERT_FILE": certs.ca_file}
+    done = await asyncio.to_thread(
+        lambda: subprocess.run([sys.executable, "-m", "gateway", "nodes", "-c", str(cli)],
+                               capture_output=True, text=True, timeout=30,
+                               env={**os.environ, **env}))
+    assert done.returncode == 0, done.stderr
+    assert "node-1" in done.stdout
+    unverified = await asyncio.to_thread(hagw, "nodes", config=cli)
+    assert unverified.returncode != 0
+    assert "certificate verify failed" in unverified.stderr.lower() or (
+        "certificate" in unverified.stderr.lower()), unverified.stderr
