@@ -101,8 +101,7 @@ class Fleet:
 
     def _start(self, name: str) -> Target:
         if name not in self.settings.targets and not (
-                name in WORKER_TARGETS and "hagw" in self.settings.targets) and not (
-                TLS_TARGETS.get(name) in self.settings.targets):
+                name in WORKER_TARGETS and "hagw" in self.settings.targets) and TLS_TARGETS.get(name) not in self.settings.targets:
             raise Unavailable("skipped: not selected (--targets)")
         tool = TLS_TARGETS.get(name, name)
         if tool in PEERS:
