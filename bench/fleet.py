@@ -100,8 +100,10 @@ class Fleet:
         return found
 
     def _start(self, name: str) -> Target:
-        if name not in self.settings.targets and not (
-                name in WORKER_TARGETS and "hagw" in self.settings.targets) and TLS_TARGETS.get(name) not in self.settings.targets:
+        selected = self.settings.targets
+        brought_in = ((name in WORKER_TARGETS and "hagw" in selected)
+                      or TLS_TARGETS.get(name) in selected)
+        if name not in selected and not brought_in:
             raise Unavailable("skipped: not selected (--targets)")
         tool = TLS_TARGETS.get(name, name)
         if tool in PEERS:
