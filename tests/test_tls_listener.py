@@ -462,3 +462,20 @@ async def test_the_cli_reaches_an_admin_api_over_tls(tmp_path: Path, tls_gateway
     assert unverified.returncode != 0
     assert "certificate verify failed" in unverified.stderr.lower() or (
         "certificate" in unverified.stderr.lower()), unverified.stderr
+
+
+async def test_sighup_to_the_supervisor_serves_the_certificate_the_config_now_names(
+        tmp_path: Path, tls_gateway: Any) -> None:
+    """Other paths, so only the reload (not the watch of the old files) can pick them up;
+    each new worker reads them."""
+    certs = Certs(tmp_path)
+    first = certs.issue("gateway", NAME)
+    gw: Served = await tls_gateway("workers", certs, tls=tls_of(first))
+    second = certs.issue("rotated", NAME)
+    gw.write({**gw.config, "tls": tls_of(second)})
+    assert gw.proc is not None
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    await until_served(gw, second.der, timeout=30)
+    metrics = await gw.metrics()
+    assert expiry(metrics, "traffic", "rotated.pem") == not_after(second)
+    assert expiry(metrics, "traffic", "gateway.pem") is None
