@@ -34,6 +34,7 @@ from gateway.app.runtime import Gateway
 from gateway.config import load_config
 from tests.conftest import TOKEN, Backend, auth, config_dict, hagw
 from tests.test_tls import Certs, Pair, old_client
+from tests.test_workers import alive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,6 +58,8 @@ class Served:
         self.proc: subprocess.Popen[bytes] | None = None
         self.traffic_port = 0
         self.admin_port = 0
+        #: Supervisors started by an upgrade (in their own session), stopped at the end.
+        self.successors: list[int] = []
         self.write(config)
 
     def write(self, config: dict[str, Any]) -> None:
@@ -110,6 +113,12 @@ class Served:
     async def stop(self) -> None:
         if self.gw is not None:
             await self.gw.stop()
+        for pid in self.successors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -479,3 +488,32 @@ async def test_sighup_to_the_supervisor_serves_the_certificate_the_config_now_na
     metrics = await gw.metrics()
     assert expiry(metrics, "traffic", "rotated.pem") == not_after(second)
     assert expiry(metrics, "traffic", "gateway.pem") is None
+
+
+async def test_an_upgrade_hands_over_the_tls_and_redirect_listeners(
+        tmp_path: Path, tls_gateway: Any) -> None:
+    certs = Certs(tmp_path)
+    pair = certs.issue("gateway", NAME)
+    redirect = free_port()
+    gw: Served = await tls_gateway("workers", certs, tls=tls_of(
+        pair, http_redirect=f"127.0.0.1:{redirect}"))
+    status, answer = await gw.admin("POST", "/upgrade")
+    assert status == 202, answer
+    gw.successors.append(answer["pid"])
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            _, data = await gw.admin("GET", "/processes")
+            if data["supervisor"]["pid"] == answer["pid"] and sum(
+                    1 for w in data["workers"] if w["serving"]) == 2:
+                break
+        assert time.monotonic() < deadline, gw.log_tail()
+        await asyncio.sleep(0.1)
+    assert gw.proc is not None
+    await asyncio.to_thread(gw.proc.wait, 30)  # the old supervisor has handed over
+    assert await gw.served() == pair.der
+    async with gw.http.get(f"http://127.0.0.1:{redirect}/after?upgrade=1",
+                           allow_redirects=False) as resp:
+        assert resp.status == 308
+        assert resp.headers["Location"] == (
+            f"https://127.0.0.1:{gw.traffic_port}/after?upgrade=1")
