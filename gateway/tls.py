@@ -380,15 +380,16 @@ class TlsCollector(Collector):
     ``hagw_tls_handshake_failures_total{listener, reason}``, read at scrape time.
 
     ``expiry``: report the certificates of ``servers``; ``handshakes``: the listeners whose
-    handshake failures to report (default: ``servers``). A supervisor reports the expiry
-    of what its workers serve (the same files) and sums the workers' failure counts into
-    one series, so the two are split between its registries."""
+    handshake failures to report (default: ``servers``), or False for none. A supervisor
+    reports the expiry of what its workers serve (the same files) while its workers count
+    the failures (summed into one series with theirs), so each family has one source."""
 
     def __init__(self, servers: Callable[[], Iterable[ServerTls]], *, expiry: bool = True,
-                 handshakes: Callable[[], Iterable[ServerTls]] | None = None) -> None:
+                 handshakes: Callable[[], Iterable[ServerTls]] | bool = True) -> None:
         self._servers = servers
         self._expiry = expiry
-        self._handshakes = handshakes or servers
+        self._handshakes = (servers if handshakes is True else
+                            None if handshakes is False else handshakes)
 
     def collect(self) -> Iterator[Metric]:
         if self._expiry:
@@ -400,6 +401,8 @@ class TlsCollector(Collector):
                 for listener, cert, not_after in server.expiries():
                     expiry.add_metric([listener, cert], not_after)
             yield expiry
+        if self._handshakes is None:
+            return
         failures = CounterMetricFamily(
             "hagw_tls_handshake_failures", "TLS handshakes a listener refused or lost, by reason",
             labels=["listener", "reason"])

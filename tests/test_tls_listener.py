@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -134,11 +135,14 @@ class Served:
                                      timeout=aiohttp.ClientTimeout(total=30)) as resp:
             return resp.status, await resp.json(content_type=None)
 
-    async def metrics(self) -> dict[str, float]:
+    async def metrics_text(self) -> str:
         async with self.http.get(f"{self.admin_url}/metrics", ssl=self.certs.client(),
                                  server_hostname=NAME if self.admin_scheme == "https"
                                  else None) as resp:
-            text = await resp.text()
+            return await resp.text()
+
+    async def metrics(self) -> dict[str, float]:
+        text = await self.metrics_text()
         return {f"{s.name}{sorted(s.labels.items())}": s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -258,6 +262,11 @@ async def test_https_sni_hsts_forwarded_proto_redirect_and_admin_tls(
     assert expiry(metrics, "traffic", "gateway.pem") == not_after(default)
     assert expiry(metrics, "traffic", "api.example.com") == not_after(api)
     assert expiry(metrics, "admin", "admin.pem") == not_after(admin)
+    # One family per name (a supervisor's own and its workers' series are not repeated).
+    types = re.findall(r"^# TYPE (\S+)", await gw.metrics_text(), re.MULTILINE)
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+    await gw.get("/echo")  # a handshake failure now would be counted; none is
+    assert failures(await gw.metrics(), "other") == 0
 
 
 async def test_bad_tls_input_fails_cleanly_and_is_counted(

@@ -107,8 +107,8 @@ class Parts:
         # listener's handshakes); in a supervisor its workers count them.
         self.registry.register(TlsCollector(
             lambda: self.tls_servers,
-            handshakes=lambda: (() if self.data_registry is not self.registry
-                                or self.traffic_tls is None else (self.traffic_tls,))))
+            handshakes=False if self.data_registry is not self.registry else (
+                lambda: () if self.traffic_tls is None else (self.traffic_tls,))))
         #: Per-node rates for the status page and `hagw nodes -o wide` (a first sample now,
         #: so the first look has a baseline).
         self.stats = NodeStats(self.registry, clock.monotonic)
