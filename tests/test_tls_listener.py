@@ -526,3 +526,30 @@ async def test_an_upgrade_hands_over_the_tls_and_redirect_listeners(
         assert resp.status == 308
         assert resp.headers["Location"] == (
             f"https://127.0.0.1:{gw.traffic_port}/after?upgrade=1")
+
+
+# -- the admin listener off loopback -----------------------------------------------------------
+
+def test_hagw_run_refuses_an_admin_listener_off_loopback_without_tls(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    config = config_dict(["http://127.0.0.1:1"], tmp_path / "state", workers=0)
+    config["admin"] = {"listen": f"0.0.0.0:{free_port()}", "token": TOKEN}
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert (f"{path}:" in done.stderr and "admin.listen: " in done.stderr
+            and "is not a loopback address" in done.stderr
+            and "set admin.tls, or admin.insecure: true" in done.stderr), done.stderr
+
+
+async def test_admin_insecure_starts_with_a_warning(backends: Any, gateway: Any,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    nodes: list[Backend] = await backends(1)
+    with caplog.at_level("WARNING"):
+        gw: Gateway = await gateway([nodes[0].url], admin={
+            "listen": "0.0.0.0:0", "token": TOKEN, "insecure": True})
+    warned = [r for r in caplog.records if "gateway.admin_insecure" in r.getMessage()]
+    assert warned and warned[0].levelname == "WARNING"
+    assert "without TLS" in warned[0].getMessage() and TOKEN not in caplog.text
+    assert gw.admin_url.startswith("http://")

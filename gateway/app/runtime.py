@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import ssl
@@ -115,6 +116,12 @@ class Gateway(Parts):
                     raise
                 self.admin_address = self.admin_runner.addresses[0][:2]
                 self.ready = True
+                admin = self.config.admin
+                if admin.insecure and admin.tls is None and not admin.listen.is_loopback:
+                    self.bus.publish(News(
+                        "gateway.admin_insecure", f"the admin API listens on {admin.listen} "
+                        "without TLS (admin.insecure: true): its bearer token crosses the "
+                        "network in clear text", level=logging.WARNING))
                 self.bus.publish(News("gateway.started", f"traffic on {self.traffic_url}, "
                                       f"admin on {self.admin_url}"))
                 self._started.set_result(None)
