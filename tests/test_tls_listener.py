@@ -155,15 +155,22 @@ class Served:
 
     async def served(self, name: str = NAME) -> bytes:
         """The certificate a new connection asking for ``name`` gets (DER)."""
+        return (await self.handshake(name))[0]
+
+    async def handshake(self, name: str = NAME) -> tuple[bytes, str | None]:
+        """A new connection asking for ``name``: the certificate it gets (DER) and the
+        protocol ALPN chose (the client offers http/1.1)."""
         async with asyncio.timeout(WAIT):
             _, writer = await asyncio.open_connection("127.0.0.1", self.traffic_port,
                                                       ssl=self.certs.client(),
                                                       server_hostname=name)
-        der: bytes = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        tls = writer.get_extra_info("ssl_object")
+        der: bytes = tls.getpeercert(binary_form=True)
+        alpn: str | None = tls.selected_alpn_protocol()
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        return der
+        return der, alpn
 
 
 def not_after(pair: Pair) -> float:
@@ -246,7 +253,7 @@ async def test_https_sni_hsts_forwarded_proto_redirect_and_admin_tls(
     assert headers["Strict-Transport-Security"] == "max-age=86400"
     # SNI picks the certificate of two; an unknown name gets the default one.
     assert await gw.served("api.example.com") == api.der
-    assert await gw.served(NAME) == default.der
+    assert await gw.handshake(NAME) == (default.der, "http/1.1")
     status, _, body = await gw.get("/echo", name="api.example.com")
     assert status == 200 and body["path"] == "/echo"
     # The plain listener sends every request to https: same host, path and query.
