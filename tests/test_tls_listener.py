@@ -561,3 +561,58 @@ async def test_admin_insecure_starts_with_a_warning(backends: Any, gateway: Any,
     assert warned and warned[0].levelname == "WARNING"
     assert "without TLS" in warned[0].getMessage() and TOKEN not in caplog.text
     assert gw.admin_url.startswith("http://")
+
+
+async def test_a_worker_replaced_while_the_files_are_broken_waits_for_them(
+        tmp_path: Path, tls_gateway: Any) -> None:
+    """Half a rotation (a new certificate, the old key) is refused by the supervisor; a
+    worker killed meanwhile cannot start on those files, the other one serves the old
+    certificate; once the key follows, a replacement starts and serves the new one."""
+    certs = Certs(tmp_path)
+    first = certs.issue("gateway", NAME)
+    gw: Served = await tls_gateway("workers", certs, tls=tls_of(first))
+    half = certs.write("gateway", certs.ca.issue_cert(NAME), key=False)
+    deadline = time.monotonic() + WAIT
+    while True:
+        _, events = await gw.admin("GET", "/events?kind=tls")
+        refused = [e for e in events["events"] if e["kind"] == "tls.reload_failed"]
+        if refused:
+            break
+        assert time.monotonic() < deadline, events
+        await asyncio.sleep(0.2)
+    assert f"key {half.key} does not match the certificate {half.cert}" in refused[0]["message"]
+    _, processes = await gw.admin("GET", "/processes")
+    victim = processes["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(5):  # the survivor serves the old certificate meanwhile
+        assert await gw.served() == first.der
+        status, _, _ = await gw.get("/echo")
+        assert status == 200
+        await asyncio.sleep(0.2)
+    half.leaf.private_key_pem.write_to_path(half.key)
+    await until_served(gw, half.der, timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        _, processes = await gw.admin("GET", "/processes")
+        serving = [w for w in processes["workers"] if w["serving"]]
+        if len(serving) == 2 and victim not in {w["pid"] for w in serving}:
+            break
+        assert time.monotonic() < deadline, gw.log_tail()
+        await asyncio.sleep(0.2)
+    # The supervisor sees the fixed files within its 5 s watch and tells the survivor: from
+    # then on every new connection, on either worker, gets the new certificate.
+    deadline = time.monotonic() + WAIT
+    while True:
+        _, events = await gw.admin("GET", "/events?kind=tls")
+        if any(e["kind"] == "tls.reloaded" for e in events["events"]):
+            break
+        assert time.monotonic() < deadline, events
+        await asyncio.sleep(0.2)
+    deadline = time.monotonic() + WAIT
+    streak = 0
+    while streak < 8:
+        streak = streak + 1 if await gw.served() == half.der else 0
+        assert time.monotonic() < deadline, "a worker still serves the old certificate"
+    # The worker that could not start said why, naming the config file and the key.
+    assert (f"{gw.path}: tls: traffic listener: key {half.key} does not match the "
+            f"certificate {half.cert}") in gw.log_tail()

@@ -144,7 +144,8 @@ def entry_from_json(data: dict[str, Any]) -> Entry:
 
 class Worker:
     def __init__(self, config: GatewayConfig, *, worker_id: str, listen: socket.socket,
-                 channel: socket.socket, clock: Clock = SYSTEM_CLOCK) -> None:
+                 channel: socket.socket, clock: Clock = SYSTEM_CLOCK,
+                 config_path: str | None = None) -> None:
         self.config = config
         self.worker_id = worker_id
         self.listen = listen
@@ -162,7 +163,8 @@ class Worker:
                               client_tls=upstream_tls(config, clock))
         self.data.traffic.admission.share()
         #: The traffic listener's TLS, its files read here (a worker serves them).
-        self.tls: ServerTls | None = listener_tls("traffic", config.tls, "tls", clock)
+        self.tls: ServerTls | None = listener_tls("traffic", config.tls, "tls", clock,
+                                                  config_path)
         #: The supervisor's certificate generation this worker's files were loaded at.
         self._tls_generation: int | None = None
         # Only the handshake failures: the supervisor reports the expiry (the same files).
@@ -341,10 +343,12 @@ class Worker:
         self.ejections.cancel()
 
 
-def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd: int) -> None:
+def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd: int,
+               config_path: str | None = None) -> None:
     listen = socket.socket(fileno=listen_fd)
     channel = socket.socket(fileno=channel_fd)
-    worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel)
+    worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel,
+                    config_path=config_path)
     asyncio.run(worker.run())
 
 
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         setup_logging(config.log_level, config.log_format)
         use_uvloop()
-        run_worker(config, args.id, args.listen_fd, args.channel_fd)
+        run_worker(config, args.id, args.listen_fd, args.channel_fd, args.config)
     except ConfigError as exc:  # a file changed since the supervisor checked it
         print(f"hagw worker {args.id}: {exc}", file=sys.stderr)
         return 2
