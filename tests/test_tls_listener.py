@@ -48,8 +48,10 @@ class Served:
     """A gateway with TLS, in one of the two process models, and what a test asks of it."""
 
     def __init__(self, model: str, workdir: Path, config: dict[str, Any], certs: Certs,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, *, in_process: bool) -> None:
         self.model = model
+        #: A single-process gateway in the test's own event loop (else ``hagw run``).
+        self.in_process = in_process
         self.workdir = workdir
         self.config = config
         self.certs = certs
@@ -80,7 +82,7 @@ class Served:
         return f"{self.admin_scheme}://127.0.0.1:{self.admin_port}"
 
     async def start(self) -> None:
-        if self.model == "single":
+        if self.in_process:
             self.gw = Gateway(load_config(self.path), config_path=str(self.path))
             await self.gw.start()
             assert self.gw.traffic_address is not None and self.gw.admin_address is not None
@@ -94,10 +96,10 @@ class Served:
         while True:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 _, data = await self.admin("GET", "/processes")
-                if sum(1 for w in data["workers"] if w["serving"]) == 2:
+                if sum(1 for w in data["workers"] if w["serving"]) == self.config["workers"]:
                     return
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the supervisor did not serve:\n{self.log_tail()}")
+                raise AssertionError(f"the gateway did not serve:\n{self.log_tail()}")
             await asyncio.sleep(0.1)
 
     def spawn(self) -> subprocess.Popen[bytes]:
@@ -197,19 +199,21 @@ async def tls_gateway(tmp_path: Path, backends: Any
     session = aiohttp.ClientSession(auto_decompress=False)
 
     async def start(model: str, certs: Certs, *, tls: dict[str, Any],
-                    admin_tls: dict[str, Any] | None = None, **overrides: Any) -> Served:
+                    admin_tls: dict[str, Any] | None = None, in_process: bool | None = None,
+                    **overrides: Any) -> Served:
+        in_process = model == "single" if in_process is None else in_process
         nodes: list[Backend] = await backends(2)
         workdir = tmp_path / f"gw{len(made)}"
         workdir.mkdir()
         workers = 0 if model == "single" else 2
         config = config_dict([b.url for b in nodes], workdir / "state", workers=workers,
                              log_level="warning", tls=tls, **overrides)
-        if model == "workers":
+        if not in_process:
             config["listen"] = f"127.0.0.1:{free_port()}"
             config["admin"] = {"listen": f"127.0.0.1:{free_port()}", "token": TOKEN}
         if admin_tls is not None:
             config["admin"]["tls"] = admin_tls
-        served = Served(model, workdir, config, certs, session)
+        served = Served(model, workdir, config, certs, session, in_process=in_process)
         made.append(served)
         await served.start()
         return served
@@ -347,18 +351,25 @@ def rotate(certs: Certs, file: str) -> Pair:
     return Pair(str(certs.dir / f"{file}.pem"), str(certs.dir / f"{file}.key"), leaf)
 
 
+#: Answers the load must have had before the swap began and after it ended (the swap is
+#: under load whatever the machine's speed; at 200 req/s, half a second each way).
+AROUND = 100
+
+
 async def https_load(gw: Served, during: Callable[[], Awaitable[None]], *, rate: float = 200,
-                     max_requests: int = 2000) -> tuple[int, list[str]]:
-    """``rate`` requests/s over HTTPS, half on kept-alive connections, half each on a new
-    one (a new handshake), from a second before ``during`` until a second past it; the
-    count sent and what failed."""
+                     max_requests: int = 3000) -> tuple[int, int, int, list[str]]:
+    """``rate`` requests/s over HTTPS (open loop), half on kept-alive connections, half
+    each on a new one (a new handshake): ``AROUND`` answers first, then ``during`` while
+    the load goes on, then ``AROUND`` answers more. The requests sent, the answers before
+    ``during`` and after it, and what failed."""
     failed: list[str] = []
-    sent = 0
+    sent = answered = 0
     fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
     kept = gw.http
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal answered
         try:
             async with session.get(f"{gw.traffic_url}/echo", ssl=gw.certs.client(),
                                    server_hostname=NAME,
@@ -368,6 +379,7 @@ async def https_load(gw: Served, during: Callable[[], Awaitable[None]], *, rate:
                     failed.append(f"status {resp.status}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failed.append(f"{type(exc).__name__}: {exc}")
+        answered += 1
 
     stop = asyncio.Event()
 
@@ -381,17 +393,25 @@ async def https_load(gw: Served, during: Callable[[], Awaitable[None]], *, rate:
             sent += 1
             await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
 
+    async def answers(count: int) -> None:
+        async with asyncio.timeout(30):
+            while answered < count and sent < max_requests:
+                await asyncio.sleep(0.01)
+
     scheduler = asyncio.create_task(schedule())
     try:
-        await asyncio.sleep(1.0)
+        await answers(AROUND)
+        before = answered
         await during()
-        await asyncio.sleep(1.0)
+        ended = answered
+        await answers(ended + AROUND)
+        after = answered - ended
     finally:
         stop.set()
         await scheduler
         await asyncio.gather(*tasks)
         await fresh.close()
-    return sent, failed
+    return sent, before, after, failed
 
 
 async def until_served(gw: Served, der: bytes, timeout: float = WAIT) -> None:
@@ -404,10 +424,11 @@ async def until_served(gw: Served, der: bytes, timeout: float = WAIT) -> None:
 async def test_a_certificate_swapped_under_load_fails_no_request(
         model: str, tmp_path: Path, tls_gateway: Any) -> None:
     """In one process the swap is a reload (POST /reload); with workers, a change of the
-    files the supervisor notices and passes to every worker through its snapshot."""
+    files the supervisor notices and passes to every worker through its snapshot. The
+    gateway runs as ``hagw run`` in both models, so the load has this process to itself."""
     certs = Certs(tmp_path)
     first = certs.issue("gateway", NAME)
-    gw: Served = await tls_gateway(model, certs, tls=tls_of(first))
+    gw: Served = await tls_gateway(model, certs, tls=tls_of(first), in_process=False)
     assert await gw.served() == first.der
     new: dict[str, Pair] = {}
 
@@ -418,8 +439,8 @@ async def test_a_certificate_swapped_under_load_fails_no_request(
             assert status == 200, data
         await until_served(gw, new["pair"].der)
 
-    sent, failed = await https_load(gw, swap)
-    assert sent >= 200, "the load did not run"
+    sent, before, after, failed = await https_load(gw, swap)
+    assert before >= AROUND and after >= AROUND, (sent, before, after)
     assert failed == [], failed[:10]
     assert await gw.served() == new["pair"].der
     metrics = await gw.metrics()
@@ -584,11 +605,18 @@ async def test_a_worker_replaced_while_the_files_are_broken_waits_for_them(
     _, processes = await gw.admin("GET", "/processes")
     victim = processes["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
-    for _ in range(5):  # the survivor serves the old certificate meanwhile
+    # Its replacement cannot start on these files; the survivor serves the old certificate.
+    deadline = time.monotonic() + 30
+    while True:
+        _, events = await gw.admin("GET", "/events?kind=worker")
+        if any(e["kind"] == "worker.died" and "exited with 2" in e["message"]
+               for e in events["events"]):
+            break
+        assert time.monotonic() < deadline, gw.log_tail()
         assert await gw.served() == first.der
         status, _, _ = await gw.get("/echo")
         assert status == 200
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
     half.leaf.private_key_pem.write_to_path(half.key)
     await until_served(gw, half.der, timeout=30)
     deadline = time.monotonic() + 30
