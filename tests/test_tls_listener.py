@@ -33,6 +33,8 @@ from bench.processes import free_port
 from gateway.app import runtime
 from gateway.app.runtime import Gateway
 from gateway.config import load_config
+from gateway.listener import HttpsRedirect
+from gateway.request import Headers, Request
 from tests.conftest import TOKEN, Backend, auth, config_dict, hagw
 from tests.test_tls import Certs, Pair, old_client
 from tests.test_workers import alive
@@ -644,3 +646,33 @@ async def test_a_worker_replaced_while_the_files_are_broken_waits_for_them(
     # The worker that could not start said why, naming the config file and the key.
     assert (f"{gw.path}: tls: traffic listener: key {half.key} does not match the "
             f"certificate {half.cert}") in gw.log_tail()
+
+
+# -- the redirect's URL ------------------------------------------------------------------------
+
+def _request(target: str, host: str | None) -> Request:
+    headers = Headers([] if host is None else [(b"Host", host.encode())])
+    return Request("GET", target, "1.1", headers, "127.0.0.1", "http", keep_alive=True,
+                   upgrade=False, content_length=None, chunked=False, body=None)
+
+
+@pytest.mark.parametrize(("port", "target", "host", "location"), [
+    (443, "/a/b?c=d&e", "shop.example.com", "https://shop.example.com/a/b?c=d&e"),
+    (443, "/", "shop.example.com:80", "https://shop.example.com/"),
+    (8443, "/x", "shop.example.com:8080", "https://shop.example.com:8443/x"),
+    (443, "/x", "[2001:db8::1]:80", "https://[2001:db8::1]/x"),
+    (443, "/x", "[2001:db8::1]", "https://[2001:db8::1]/x"),
+    (443, "/x", "10.0.0.1", "https://10.0.0.1/x"),
+    # Absolute-form: its authority wins over Host (RFC 9112 section 3.2.2).
+    (443, "http://api.example.com:80/p?q=1", "other.example.com", "https://api.example.com/p?q=1"),
+    (443, "http://api.example.com", None, "https://api.example.com/"),
+    (443, "http://user:secret@api.example.com/p", None, "https://api.example.com/p"),
+])
+def test_the_redirect_keeps_host_path_and_query(port: int, target: str, host: str | None,
+                                                 location: str) -> None:
+    assert HttpsRedirect(port).location(_request(target, host)) == location
+
+
+def test_the_redirect_without_a_host_is_a_400() -> None:
+    answer = HttpsRedirect(443).answer(_request("/x", None))
+    assert answer.status == 400 and answer.close

@@ -26,6 +26,7 @@ class HttpsRedirect:
         host = request.headers.get("Host")
         if not target.startswith("/") and "://" in target:  # absolute-form
             authority, _, rest = target.split("://", 1)[1].partition("/")
+            authority = authority.rpartition("@")[2]  # never a user's credentials
             host, target = authority or host, "/" + rest
         if not host:
             return None
