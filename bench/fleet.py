@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench import peers
+from bench.certs import CertFiles, make_certificate
 from bench.gateway import start_gateway
 from bench.nodes import Nodes, start_demo_nodes, start_nginx_nodes
 from bench.processes import Child, ProcessGroup, StartError
@@ -20,6 +21,9 @@ from bench.tools import Tools
 
 #: hagw with more workers (the "workers" scenario), beside "hagw" with one.
 WORKER_TARGETS = {"hagw-2w": 2}
+#: The "https" scenario's targets, each terminating TLS with one certificate, and the
+#: target whose selection (--targets) brings it in.
+TLS_TARGETS = {"hagw-tls": "hagw", "nginx-tls": "nginx"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +32,10 @@ class Target:
     port: int
     #: The process whose memory is measured (for nginx nodes, the master).
     child: Child
+    scheme: str = "http"
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
 
 class Unavailable(Exception):
@@ -51,6 +56,13 @@ class Fleet:
         self._nodes: Nodes | Unavailable | None = None
         self._targets: dict[str, Target | Unavailable] = {}
         self._stream: tuple[Target, Target] | Unavailable | None = None
+        self._cert: CertFiles | None = None
+
+    def certificate(self) -> CertFiles:
+        """The one certificate every TLS target serves, made on first use."""
+        if self._cert is None:
+            self._cert = make_certificate(self.group.workdir)
+        return self._cert
 
     def nodes(self) -> Nodes:
         if self._nodes is None:
@@ -88,11 +100,14 @@ class Fleet:
         return found
 
     def _start(self, name: str) -> Target:
-        if name not in self.settings.targets and not (
-                name in WORKER_TARGETS and "hagw" in self.settings.targets):
+        selected = self.settings.targets
+        brought_in = ((name in WORKER_TARGETS and "hagw" in selected)
+                      or TLS_TARGETS.get(name) in selected)
+        if name not in selected and not brought_in:
             raise Unavailable("skipped: not selected (--targets)")
-        if name in PEERS:
-            missing = self.tools.missing(name)
+        tool = TLS_TARGETS.get(name, name)
+        if tool in PEERS:
+            missing = self.tools.missing(tool)
             if missing:
                 raise Unavailable(f"skipped: {missing}")
         nodes = self.nodes()
@@ -104,6 +119,16 @@ class Fleet:
         elif name in WORKER_TARGETS:
             child, port = start_gateway(self.group, nodes, name=name,
                                         extra={"workers": WORKER_TARGETS[name]})
+        elif name == "hagw-tls":
+            cert = self.certificate()
+            child, port = start_gateway(self.group, nodes, name=name, extra={
+                "tls": {"cert": str(cert.cert), "key": str(cert.key)}})
+            return self._started(Target(name, port, child, scheme="https"))
+        elif name == "nginx-tls":
+            cert = self.certificate()
+            child, port = peers.start_nginx_tls_proxy(self.group, _path(self.tools, "nginx"),
+                                                      nodes, cert.cert, cert.key)
+            return self._started(Target(name, port, child, scheme="https"))
         elif name == "naive":
             child, port = peers.start_naive(self.group, nodes)
         elif name == "nginx":
@@ -112,9 +137,12 @@ class Fleet:
             child, port = peers.start_haproxy(self.group, _path(self.tools, "haproxy"), nodes)
         else:
             raise Unavailable(f"failed: unknown target {name!r}")
+        return self._started(Target(name, port, child))
+
+    def _started(self, target: Target) -> Target:
         # The pid is what a profiler attaches to (py-spy record -p PID).
-        _progress(f"{name} listening on 127.0.0.1:{port} (pid {child.pid})")
-        return Target(name, port, child)
+        _progress(f"{target.name} listening on {target.url()} (pid {target.child.pid})")
+        return target
 
     def streaming_pair(self) -> tuple[Target, Target]:
         """(direct, hagw) over one demo aiohttp node, whose ``/download`` streams any size.

@@ -107,6 +107,7 @@ def headlines(rows: list[Row], rates: tuple[int, ...]) -> list[Headline]:
                         ("hagw", "haproxy"), ("naive", "nginx")):
         ratio(f"throughput {top}/{bottom}", "throughput", "req/s", top, bottom)
     value("hagw CPU per request", "hagw", "throughput", "CPU/request", "us")
+    ratio("https throughput hagw/nginx", "https", "req/s", "hagw-tls", "nginx-tls")
     ratio("CPU per request naive/hagw", "throughput", "CPU/request", "naive", "hagw")
     for rate in rates:
         scenario = latency_scenario(rate)

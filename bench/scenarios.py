@@ -306,6 +306,46 @@ def workers(fleet: Fleet, settings: Settings) -> list[Row]:
     return _ordered(rows, names)
 
 
+# -- HTTPS -----------------------------------------------------------------------------------
+
+def https(fleet: Fleet, settings: Settings) -> list[Row]:
+    """hagw terminating TLS against nginx terminating TLS, with the same certificate and
+    nodes, in one run: ``wrk -c`` over kept-alive HTTPS connections; hagw's req/s as a
+    ratio of nginx's."""
+    scenario = "https"
+    names = [n for n in ("hagw-tls", "nginx-tls")
+             if {"hagw-tls": "hagw", "nginx-tls": "nginx"}[n] in settings.targets]
+    wrk_path = fleet.tools.path("wrk")
+    if wrk_path is None:
+        reason = fleet.tools.missing("wrk") or "wrk not installed"
+        return [skipped(n, scenario, reason) for n in names]
+    targets, rows = _available(fleet, names, scenario)
+
+    def run(target: Target, seconds: float) -> LoadResult:
+        before = cpu_seconds(target.child.pid)
+        result = wrk(wrk_path, target.url(), connections=settings.connections,
+                     duration=seconds)
+        used = cpu_seconds(target.child.pid) - before
+        return dataclasses.replace(
+            result, cpu_us=used / result.requests * 1e6 if result.requests else None)
+
+    results, failures = _interleaved(targets, settings, scenario,
+                                     f"wrk -c{settings.connections} {settings.duration:g}s "
+                                     "over TLS", run)
+    rows += failures
+    for name, runs in results.items():
+        rows += [Row(name, scenario, "req/s", statistics.median(r.rps for r in runs), "req/s",
+                     note=_median_note(runs, "the same certificate and nodes")),
+                 Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs), "ms"),
+                 Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs), "ms")]
+        cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+        if cpu:
+            rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
+                            note="user+system CPU of the proxy's processes per request"))
+    relate(rows, "nginx-tls")
+    return _ordered(rows, names)
+
+
 def _ordered(rows: list[Row], names: list[str]) -> list[Row]:
     """Rows grouped by target in the canonical target order."""
     return sorted(rows, key=lambda r: names.index(r.target) if r.target in names else len(names))
@@ -319,6 +359,7 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[Fleet, Settings], list[Row]]] = {
     "fairness": fairness,
     "maintenance": maintenance,
     "workers": workers,
+    "https": https,
     "listen": lambda fleet, settings: listen_models(
         seconds=1.5 if settings.quick else 3.0),
 }

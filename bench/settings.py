@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIOS = ("throughput", "latency", "memory", "streaming", "fairness", "maintenance",
-             "workers", "listen")
+             "workers", "https", "listen")
 TARGETS = ("direct", "hagw", "naive", "nginx", "haproxy")
 #: Targets that need a system proxy; ``--skip-peers`` leaves them out.
 PEERS = ("nginx", "haproxy")

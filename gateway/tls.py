@@ -377,25 +377,38 @@ def classify_handshake_error(exc: BaseException) -> str:
 
 class TlsCollector(Collector):
     """``hagw_tls_certificate_expiry_timestamp_seconds{listener, cert}`` and
-    ``hagw_tls_handshake_failures_total{listener, reason}``, read at scrape time."""
+    ``hagw_tls_handshake_failures_total{listener, reason}``, read at scrape time.
 
-    def __init__(self, servers: Callable[[], Iterable[ServerTls]]) -> None:
+    ``expiry``: report the certificates of ``servers``; ``handshakes``: the listeners whose
+    handshake failures to report (default: ``servers``), or False for none. A supervisor
+    reports the expiry of what its workers serve (the same files) while its workers count
+    the failures (summed into one series with theirs), so each family has one source."""
+
+    def __init__(self, servers: Callable[[], Iterable[ServerTls]], *, expiry: bool = True,
+                 handshakes: Callable[[], Iterable[ServerTls]] | bool = True) -> None:
         self._servers = servers
+        self._expiry = expiry
+        self._handshakes = (servers if handshakes is True else
+                            None if handshakes is False else handshakes)
 
     def collect(self) -> Iterator[Metric]:
-        expiry = GaugeMetricFamily(
-            "hagw_tls_certificate_expiry_timestamp_seconds", "When each certificate a listener "
-            "serves expires (the earliest notAfter of its chain), Unix seconds",
-            labels=["listener", "cert"])
+        if self._expiry:
+            expiry = GaugeMetricFamily(
+                "hagw_tls_certificate_expiry_timestamp_seconds", "When each certificate a "
+                "listener serves expires (the earliest notAfter of its chain), Unix seconds",
+                labels=["listener", "cert"])
+            for server in self._servers():
+                for listener, cert, not_after in server.expiries():
+                    expiry.add_metric([listener, cert], not_after)
+            yield expiry
+        if self._handshakes is None:
+            return
         failures = CounterMetricFamily(
             "hagw_tls_handshake_failures", "TLS handshakes a listener refused or lost, by reason",
             labels=["listener", "reason"])
-        for server in self._servers():
-            for listener, cert, not_after in server.expiries():
-                expiry.add_metric([listener, cert], not_after)
+        for server in self._handshakes():
             for reason, count in server.failures.items():
                 failures.add_metric([server.listener, reason], count)
-        yield expiry
         yield failures
 
 

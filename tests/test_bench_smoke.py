@@ -119,3 +119,27 @@ def test_one_inherited_socket_loses_no_connection_to_a_hung_worker() -> None:
     # arrived during the hang (50 of 100) too.
     assert rows[("inherited", "failed connections")] <= 5
     assert rows[("reuseport", "failed connections")] >= 20
+
+
+def test_quick_https_run_compares_hagw_with_nginx_terminating_tls(tmp_path: Path) -> None:
+    require_tool("wrk")
+    require_tool("nginx")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--duration", "1", "--only", "https",
+         "--targets", "hagw,nginx", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    report = json.loads(out.read_text())
+    measured = {(r["target"], r["metric"]): r for r in report["rows"]
+                if r["scenario"] == "https"}
+    for target in ("hagw-tls", "nginx-tls"):
+        for metric in ("req/s", "p50", "p99"):
+            row = measured[(target, metric)]
+            assert row["status"] == "ok", row
+            assert isinstance(row["value"], float)
+    # One run, one ratio: hagw's req/s over nginx's, both terminating TLS.
+    hagw = measured[("hagw-tls", "req/s")]
+    assert hagw["reference"] == "nginx-tls"
+    assert hagw["ratio"] == hagw["value"] / measured[("nginx-tls", "req/s")]["value"]
+    assert "https throughput hagw/nginx" in report["headlines"]

@@ -495,9 +495,10 @@ async def test_queued_writes_replay_once_in_commit_order_even_when_a_worker_dies
     nodes: list[Backend] = await backends(1)
     gw: Supervised = await supervised(
         [b.url for b in nodes],
+        # One client queues 2000 writes: the per-client queue rate limit (10/s, a burst
+        # of 50, on by default since issue 16) would refuse all but ~150 of them.
         maintenance={"queue_routes": [{"method": "POST", "path": "/orders"}],
                      "verify_timeout": "10s", "live_wait": "0ms",
-                     # One client sends every write here: no per-client queue limit.
                      "queue_rate_limit": {"enabled": False}})
     status, window = await gw.admin("POST", "/maintenance", {
         "start": "now", "duration": "10m", "reason": "queue test"})

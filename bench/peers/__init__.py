@@ -38,6 +38,23 @@ def start_nginx_proxy(group: ProcessGroup, nginx: str, nodes: Nodes) -> tuple[Ch
     return child, port
 
 
+def start_nginx_tls_proxy(group: ProcessGroup, nginx: str, nodes: Nodes, cert: Path,
+                          key: Path) -> tuple[Child, int]:
+    """nginx terminating TLS with ``cert`` in front of the nodes (the "https" scenario)."""
+    workdir = group.workdir
+    (workdir / "nginx-tls-tmp").mkdir(exist_ok=True)
+    port = free_port()
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in nodes.ports)
+    conf = render_file(HERE / "nginx_tls_proxy.conf",
+                       {"workdir": str(workdir), "port": str(port), "servers": servers,
+                        "cert": str(cert), "key": str(key)},
+                       workdir / "nginx-tls.conf")
+    child = group.start("nginx-tls", [nginx, "-p", str(workdir), "-c", str(conf),
+                                      "-e", str(workdir / "nginx-tls.error.log")])
+    wait_for_port(child, port)
+    return child, port
+
+
 def start_haproxy(group: ProcessGroup, haproxy: str, nodes: Nodes) -> tuple[Child, int]:
     workdir = group.workdir
     port = free_port()

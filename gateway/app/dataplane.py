@@ -15,6 +15,7 @@ from gateway.admission import Admission
 from gateway.clock import Clock
 from gateway.cluster import Cluster
 from gateway.config import ConfigError, GatewayConfig
+from gateway.config.schema import TlsConfig
 from gateway.events import Publish
 from gateway.listener import OutcomeSink, Responder, TrafficHandler, WebSocketTunnels
 from gateway.maintenance import MaintenanceMode, ReplayWaiter
@@ -22,7 +23,7 @@ from gateway.node import Node
 from gateway.outlier import OutlierDetector
 from gateway.queue.store import QueueLimits, SqliteQueue
 from gateway.router import Forwarder, PassiveObserver, Router
-from gateway.tls import TlsError, client_context
+from gateway.tls import ServerTls, TlsError, client_context
 from gateway.upstream import ConnectionPool
 
 
@@ -39,6 +40,18 @@ def upstream_tls(config: GatewayConfig, clock: Clock,
         return client_context(config.upstream_tls, clock=clock)
     except TlsError as exc:
         raise ConfigError(str(exc), file=str(path or "<config>"), path="upstream_tls") from None
+
+
+def listener_tls(listener: str, config: TlsConfig | None, key: str, clock: Clock,
+                 path: str | Path | None = None) -> ServerTls | None:
+    """A listener's TLS (``key``: ``tls`` or ``admin.tls``), its files read and checked;
+    None without. A bad file is a config error naming the file and what is wrong."""
+    if config is None:
+        return None
+    try:
+        return ServerTls(listener, config, clock=clock)
+    except TlsError as exc:
+        raise ConfigError(str(exc), file=str(path or "<config>"), path=key) from None
 
 
 class EjectionTimer:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import reactions
-from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
+from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
 from gateway.app.drains import OperatorDrains
 from gateway.app.metrics import ControlMetrics
 from gateway.app.stats import NodeStats
@@ -24,7 +25,7 @@ from gateway.events import EventBus, EventLog, News
 from gateway.node import Node
 from gateway.queue.store import Entry
 from gateway.store import StateStore
-from gateway.tls import ServerTls, TlsCollector
+from gateway.tls import ServerTls, TlsCollector, TlsError
 from monitor.deploy.runner import DeployRunner
 from monitor.health import HealthChecker
 from monitor.incident.watch import IncidentWatcher
@@ -50,8 +51,23 @@ class _NoReplay:
         raise RuntimeError("no replay yet")
 
 
-#: Keys that only take effect after a restart; a reload that changes them says so.
-RESTART_KEYS = ("listen", "admin", "state_dir")
+#: How often the listeners' certificate files are checked for a change (a stat each).
+TLS_WATCH_EVERY = 5.0
+
+
+def restart_keys(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """What a reload from ``old`` to ``new`` changes that only a restart applies. The
+    listeners' certificates are reloaded live; turning TLS on or off, or moving the
+    redirect listener, is not."""
+    pending = [k for k in ("listen", "state_dir") if getattr(old, k) != getattr(new, k)]
+    if (dataclasses.replace(old.admin, tls=None) != dataclasses.replace(new.admin, tls=None)
+            or (old.admin.tls is None) != (new.admin.tls is None)):
+        pending.append("admin")
+    if (old.tls is None) != (new.tls is None) or (
+            old.tls is not None and new.tls is not None
+            and old.tls.http_redirect != new.tls.http_redirect):
+        pending.append("tls")
+    return pending
 
 
 class Parts:
@@ -64,6 +80,8 @@ class Parts:
         self.config_path = config_path
         self.clock = clock
         self.changed_keys: list[str] = []
+        #: What the last reload changed that only a restart applies (``restart_keys``).
+        self.restart_needed: list[str] = []
         # -- the kernel: events, tasks, metrics, the cluster --------------------------------
         self.bus = EventBus()
         self.events = EventLog(self.bus, clock=clock)
@@ -73,9 +91,24 @@ class Parts:
         self.tasks = Tasks()
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = ControlMetrics(self.registry)
+        #: The data plane's own series: on the gateway's registry in one process; apart in
+        #: a supervisor, whose /metrics sums them with every worker's.
+        self.data_registry = data_registry or self.registry
+        #: The listeners' TLS, their files read and checked now (a bad one is a
+        #: ConfigError). A supervisor's traffic ServerTls serves nothing: it checks the
+        #: files its workers will load and gives the expiry metric.
+        self.traffic_tls = listener_tls("traffic", config.tls, "tls", clock, config_path)
+        self.admin_tls = listener_tls("admin", config.admin.tls, "admin.tls", clock,
+                                      config_path)
         #: The listeners' TLS (hagw_tls_* metrics): one ServerTls per listener with tls.
-        self.tls_servers: list[ServerTls] = []
-        self.registry.register(TlsCollector(lambda: self.tls_servers))
+        self.tls_servers: list[ServerTls] = [
+            s for s in (self.traffic_tls, self.admin_tls) if s is not None]
+        # Handshake failures are the traffic listener's (aiohttp makes the admin
+        # listener's handshakes); in a supervisor its workers count them.
+        self.registry.register(TlsCollector(
+            lambda: self.tls_servers,
+            handshakes=False if self.data_registry is not self.registry else (
+                lambda: () if self.traffic_tls is None else (self.traffic_tls,))))
         #: Per-node rates for the status page and `hagw nodes -o wide` (a first sample now,
         #: so the first look has a baseline).
         self.stats = NodeStats(self.registry, clock.monotonic)
@@ -91,9 +124,6 @@ class Parts:
                                     events=self.bus, registry=self.registry,
                                     client_tls=self.client_tls)
         # -- the data plane ---------------------------------------------------------------
-        #: The data plane's own series: on the gateway's registry in one process; apart in
-        #: a supervisor, whose /metrics sums them with every worker's.
-        self.data_registry = data_registry or self.registry
         self.data = data = DataPlane(
             config, cluster=self.cluster, clock=clock, registry=self.data_registry,
             passive=self.health.detector, outcomes=self.slo, replay=_NoReplay(),
@@ -141,12 +171,14 @@ class Parts:
     @property
     def traffic_url(self) -> str:
         assert self.traffic_address is not None
-        return f"http://{self.traffic_address[0]}:{self.traffic_address[1]}"
+        scheme = "https" if self.traffic_tls is not None else "http"
+        return f"{scheme}://{self.traffic_address[0]}:{self.traffic_address[1]}"
 
     @property
     def admin_url(self) -> str:
         assert self.admin_address is not None
-        return f"http://{self.admin_address[0]}:{self.admin_address[1]}"
+        scheme = "https" if self.admin_tls is not None else "http"
+        return f"{scheme}://{self.admin_address[0]}:{self.admin_address[1]}"
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         return self.tasks(coro, name)
@@ -169,6 +201,45 @@ class Parts:
 
     async def reload_workers(self) -> None:
         """After a reload: replace worker processes, one at a time."""
+
+    def certificates_changed(self) -> None:
+        """The listeners' certificate files changed and were loaded: every process that
+        serves them loads them too (a supervisor tells its workers)."""
+
+    def refresh_certificates(self) -> bool:
+        """Load the listeners' certificate files again if they changed (``TLS_WATCH_EVERY``);
+        True if any was. Unusable new files are refused, once per change, and the old
+        certificates keep serving."""
+        changed = False
+        for server in self.tls_servers:
+            try:
+                if not server.refresh():
+                    continue
+            except TlsError as exc:
+                self.bus.publish(News("tls.reload_failed", f"kept the old certificates: {exc}",
+                                      level=logging.ERROR))
+                continue
+            changed = True
+            names = ", ".join(c.label for c in server.certificates)
+            self.bus.publish(News("tls.reloaded", f"{server.listener} listener: its "
+                                  f"certificate files changed; new connections get {names}"))
+        if changed:
+            self.certificates_changed()
+        return changed
+
+    def _reload_tls(self, new: GatewayConfig) -> None:
+        """The listeners' certificates of ``new``, checked whole and swapped in (new
+        connections get them, open ones keep theirs); a bad file is a ConfigError and
+        the old certificates keep serving."""
+        for server, tls, key in ((self.traffic_tls, new.tls, "tls"),
+                                 (self.admin_tls, new.admin.tls, "admin.tls")):
+            if server is None or tls is None:
+                continue  # TLS turned on or off: a restart does it
+            try:
+                server.reload(tls)
+            except TlsError as exc:
+                raise ConfigError(str(exc), file=str(self.config_path or "<config>"),
+                                  path=key) from None
 
     def processes(self) -> dict[str, Any]:
         """The gateway's processes, for ``GET /processes``: one, here."""
@@ -202,8 +273,9 @@ class Parts:
         # files are read again on every reload, so `hagw reload` also picks up a rotated
         # client certificate or CA bundle: new connections use it, pooled ones keep theirs.
         client_tls = upstream_tls(new, self.clock, self.config_path)
+        self._reload_tls(new)
         old = self.config
-        pending = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+        pending = self.restart_needed = restart_keys(old, new)
         #: What the last reload changed (key paths, no values), for the answer and the log.
         self.changed_keys = changed_keys(old, new)
         added, removed = self.cluster.update(new)

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import socket
+import ssl
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.app.admin import build_admin_app
-from gateway.app.parts import Parts, log
+from gateway.app.parts import TLS_WATCH_EVERY, Parts, log
 from gateway.app.shutdown import shutdown
 from gateway.app.status import routes as status_routes
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import Answer
 from gateway.events import News
-from gateway.listener import PublicPage, ServerState, TrafficServer
+from gateway.listener import HttpsRedirect, PublicPage, ServerState, TrafficServer
 from monitor import slo_store
 
 
@@ -42,6 +45,11 @@ class Gateway(Parts):
         self.traffic.local_routes.insert(0, PublicPage(
             lambda: self.config.status.public, lambda: self.config.status.path, page))
         self.traffic_server: TrafficServer | None = None
+        #: ``tls.http_redirect``: the plain listener answering 308 to https.
+        self.redirect_server: TrafficServer | None = None
+        self.redirect_address: tuple[str, int] | None = None
+        #: Its socket, when opened apart (a supervisor hands it over on an upgrade).
+        self.redirect_socket: socket.socket | None = None
         self.admin_runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
@@ -108,6 +116,12 @@ class Gateway(Parts):
                     raise
                 self.admin_address = self.admin_runner.addresses[0][:2]
                 self.ready = True
+                admin = self.config.admin
+                if admin.insecure and admin.tls is None and not admin.listen.is_loopback:
+                    self.bus.publish(News(
+                        "gateway.admin_insecure", f"the admin API listens on {admin.listen} "
+                        "without TLS (admin.insecure: true): its bearer token crosses the "
+                        "network in clear text", level=logging.WARNING))
                 self.bus.publish(News("gateway.started", f"traffic on {self.traffic_url}, "
                                       f"admin on {self.admin_url}"))
                 self._started.set_result(None)
@@ -127,13 +141,17 @@ class Gateway(Parts):
 
     def _admin_site(self, runner: web.AppRunner) -> web.BaseSite:
         admin = self.config.admin.listen
-        return web.TCPSite(runner, admin.host, admin.port)
+        return web.TCPSite(runner, admin.host, admin.port, ssl_context=self._admin_ssl())
+
+    def _admin_ssl(self) -> ssl.SSLContext | None:
+        return None if self.admin_tls is None else self.admin_tls.context
 
     def _admin_app(self) -> web.Application:
         app = build_admin_app(self)
         app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
                                 self._health_ctx, self._deploys_ctx, self._maintenance_ctx,
-                                self._incidents_ctx, self._traffic_ctx])
+                                self._incidents_ctx, self._tls_ctx, self._traffic_ctx,
+                                self._redirect_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -223,16 +241,56 @@ class Gateway(Parts):
         if not self.state_released:
             await self.incidents.stop()
 
+    async def _tls_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Watch the listeners' certificate files: a change is loaded within
+        ``TLS_WATCH_EVERY`` (a stat of each file, no reading unless one changed)."""
+        watch = (self.tasks(self._watch_certificates(), name="watch certificates")
+                 if self.tls_servers else None)
+        yield
+        if watch is not None:
+            watch.cancel()
+
+    async def _watch_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_WATCH_EVERY)
+            self.refresh_certificates()
+
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config
         state = ServerState(self.traffic, cfg.limits,
+                            scheme="https" if self.traffic_tls is not None else "http",
                             spawn=lambda coro: self.tasks(coro, name="request"))
-        server = TrafficServer(state)
+        server = TrafficServer(state, tls=self.traffic_tls)
         await server.start(cfg.listen.host, cfg.listen.port)
         self.traffic_server = server
         self.traffic_address = server.addresses[0]
         yield
         await self.stop_traffic()  # unless the shutdown steps did already
+
+    async def _redirect_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """``tls.http_redirect``: a plain listener answering 308 to the https URL (in a
+        supervisor, served by the supervisor: it proxies nothing)."""
+        tls = self.config.tls
+        if tls is None or tls.http_redirect is None or self.traffic_address is None:
+            yield
+            return
+        state = ServerState(HttpsRedirect(self.traffic_address[1]), self.config.limits,
+                            spawn=lambda coro: self.tasks(coro, name="redirect"))
+        server = self.redirect_server = TrafficServer(state)
+        await server.start(tls.http_redirect.host, tls.http_redirect.port,
+                           sock=self._redirect_socket())
+        self.redirect_address = server.addresses[0]
+        yield
+        self.redirect_server = None
+        server.stop_accepting()
+        await server.drain(0.0)
+        if self.redirect_socket is not None:
+            self.redirect_socket.close()
+            self.redirect_socket = None
+
+    def _redirect_socket(self) -> socket.socket | None:
+        """The redirect listener's socket if it is not the server's own."""
+        return self.redirect_socket
 
     async def stop_traffic(self) -> None:
         server = self.traffic_server

@@ -113,6 +113,9 @@ class WorkerHub:
         gw.registry.register(WorkerProcesses(
             lambda: {h.id: h.pid for h in self.workers.values()}))
         self.version = 0
+        #: Bumped when the supervisor loaded changed certificate files: each worker loads
+        #: them too when a snapshot brings a new generation.
+        self.tls_generation = 0
         self._pending_push = False
         self._serial = 0
         self._flush_id = 0
@@ -280,7 +283,11 @@ class WorkerHub:
         return {"type": "snapshot", "version": self.version,
                 "nodes": {n.name: n.conditions() for n in gw.cluster},
                 "phase": mode.phase.value, "window": mode.window,
-                "advisory": gw.traffic.advisory}
+                "advisory": gw.traffic.advisory, "tls": self.tls_generation}
+
+    def certificates_changed(self) -> None:
+        self.tls_generation += 1
+        self.changed()
 
     def changed(self) -> None:
         """Something a worker routes by changed: push once, after this round of changes."""
@@ -421,6 +428,8 @@ class Supervisor(Gateway):
                 conn.close()
                 raise RuntimeError(f"the running supervisor refused the takeover: {message}")
             self.listen_socket, self.admin_socket = socks[0], socks[1]
+            if len(socks) > 2:
+                self.redirect_socket = socks[2]
             self._predecessor = conn
             log.info("took over the listening sockets of pid %s", message.get("pid"))
         self.control = ControlSocket(path, self._on_control)
@@ -471,8 +480,10 @@ class Supervisor(Gateway):
         self.bus.publish(News("gateway.upgrade", f"handing the listening sockets to pid {pid}"))
         await self.release_state()
         try:  # the new one may die at any point from here on
-            handoff.send(conn, {"type": "sockets", "pid": os.getpid()},
-                         [self.listen_socket.fileno(), self.admin_socket.fileno()])
+            fds = [self.listen_socket.fileno(), self.admin_socket.fileno()]
+            if self.redirect_socket is not None:
+                fds.append(self.redirect_socket.fileno())
+            handoff.send(conn, {"type": "sockets", "pid": os.getpid()}, fds)
             conn.settimeout(READY_TIMEOUT + 30)
             message, _ = await asyncio.to_thread(handoff.receive, conn)
         except (OSError, ConnectionError, ValueError):
@@ -490,7 +501,15 @@ class Supervisor(Gateway):
         if self.admin_socket is None:
             admin = self.config.admin.listen
             self.admin_socket = listening_socket(admin.host, admin.port, backlog=128)
-        return web.SockSite(runner, self.admin_socket)
+        return web.SockSite(runner, self.admin_socket, ssl_context=self._admin_ssl())
+
+    def _redirect_socket(self) -> socket.socket | None:
+        """Opened here (not by aiohttp or asyncio), to be handed over on an upgrade."""
+        tls = self.config.tls
+        if self.redirect_socket is None and tls is not None and tls.http_redirect is not None:
+            where = tls.http_redirect
+            self.redirect_socket = listening_socket(where.host, where.port, backlog=1024)
+        return self.redirect_socket
 
     # -- the multi-process parts of Parts' hooks ------------------------------------------
 
@@ -502,6 +521,10 @@ class Supervisor(Gateway):
         if self.hub is not None:
             self.hub.metrics.update("supervisor", dump_metrics(self.data_registry))
             await self.hub.flush()
+
+    def certificates_changed(self) -> None:
+        if self.hub is not None:
+            self.hub.certificates_changed()
 
     async def reload_workers(self) -> None:
         if self.hub is not None:

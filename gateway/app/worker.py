@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import handoff
-from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
+from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
 from gateway.app.ipc import Channel, ChannelClosed
 from gateway.app.logs import setup_logging
 from gateway.app.loop import use_uvloop
@@ -32,13 +32,14 @@ from gateway.app.report import Outcomes, Tries, build_report
 from gateway.app.tasks import Tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.cluster import Cluster
-from gateway.config import GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.errors import Answer, error_response
 from gateway.events import EventBus
 from gateway.listener import PublicPage, ServerState, TrafficServer
 from gateway.maintenance import Phase, WriteQueued
 from gateway.outlier import NodeEjected
 from gateway.queue.store import Entry
+from gateway.tls import ServerTls, TlsCollector, TlsError
 
 log = logging.getLogger("hagw.worker")
 
@@ -143,7 +144,8 @@ def entry_from_json(data: dict[str, Any]) -> Entry:
 
 class Worker:
     def __init__(self, config: GatewayConfig, *, worker_id: str, listen: socket.socket,
-                 channel: socket.socket, clock: Clock = SYSTEM_CLOCK) -> None:
+                 channel: socket.socket, clock: Clock = SYSTEM_CLOCK,
+                 config_path: str | None = None) -> None:
         self.config = config
         self.worker_id = worker_id
         self.listen = listen
@@ -160,6 +162,14 @@ class Worker:
                               publish=self.bus.publish,
                               client_tls=upstream_tls(config, clock))
         self.data.traffic.admission.share()
+        #: The traffic listener's TLS, its files read here (a worker serves them).
+        self.tls: ServerTls | None = listener_tls("traffic", config.tls, "tls", clock,
+                                                  config_path)
+        #: The supervisor's certificate generation this worker's files were loaded at.
+        self._tls_generation: int | None = None
+        # Only the handshake failures: the supervisor reports the expiry (the same files).
+        self.registry.register(TlsCollector(lambda: () if self.tls is None else (self.tls,),
+                                            expiry=False))
         self.page = RemotePage(self)
         status = config.status
         self.data.traffic.local_routes.insert(0, PublicPage(
@@ -219,9 +229,22 @@ class Worker:
         mode.phase = Phase(snapshot.get("phase", "normal"))
         mode.window = snapshot.get("window")
         self.data.traffic.advisory = snapshot.get("advisory")
+        self._certificates(int(snapshot.get("tls", 0)))
         self.version = int(snapshot["version"])
         self.ejections.arm()
         self._snapshot.set()
+
+    def _certificates(self, generation: int) -> None:
+        """The supervisor loaded changed certificate files (a new generation): load them
+        too. It checked them; files that changed again meanwhile and are unusable are
+        refused here, and the old certificates keep serving."""
+        known, self._tls_generation = self._tls_generation, generation
+        if self.tls is None or known is None or known == generation:
+            return  # the first snapshot: the files were read at start
+        try:
+            self.tls.reload(self.tls.config)
+        except TlsError as exc:
+            log.error("worker %s: kept the old certificates: %s", self.worker_id, exc)
 
     async def _listen(self, channel: Channel) -> None:
         while (message := await channel.recv()) is not None:
@@ -300,8 +323,9 @@ class Worker:
         data.open_pools()
         await data.websockets.start()
         state = ServerState(data.traffic, self.config.limits,
+                            scheme="https" if self.tls is not None else "http",
                             spawn=lambda coro: self.tasks(coro, name="request"))
-        self.server = server = TrafficServer(state)
+        self.server = server = TrafficServer(state, tls=self.tls)
         await server.start(sock=self.listen)
         self.send({"type": "ready", "pid": os.getpid(), "version": self.version})
         self.tasks(self._report_loop(), name="report")
@@ -319,10 +343,12 @@ class Worker:
         self.ejections.cancel()
 
 
-def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd: int) -> None:
+def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd: int,
+               config_path: str | None = None) -> None:
     listen = socket.socket(fileno=listen_fd)
     channel = socket.socket(fileno=channel_fd)
-    worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel)
+    worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel,
+                    config_path=config_path)
     asyncio.run(worker.run())
 
 
@@ -338,10 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("-c", "--config", required=True)
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    setup_logging(config.log_level, config.log_format)
-    use_uvloop()
-    run_worker(config, args.id, args.listen_fd, args.channel_fd)
+    try:
+        config = load_config(args.config)
+        setup_logging(config.log_level, config.log_format)
+        use_uvloop()
+        run_worker(config, args.id, args.listen_fd, args.channel_fd, args.config)
+    except ConfigError as exc:  # a file changed since the supervisor checked it
+        print(f"hagw worker {args.id}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

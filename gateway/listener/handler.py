@@ -112,6 +112,10 @@ class TrafficHandler:
         self.local_routes: list[LocalRoute] = []
         self._advisory: str | None = None
         self._advisory_line = b""
+        #: Strict-Transport-Security on every answer of a TLS listener with ``tls.hsts``.
+        self._hsts_line = b""
+        #: The header lines added to every proxied answer: the advisory, then HSTS.
+        self._extra_lines = b""
         #: The running loop, looked up once (on 3.11 every lookup is a getpid() syscall).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.configure(config)
@@ -127,6 +131,7 @@ class TrafficHandler:
         self._advisory = value
         self._advisory_line = (b"" if value is None
                                else f"X-Maintenance-Scheduled: {value}\r\n".encode())
+        self._extra_lines = self._advisory_line + self._hsts_line
         if changed and self.publish is not None:
             self.publish(AdvisoryChanged(value))
 
@@ -141,6 +146,10 @@ class TrafficHandler:
         self.admission.configure(config.rate_limit, config.overload, config.trusted_proxies)
         self._key_header = (config.rate_limit.header if config.rate_limit.key == "header"
                             else None)
+        hsts = config.tls.hsts if config.tls is not None else None
+        self._hsts_line = (b"" if hsts is None
+                           else f"Strict-Transport-Security: {hsts.header}\r\n".encode())
+        self._extra_lines = self._advisory_line + self._hsts_line
 
     def __repr__(self) -> str:
         return f"<TrafficHandler routes={len(self.local_routes)} {self.admission!r}>"
@@ -233,7 +242,8 @@ class TrafficHandler:
 
     def _answer(self, conn: ClientConnection, request: Request, answer: Answer) -> bool:
         keep = conn.keep_alive(request) and not answer.close
-        conn.send(answer, keep_alive=keep, head_only=request.method == "HEAD")
+        conn.send(answer, keep_alive=keep, head_only=request.method == "HEAD",
+                  extra=self._hsts_line)
         return keep
 
     # -- proxying -------------------------------------------------------------------------
@@ -297,7 +307,7 @@ class TrafficHandler:
             entry.upstream_seconds = time.monotonic() - sent_at
             entry.attempts = len(ex.tried)
         status, keep = await self.responder.respond(ex, request, conn, up, node,
-                                                    self._advisory_line)
+                                                    self._extra_lines)
         return status, None, keep
 
     def _failed(self, conn: ClientConnection, request: Request, ex: Exchange, failure: str,

@@ -1,5 +1,10 @@
 """The traffic listener's server: it accepts connections (each a ClientConnection), stops
-accepting, and drains what is in flight, in uvicorn's order."""
+accepting, and drains what is in flight, in uvicorn's order.
+
+With TLS the server accepts each connection itself and awaits its handshake, bounded by
+``limits.client_header_timeout`` (a handshake that stalls is a head that never comes): a
+failed one (plain HTTP on the TLS port, a client with only old protocols, no shared
+cipher, no client certificate, a timeout) is counted by reason and closed, never raised."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import errno
 import logging
 import socket
 import ssl
+from typing import Protocol
 
 from gateway.listener.connection import ClientConnection, ServerState
 
@@ -20,19 +26,47 @@ _PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 ACCEPT_PAUSE = 1.0
 
 
+#: How much longer asyncio's own handshake timeout is than ours (a backstop only).
+_HANDSHAKE_BACKSTOP = 5.0
+
+
+class ListenerTls(Protocol):
+    """A listener's TLS, as the server needs it (gateway.tls.ServerTls)."""
+
+    #: Handed to every accepted connection; its SNI callback picks the certificate.
+    context: ssl.SSLContext
+
+    def handshake_failed(self, exc: BaseException) -> str:
+        """Count a failed handshake; its reason."""
+        ...
+
+
+def open_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket (SO_REUSEADDR), non-blocking."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
 class TrafficServer:
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, *, tls: ListenerTls | None = None) -> None:
         self.state = state
+        #: The listener's TLS: every accepted connection makes a handshake first.
+        self.tls = tls
         self._server: asyncio.AbstractServer | None = None
         #: A socket shared with other processes, accepted on one connection at a time.
         self._shared: socket.socket | None = None
-        self._ssl: ssl.SSLContext | None = None
+        #: The socket is this server's own (TLS in one process): closed when it stops.
+        self._owned = False
         self._accepting = False
         self._pause: asyncio.TimerHandle | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *,
-                    sock: socket.socket | None = None, backlog: int = 4096,
-                    ssl_context: ssl.SSLContext | None = None) -> None:
+                    sock: socket.socket | None = None, backlog: int = 4096) -> None:
         """Listen on ``host:port``, or accept on ``sock``: a listening socket the supervisor
         opened and every worker shares (or one inherited on an upgrade).
 
@@ -40,17 +74,21 @@ class TrafficServer:
         off``): every worker is woken, each takes one, and a busy worker, slower to come
         back, takes fewer. asyncio's and libuv's servers take every pending connection at
         once instead, so the first worker awake would take a whole burst of keep-alive
-        connections and the load would stay uneven for as long as they live."""
+        connections and the load would stay uneven for as long as they live.
+
+        With TLS the server always accepts itself (on its own socket in one process), so
+        that it sees each handshake fail and counts why."""
         loop = asyncio.get_running_loop()
         state = self.state
+        if sock is None and self.tls is not None:
+            sock, self._owned = open_socket(host, port, backlog), True
         if sock is not None:
             sock.setblocking(False)
-            self._shared, self._ssl = sock, ssl_context
+            self._shared = sock
             self._resume()
         else:
             self._server = await loop.create_server(lambda: ClientConnection(state), host,
-                                                    port, backlog=backlog, reuse_address=True,
-                                                    ssl=ssl_context)
+                                                    port, backlog=backlog, reuse_address=True)
 
     def _resume(self) -> None:
         self._pause = None
@@ -82,11 +120,23 @@ class TrafficServer:
     async def _connect(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         state = self.state
+        tls = self.tls
+        if tls is None:
+            try:
+                await loop.connect_accepted_socket(lambda: ClientConnection(state), conn)
+            except OSError as exc:
+                log.debug("a connection failed before it started: %s", exc)
+                conn.close()
+            return
+        timeout = state.limits.client_header_timeout
         try:
-            await loop.connect_accepted_socket(lambda: ClientConnection(state), conn,
-                                               ssl=self._ssl)
-        except (OSError, ssl.SSLError) as exc:
-            log.debug("a connection failed before it started: %s", exc)
+            async with asyncio.timeout(timeout):
+                await loop.connect_accepted_socket(
+                    lambda: ClientConnection(state), conn, ssl=tls.context,
+                    ssl_handshake_timeout=timeout + _HANDSHAKE_BACKSTOP)
+        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            reason = tls.handshake_failed(exc)
+            log.debug("a TLS handshake failed (%s): %s", reason, exc)
             conn.close()
 
     @property
@@ -110,6 +160,8 @@ class TrafficServer:
         if self._pause is not None:
             self._pause.cancel()
             self._pause = None
+        if self._owned and self._shared is not None:
+            self._shared.close()
         self._shared = None
         if self._server is not None:
             self._server.close()

@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
 from gateway.app.admin.core import GATEWAY, BadInput, field, json_response, node_or_404, read_json
-from gateway.app.parts import RESTART_KEYS
 from gateway.config import ConfigError
 from gateway.config.redact import redact_urls
 
@@ -107,8 +106,7 @@ async def reload_config(request: web.Request) -> web.Response:
     await gw.reload_workers()  # new workers on the new config, one at a time
     return json_response({"status": "reloaded", "nodes": [n.name for n in gw.cluster],
                           "changed": gw.changed_keys,
-                          "restart_needed": [k for k in RESTART_KEYS
-                                             if k in {c.split(".")[0] for c in gw.changed_keys}]})
+                          "restart_needed": gw.restart_needed})
 
 
 
