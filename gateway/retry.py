@@ -11,7 +11,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from gateway.config.schema import RetriesConfig
 from gateway.node import Node
-from gateway.upstream import UpstreamConnection, UpstreamError
+from gateway.upstream import UpstreamConnection, UpstreamError, UpstreamReset
 
 
 class Retryable(Exception):
@@ -29,9 +29,18 @@ class Retryable(Exception):
 
     @property
     def safe(self) -> bool:
-        """Nothing reached the node (a refused or timed-out connect, a full pool, a write
-        to a connection already closed): sending it elsewhere cannot repeat anything."""
-        return isinstance(self.error, UpstreamError) and not self.error.sent
+        """Free of the retry budget: nothing reached the node (a refused or timed-out
+        connect, a full pool, a write to a connection already closed), or a kept-alive
+        connection closed or reset before any answer, which is how a node's death meets
+        every request it held. Neither is a sick node's load coming back to the fleet,
+        which is what the budget limits; whether a try may be repeated at all is still
+        the policy's call (``error_reason``)."""
+        error = self.error
+        if not isinstance(error, UpstreamError):
+            return False
+        if not error.sent:
+            return True
+        return isinstance(error, UpstreamReset) and error.reused and not error.answered
 
 
 class RetryBudget:

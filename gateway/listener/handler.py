@@ -315,8 +315,9 @@ class TrafficHandler:
                 reason: str | None = None) -> tuple[int, str | None, bool]:
         """The gateway answers for a node that did not: counted against the SLO. The
         client's answer says what kind of failure it was; the log says which node."""
-        log.info("request %s: %d: %s", ex.request_id, answer.status,
-                 str(error) or type(error).__name__)
+        log.info("request %s: %d: %s (tried %s)", ex.request_id, answer.status,
+                 str(error) or type(error).__name__,
+                 ", ".join(node.name for node in ex.tried) or "no node")
         ex.failure = failure
         self.accounting.gateway_errors.labels(reason or failure).inc()
         return answer.status, failure, self._answer(conn, request, answer)

@@ -87,10 +87,13 @@ class PoolOverflow(UpstreamError):
 
 
 class UpstreamReset(UpstreamError):
-    def __init__(self, message: str, *, sent: bool, reused: bool) -> None:
+    def __init__(self, message: str, *, sent: bool, reused: bool,
+                 answered: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
         self.reused = reused
+        #: Had any of the node's answer arrived? (A close before it is a dead keep-alive.)
+        self.answered = answered
 
 
 class InvalidResponse(UpstreamError):
@@ -235,7 +238,8 @@ class UpstreamConnection(asyncio.Protocol):
             sent = self.exchanges > 0
             if self.status:
                 err: UpstreamError = UpstreamReset("the node closed the connection mid-response",
-                                                   sent=sent, reused=self.exchanges > 1)
+                                                   sent=sent, reused=self.exchanges > 1,
+                                                   answered=True)
             else:
                 err = UpstreamReset(
                     f"the node closed the connection before answering"
