@@ -7,6 +7,8 @@ harmless: an idempotent method, or a client-supplied ``Idempotency-Key``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from gateway.config.schema import RetriesConfig
@@ -30,17 +32,17 @@ class Retryable(Exception):
     @property
     def safe(self) -> bool:
         """Free of the retry budget: nothing reached the node (a refused or timed-out
-        connect, a full pool, a write to a connection already closed), or a kept-alive
-        connection closed or reset before any answer, which is how a node's death meets
-        every request it held. Neither is a sick node's load coming back to the fleet,
-        which is what the budget limits; whether a try may be repeated at all is still
-        the policy's call (``error_reason``)."""
+        connect, a full pool, a write to a connection already closed), or the node closed
+        or reset the connection before any answer, which is how a node's death meets every
+        request it held. Neither is a sick node's load coming back to the fleet, which is
+        what the budget limits; whether a try may be repeated at all is still the
+        policy's call (``error_reason``)."""
         error = self.error
         if not isinstance(error, UpstreamError):
             return False
         if not error.sent:
             return True
-        return isinstance(error, UpstreamReset) and error.reused and not error.answered
+        return isinstance(error, UpstreamReset) and not error.answered
 
 
 class RetryBudget:
@@ -102,14 +104,16 @@ class RetryPolicy:
     def status_retryable(self, status: int, idempotent: bool, replayable: bool) -> bool:
         return self.attempts >= 2 and status in self.statuses and idempotent and replayable
 
-    def retrying(self, budget: RetryBudget) -> AsyncRetrying:
+    def retrying(self, budget: RetryBudget,
+                 free: Callable[[Retryable], bool]) -> AsyncRetrying:
         """The tenacity loop for attempts after the first; built only once a retry is needed,
-        so the no-retry path costs nothing."""
+        so the no-retry path costs nothing. ``free``: is this failure's retry outside the
+        budget?"""
         cfg = self.config
         return AsyncRetrying(
             stop=stop_after_attempt(max(1, self.attempts - 1)),
             wait=wait_random_exponential(multiplier=cfg.backoff_base, max=cfg.backoff_max),
             retry=retry_if_exception(lambda e: isinstance(e, Retryable)
-                                     and budget.allows(e.safe)),
+                                     and budget.allows(free(e))),
             reraise=True,
         )

@@ -66,10 +66,10 @@ class Router:
         held: Retryable | None = failed if failed.conn is not None else None
         budget = self.budget
         try:
-            if not budget.allows(failed.safe):
+            if not budget.allows(self._free(failed)):
                 self.accounting.retry_budget_exhausted.inc()
                 return self._give_up(failed, held)
-            async for attempt in self.policy.retrying(budget):
+            async for attempt in self.policy.retrying(budget, self._free):
                 with attempt:
                     self.accounting.retries.labels(failed.node.name, failed.reason).inc()
                     budget.retrying += 1
@@ -90,6 +90,19 @@ class Router:
             if held is not None and held.conn is not None and not held.returned:
                 held.conn.abort()
         raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
+
+    def _free(self, failed: Retryable) -> bool:
+        """Is retrying ``failed`` outside the retry budget? When nothing reached the node or
+        it broke the connection before answering (``Retryable.safe``), or when outlier or
+        stall detection has taken the node out of new requests' way: its share of the
+        traffic goes to the other nodes anyway, and the requests it held go with it (a
+        hung node's tries all time out at once). The budget is for a fleet that is sick
+        as a whole, whose retries would add to its load."""
+        if failed.safe:
+            return True
+        node = failed.node
+        pool = self.pools.get(node)
+        return node.ejected_until is not None or (pool is not None and pool.signal.suspect)
 
     @staticmethod
     def _give_up(failed: Retryable, held: Retryable | None) -> tuple[UpstreamConnection, Node]:
