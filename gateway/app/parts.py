@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import reactions
 from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
 from gateway.app.drains import OperatorDrains
+from gateway.app.fleet import Fleet
 from gateway.app.metrics import ControlMetrics
 from gateway.app.stats import NodeStats
 from gateway.app.tasks import Tasks
@@ -51,7 +52,7 @@ class _NoReplay:
 
 
 #: Keys that only take effect after a restart; a reload that changes them says so.
-RESTART_KEYS = ("listen", "admin", "state_dir")
+RESTART_KEYS = ("listen", "admin", "state_dir", "peers")
 
 
 class Parts:
@@ -85,7 +86,11 @@ class Parts:
         self.store = StateStore(config.state_dir)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
-        self.drains = OperatorDrains(self.cluster, self.store, clock)
+        #: This gateway among its peers (``peers``): None when it stands alone.
+        self.fleet = (Fleet(config.peers, clock=clock, spawn=self.tasks, events=self.bus,
+                            registry=self.registry) if config.peers is not None else None)
+        self.drains = OperatorDrains(self.cluster, self.store, clock, fleet=self.fleet,
+                                     spawn=self.tasks)
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,
                                     events=self.bus, registry=self.registry,

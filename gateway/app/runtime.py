@@ -1,8 +1,9 @@
 """Running the gateway: start, signals and shutdown of the wired parts (gateway.app.parts).
 
 Resources start and stop through the admin app's ``cleanup_ctx`` (in order: state
-store, upstream pools, WebSockets and notifiers, health checks, deploys, maintenance,
-incidents, traffic listener; they stop in reverse). Every background task runs in one
+store, the peers' link, records and lease (with ``peers``), upstream pools, WebSockets
+and notifiers, health checks, deploys, maintenance, incidents, traffic listener; they
+stop in reverse). Every background task runs in one
 TaskGroup owned by the ``hagw-main`` task. Shutdown follows uvicorn's discipline as
 ordered, timed steps (gateway.app.shutdown).
 """
@@ -131,9 +132,10 @@ class Gateway(Parts):
 
     def _admin_app(self) -> web.Application:
         app = build_admin_app(self)
-        app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
-                                self._health_ctx, self._deploys_ctx, self._maintenance_ctx,
-                                self._incidents_ctx, self._traffic_ctx])
+        app.cleanup_ctx.extend([self._store_ctx, self._peers_ctx, self._pools_ctx,
+                                self._websockets_ctx, self._health_ctx, self._deploys_ctx,
+                                self._maintenance_ctx, self._incidents_ctx,
+                                self._traffic_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -149,6 +151,17 @@ class Gateway(Parts):
         if not self.state_released:
             await self._flush()
             await self.store.close()
+
+    async def _peers_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """The fleet's shared state (``peers``): after the local store, whose last known
+        state it replaces once Redis answers; stopped after the deploys, windows and
+        incidents, whose leader-only writes it fences."""
+        fleet = self.fleet
+        if fleet is not None:
+            await fleet.start()
+        yield
+        if fleet is not None:
+            await fleet.stop()
 
     async def release_state(self) -> None:
         """Before a new supervisor takes over (an upgrade): stop what writes state, write

@@ -30,6 +30,9 @@ async def create(request: web.Request) -> web.Response:
         version = validate_version(version)
     except ValueError as exc:
         raise BadInput(f"version: {exc}") from None
+    if gw.fleet is not None:
+        # A deploy needs the fleet's shared state and runs on its leader only.
+        gw.fleet.require_leader(f"a deploy to {version}")
     try:
         record = await gw.deploys.begin(version, force=bool(field(data, "force", bool)),
                                         force_reason=field(data, "reason", str) or "")

@@ -30,6 +30,8 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
         raise BadInput("nodes: expected a list of node names")
     reason = field(data, "reason", str) or "planned maintenance"
+    if gw.fleet is not None:
+        gw.fleet.require_connected("a new maintenance window")
     try:
         window = await gw.maintenance.schedule_window(start, duration, reason, tuple(nodes))
     except ValueError as exc:

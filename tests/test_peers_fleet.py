@@ -1,0 +1,313 @@
+"""Several gateways, one fleet (issue 15), wired: real gateways in this process, each with
+its own state_dir and ephemeral loopback ports, and a real redis-server (AOF on).
+
+What it shows: the link and the leader in metrics, ``GET /peers`` and ``hagw status``;
+operator drains that reach every instance within a second and survive a reload and a
+restart; Redis down: traffic still served, changes of the shared state refused with the
+reason."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from gateway.app.runtime import Gateway
+from gateway.config import parse_config
+from gateway.node import NodeState
+from tests.conftest import Backend, auth, config_dict, hagw, make_config, sample, wait_for
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Short enough that a takeover is quick, long enough for a loaded CI machine.
+LEASE = {"lease_ttl": "2s", "timeout": "500ms"}
+
+
+class Fleet:
+    """Starts and stops in-process gateways that share ``redis``."""
+
+    def __init__(self, tmp_path: Path, redis: RedisServer) -> None:
+        self.tmp_path = tmp_path
+        self.redis = redis
+        self.running: list[Gateway] = []
+
+    def config(self, name: str, urls: list[str], **overrides: Any) -> dict[str, Any]:
+        peers = {"redis": self.redis.url, "name": name, **LEASE,
+                 **overrides.pop("peers", {})}
+        return config_dict(urls, self.tmp_path / name, peers=peers, **overrides)
+
+    async def start(self, name: str, urls: list[str], **overrides: Any) -> Gateway:
+        data = self.config(name, urls, **overrides)
+        path = self.tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        gw = Gateway(parse_config(path.read_text(), str(path)), config_path=str(path))
+        await gw.start()
+        self.running.append(gw)
+        return gw
+
+    async def stop(self, gw: Gateway) -> None:
+        await gw.stop()
+        self.running.remove(gw)
+
+    async def close(self) -> None:
+        for gw in list(self.running):
+            await self.stop(gw)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Fleet]:
+    made = Fleet(tmp_path, redis_server)
+    yield made
+    await made.close()
+
+
+async def leader_of(gateways: list[Gateway], timeout: float = 10.0) -> Gateway:
+    """The one gateway that leads, once every gateway agrees on it."""
+    def agreed() -> bool:
+        leading = [g for g in gateways if g.fleet is not None and g.fleet.election.leading]
+        if len(leading) != 1:
+            return False
+        name = leading[0].fleet.name if leading[0].fleet else None
+        return all(g.fleet is not None and g.fleet.election.leader == name for g in gateways)
+
+    await wait_for(agreed, timeout, "one leader that every gateway names")
+    return next(g for g in gateways if g.fleet is not None and g.fleet.election.leading)
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url, headers=auth()) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def scrape(http: aiohttp.ClientSession, gw: Gateway) -> str:
+    async with http.get(f"{gw.admin_url}/metrics") as resp:
+        return await resp.text()
+
+
+# -- 1. the link and the leader ------------------------------------------------------------
+
+async def test_link_and_leader_in_metrics_peers_and_status(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    nodes: list[Backend] = await backends(2)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    leader = await leader_of([a, b])
+    follower = b if leader is a else a
+    assert leader.fleet is not None and follower.fleet is not None
+    epoch = leader.fleet.election.epoch
+    assert epoch is not None and epoch >= 1
+
+    for gw in (a, b):
+        assert sample(gw, "hagw_peers_connected") == 1
+        assert sample(gw, "hagw_peers_leader", leader=leader.fleet.name) == 1
+        assert sample(gw, "hagw_peers_epoch") == epoch
+        text = await scrape(http, gw)
+        assert "hagw_peers_connected 1.0" in text
+        assert f'hagw_peers_leader{{leader="{leader.fleet.name}"}} 1.0' in text
+    assert sample(leader, "hagw_peers_leading") == 1
+    assert sample(follower, "hagw_peers_leading") == 0
+
+    peers = await get_json(http, f"{follower.admin_url}/peers")
+    assert peers["enabled"] is True and peers["connected"] is True
+    assert peers["name"] == follower.fleet.name
+    assert peers["leader"] == leader.fleet.name and peers["epoch"] == epoch
+    assert peers["leading"] is False
+    status = await get_json(http, f"{follower.admin_url}/status.json")
+    assert status["peers"]["leader"] == leader.fleet.name
+
+    # hagw status, as an operator runs it against the follower.
+    cli = tmp_path / "cli.yaml"
+    data = config_dict(urls, tmp_path / "cli")
+    assert follower.admin_address is not None
+    data["admin"]["listen"] = f"127.0.0.1:{follower.admin_address[1]}"
+    cli.write_text(yaml.safe_dump(data))
+    done = await asyncio.to_thread(hagw, "status", config=cli)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("peers"))
+    assert f"{follower.fleet.name}: follower" in line
+    assert f"leader {leader.fleet.name} (epoch {epoch})" in line
+    assert "connected" in line and "NOT" not in line
+
+    # The leader stops: it releases the lease, and the other takes it with a new epoch.
+    await fleet.stop(leader)
+    await wait_for(lambda: follower.fleet is not None and follower.fleet.election.leading,
+                   5.0, "the follower to take the lease")
+    assert (follower.fleet.election.epoch or 0) > epoch
+    assert sample(follower, "hagw_peers_leader", leader=follower.fleet.name) == 1
+
+
+async def test_without_peers_the_gateway_stands_alone(
+        gateway: Callable[..., Any], backends: Callable[..., Any],
+        http: aiohttp.ClientSession) -> None:
+    nodes: list[Backend] = await backends(1)
+    gw = await gateway([nodes[0].url])
+    assert gw.fleet is None
+    peers = await get_json(http, f"{gw.admin_url}/peers")
+    assert peers["enabled"] is False
+    assert "hagw_peers_" not in await scrape(http, gw)
+    status = await get_json(http, f"{gw.admin_url}/status.json")
+    assert status["peers"] is None
+
+
+async def test_the_redis_password_never_shows(tmp_path: Path) -> None:
+    config = make_config(["http://127.0.0.1:1"], tmp_path, peers={
+        "redis": "redis://hagw:s3cret-pw@127.0.0.1:1/0", "name": "gw-a"})
+    gw = Gateway(config)
+    assert gw.fleet is not None
+    status = gw.fleet.status()
+    assert "s3cret-pw" not in repr(status) and "s3cret-pw" not in repr(gw.fleet)
+    assert status["redis"].startswith("redis://hagw:")
+    await gw.fleet.link.close()
+
+
+# -- 2. drains, shared -----------------------------------------------------------------------
+
+async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None
+               ) -> tuple[int, Any]:
+    async with http.post(url, json=body or {}, headers=auth()) as resp:
+        return resp.status, await resp.json()
+
+
+async def seen_within(gw: Gateway, name: str, state: NodeState, limit: float) -> float:
+    """How long until ``gw`` sees node ``name`` in ``state`` (fails past ``limit``)."""
+    began = time.monotonic()
+    node = gw.cluster.get(name)
+    assert node is not None
+    await wait_for(lambda: node.state is state, limit, f"{name} {state} on {gw!r}")
+    return time.monotonic() - began
+
+
+async def test_a_drain_reaches_every_instance_within_a_second(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    c = await fleet.start("gw-c", urls)
+    for gw in (a, b, c):
+        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
+                       10.0, "every node healthy")
+
+    status, body = await post(http, f"{a.admin_url}/nodes/node-2/drain", {"reason": "disk"})
+    assert status == 200, body
+    assert body["state"] == "DRAINING"
+    for gw in (b, c):
+        await seen_within(gw, "node-2", NodeState.DRAINING, 1.0)
+        node = gw.cluster.get("node-2")
+        assert node is not None and node.holds["operator"] == "disk (by gw-a)"
+    # Traffic through B no longer reaches node-2.
+    for _ in range(6):
+        async with http.get(f"{b.traffic_url}/") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["node"] != "node-2"
+
+    status, body = await post(http, f"{c.admin_url}/nodes/node-2/undrain")
+    assert status == 200, body
+    for gw in (a, b):
+        await seen_within(gw, "node-2", NodeState.HEALTHY, 1.0)
+
+
+async def test_shared_drains_survive_a_reload_and_a_restart(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    nodes: list[Backend] = await backends(2)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    status, body = await post(http, f"{a.admin_url}/nodes/node-1/drain", {"reason": "kernel"})
+    assert status == 200, body
+    await seen_within(b, "node-1", NodeState.DRAINING, 1.0)
+
+    async with http.post(f"{b.admin_url}/reload", headers=auth()) as resp:
+        assert resp.status == 200, await resp.text()
+    node = b.cluster.get("node-1")
+    assert node is not None and node.state is NodeState.DRAINING
+
+    # B restarts while A undrains: B comes back with Redis's state, not its own old one.
+    await fleet.stop(b)
+    status, body = await post(http, f"{a.admin_url}/nodes/node-1/undrain")
+    assert status == 200, body
+    status, body = await post(http, f"{a.admin_url}/nodes/node-2/drain", {"reason": "fan"})
+    assert status == 200, body
+    b = await fleet.start("gw-b", urls)
+    one, two = b.cluster.get("node-1"), b.cluster.get("node-2")
+    assert one is not None and two is not None
+    assert "operator" not in one.holds
+    assert two.holds.get("operator") == "fan (by gw-a)"
+
+
+# -- 5. Redis down -----------------------------------------------------------------------------
+
+async def test_redis_down_serves_on_the_last_known_state_and_refuses_changes(
+        fleet: Fleet, redis_server: RedisServer, backends: Callable[..., Any],
+        http: aiohttp.ClientSession) -> None:
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    status, body = await post(http, f"{a.admin_url}/nodes/node-3/drain", {"reason": "psu"})
+    assert status == 200, body
+    await seen_within(b, "node-3", NodeState.DRAINING, 1.0)
+    await wait_for(lambda: all(n.state is NodeState.HEALTHY for n in b.cluster
+                               if n.name != "node-3"), 10.0, "the others healthy")
+
+    # Requests keep flowing through B while Redis dies: none fails, none reaches node-3.
+    failures: list[str] = []
+    answered: list[str] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            async with http.get(f"{b.traffic_url}/") as resp:
+                if resp.status != 200:
+                    failures.append(f"{resp.status} {await resp.text()}")
+                else:
+                    answered.append((await resp.json())["node"])
+
+    task = asyncio.create_task(load())
+    await asyncio.sleep(0.3)
+    redis_server.kill()
+    for gw in (a, b):
+        await wait_for(lambda gw=gw: sample(gw, "hagw_peers_connected") == 0, 5.0,
+                       "the link to notice Redis is gone")
+    await asyncio.sleep(0.5)
+    stop.set()
+    await task
+    assert failures == []
+    assert answered and "node-3" not in answered
+
+    peers = await get_json(http, f"{b.admin_url}/peers")
+    assert peers["connected"] is False and peers["reason"]
+    # Changes of the shared state are refused with the reason; nothing changes.
+    status, body = await post(http, f"{b.admin_url}/nodes/node-1/drain")
+    assert status == 503 and body["error"] == "not_replicated", body
+    assert "not reachable" in body["message"] or "refused" in body["message"]
+    one = b.cluster.get("node-1")
+    assert one is not None and one.state is NodeState.HEALTHY
+    for gw in (a, b):
+        status, body = await post(http, f"{gw.admin_url}/deploys", {"version": "v2"})
+        assert status == 503 and body["error"] == "not_replicated", body
+        assert "Redis" in body["message"] or "reachable" in body["message"]
+        status, body = await post(http, f"{gw.admin_url}/maintenance",
+                                  {"duration": "10m", "reason": "db"})
+        assert status == 503 and body["error"] == "not_replicated", body
+    node3 = b.cluster.get("node-3")
+    assert node3 is not None and node3.state is NodeState.DRAINING
+
+    # Redis is back (its AOF kept the drain): changes are taken again.
+    redis_server.start()
+    for gw in (a, b):
+        await wait_for(lambda gw=gw: sample(gw, "hagw_peers_connected") == 1, 10.0,
+                       "the link to reconnect")
+    status, body = await post(http, f"{b.admin_url}/nodes/node-3/undrain")
+    assert status == 200, body
+    await seen_within(a, "node-3", NodeState.HEALTHY, 1.0)
