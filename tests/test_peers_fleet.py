@@ -311,3 +311,74 @@ async def test_redis_down_serves_on_the_last_known_state_and_refuses_changes(
     status, body = await post(http, f"{b.admin_url}/nodes/node-3/undrain")
     assert status == 200, body
     await seen_within(a, "node-3", NodeState.HEALTHY, 1.0)
+
+
+# -- 3. the fleet's capacity floor, decided by the leader ------------------------------------
+
+async def test_two_instances_each_seeing_a_warning_drain_exactly_one(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """3 nodes, min_healthy 2: the floor allows one drain. A sees node-1 WARNING, B sees
+    node-2 WARNING (each its own detector's verdict): exactly one is drained, on both."""
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    keys: dict[str, Any] = {"min_healthy": 2, "warning": {"recover_after": "10m"}}
+    a = await fleet.start("gw-a", urls, **keys)
+    b = await fleet.start("gw-b", urls, **keys)
+    await leader_of([a, b])
+    for gw in (a, b):
+        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
+                       10.0, "every node healthy")
+
+    def warn(gw: Gateway, name: str) -> None:
+        node = gw.cluster.get(name)
+        assert node is not None
+        node.observe_warning("probe latency 900ms above 250ms", clear=False)
+
+    warn(a, "node-1")
+    warn(b, "node-2")
+
+    def drained(gw: Gateway) -> set[str]:
+        return {n.name for n in gw.cluster if "fleet" in n.holds}
+
+    await wait_for(lambda: len(drained(a)) == 1 and drained(a) == drained(b), 5.0,
+                   "one drain, the same on both")
+    # And it stays that way: nothing else is drained once every report is in.
+    await asyncio.sleep(0.5)
+    assert len(drained(a)) == 1 and drained(a) == drained(b)
+    out = next(iter(drained(a)))
+    assert out in ("node-1", "node-2")
+    for gw in (a, b):
+        serving = [n.name for n in gw.cluster if n.serving]
+        assert len(serving) == 2 and out not in serving
+        node = gw.cluster.get(out)
+        assert node is not None and node.state is NodeState.DRAINING
+    kept = "node-2" if out == "node-1" else "node-1"
+    seen_by = a if kept == "node-1" else b
+    kept_node = seen_by.cluster.get(kept)
+    assert kept_node is not None and kept_node.state is NodeState.WARNING  # reduced weight
+
+    # The drained node recovers where it was seen: the leader readmits it fleet-wide, and
+    # the other WARNING node now fits under the floor.
+    seer = a if out == "node-1" else b
+    node = seer.cluster.get(out)
+    assert node is not None
+    node.warning = None
+    node.restart_checks("warning signs clear")
+    await wait_for(lambda: drained(a) == {kept} and drained(b) == {kept}, 10.0,
+                   "the drain to move to the other node")
+
+
+def test_fleet_drains_keeps_the_floor(tmp_path: Path) -> None:
+    from gateway.app.floor import fleet_drains
+    config = make_config([f"http://127.0.0.1:{p}" for p in (1, 2, 3, 4)], tmp_path,
+                         health={"enabled": False}, min_healthy=2)
+    gw = Gateway(config)
+    nodes = list(gw.cluster)
+    warned = {"node-3": "x", "node-1": "y", "node-4": "z"}
+    assert fleet_drains(nodes, warned, set(), 2) == {"node-1": "y", "node-3": "x"}
+    # Already drained nodes stay drained first: no flapping between leaders.
+    assert fleet_drains(nodes, warned, {"node-4"}, 2) == {"node-4": "z", "node-1": "y"}
+    assert fleet_drains(nodes, warned, set(), 4) == {}
+    # A node out for another reason costs its capacity already.
+    nodes[1].drain("operator", "operator")
+    assert fleet_drains(nodes, warned, set(), 2) == {"node-1": "y"}

@@ -14,6 +14,7 @@ from gateway.app import reactions
 from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
 from gateway.app.drains import OperatorDrains
 from gateway.app.fleet import Fleet
+from gateway.app.floor import FleetFloor
 from gateway.app.metrics import ControlMetrics
 from gateway.app.stats import NodeStats
 from gateway.app.tasks import Tasks
@@ -82,7 +83,9 @@ class Parts:
         self.stats = NodeStats(self.registry, clock.monotonic)
         #: The client context for https:// nodes (pools and probes); None without any.
         self.client_tls = upstream_tls(config, clock, config_path)
-        self.cluster = Cluster(config, clock=clock, bus=self.bus)
+        # With peers the fleet's leader decides the automatic drains (gateway.app.floor).
+        self.cluster = Cluster(config, clock=clock, bus=self.bus,
+                               decides=config.peers is None)
         self.store = StateStore(config.state_dir)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
@@ -91,6 +94,8 @@ class Parts:
                             registry=self.registry) if config.peers is not None else None)
         self.drains = OperatorDrains(self.cluster, self.store, clock, fleet=self.fleet,
                                      spawn=self.tasks)
+        self.floor = (FleetFloor(self.cluster, self.fleet, bus=self.bus, spawn=self.tasks)
+                      if self.fleet is not None else None)
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,
                                     events=self.bus, registry=self.registry,

@@ -161,6 +161,8 @@ class Gateway(Parts):
             await fleet.start()
         yield
         if fleet is not None:
+            if self.floor is not None:
+                await self.floor.stop()
             await fleet.stop()
 
     async def release_state(self) -> None:
