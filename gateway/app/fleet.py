@@ -23,9 +23,10 @@ from prometheus_client.registry import Collector
 from gateway.clock import Clock
 from gateway.config.schema import PeersConfig
 from monitor.peers.connection import PeerLink, PeersUnavailable, describe
+from monitor.peers.fence import StaleLeader
 from monitor.peers.lease import LeaderElection
 from monitor.peers.records import Notice, Resync, SharedStore
-from monitor.ports import Events, Spawn
+from monitor.ports import Events, Spawn, WriteRefused
 
 log = logging.getLogger("hagw.peers")
 
@@ -145,6 +146,51 @@ class Fleet:
                 "leading": leader.leading, "leader": leader.leader, "epoch": leader.epoch,
                 "leader_reason": leader.reason or None,
                 "records_version": self.records.version}
+
+
+class LeaderStore:
+    """The ``Store`` port for what only the leader writes (deploy records): shared in
+    Redis, every write fenced by this instance's epoch. A write after the lease was lost,
+    or while Redis does not answer, raises WriteRefused (StaleLeader is one), so the
+    component that wrote stops where it stands. Reads come from Redis, or from the last
+    known state while it is down."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def __repr__(self) -> str:
+        return f"<LeaderStore {self.fleet.name}>"
+
+    def _epoch(self) -> int:
+        epoch = self.fleet.election.epoch
+        if epoch is None:
+            raise StaleLeader(f"{self.fleet.name} does not lead the fleet "
+                              f"({self.fleet.election.state.reason})")
+        return epoch
+
+    async def put(self, namespace: str, key: str, value: Any) -> None:
+        try:
+            await self.fleet.records.put(namespace, key, value, epoch=self._epoch())
+        except PeersUnavailable as exc:
+            raise WriteRefused(f"the fleet's shared state did not take it: {exc}") from None
+
+    async def delete(self, namespace: str, key: str) -> None:
+        try:
+            await self.fleet.records.delete(namespace, key, epoch=self._epoch())
+        except PeersUnavailable as exc:
+            raise WriteRefused(f"the fleet's shared state did not take it: {exc}") from None
+
+    async def get(self, namespace: str, key: str) -> Any:
+        try:
+            return await self.fleet.records.get(namespace, key)
+        except PeersUnavailable:
+            return self.fleet.records.known(namespace).get(key)
+
+    async def items(self, namespace: str) -> dict[str, Any]:
+        try:
+            return await self.fleet.records.items(namespace)
+        except PeersUnavailable:
+            return self.fleet.records.known(namespace)
 
 
 class PeerGauges(Collector):

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from gateway.app import reactions
 from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
 from gateway.app.drains import OperatorDrains
-from gateway.app.fleet import Fleet
+from gateway.app.fleet import Fleet, LeaderStore
 from gateway.app.floor import FleetFloor
+from gateway.app.leader import LeaderDuties
 from gateway.app.metrics import ControlMetrics
 from gateway.app.stats import NodeStats
 from gateway.app.tasks import Tasks
@@ -125,9 +126,14 @@ class Parts:
             config, cluster=self.cluster, store=self.store, queue=self.queue,
             replayer=replayer, mode=mode, advisory=self.traffic, notifier=self.notifier,
             events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
+        # In a fleet the deploy records are shared and every save is fenced by the epoch.
         self.deploys = DeployRunner(
-            config.deploy, cluster=self.cluster, budget=self.slo, store=self.store,
+            config.deploy, cluster=self.cluster, budget=self.slo,
+            store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
             events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
+        self.leader_duties = (LeaderDuties(self.fleet.name, self.deploys, bus=self.bus,
+                                           spawn=self.tasks)
+                              if self.fleet is not None else None)
         self.incidents = IncidentWatcher(
             config.incidents, cluster=self.cluster, budget=self.slo, maintenance=mode,
             store=self.store, events=self.bus, notifier=self.notifier, spawn=self.tasks,

@@ -184,7 +184,7 @@ class Gateway(Parts):
             return
         await self.store.open(slo_store.SCHEMA)
         self.state_released = False
-        await self.deploys.start()
+        await self.deploys.start(load=self.fleet is None)
         await self.maintenance.start()
         await self.incidents.start()
 
@@ -219,7 +219,10 @@ class Gateway(Parts):
         await self.health.stop()
 
     async def _deploys_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.deploys.start()
+        # In a fleet only the leader picks the deploy records up (gateway.app.leader).
+        await self.deploys.start(load=self.fleet is None)
+        if self.leader_duties is not None and self.fleet is not None:
+            self.leader_duties.activate(self.fleet.election.leading)
         yield
         if not self.state_released:
             await self.deploys.stop()

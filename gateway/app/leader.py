@@ -1,0 +1,59 @@
+"""What only the fleet's leader runs (``peers``): deploys. Becoming the leader takes the
+deploys over where their shared records stand; losing the lease stops the one running
+here at once, without a write (Redis would refuse it anyway: the epoch is over).
+
+Changes of leadership are handled one after the other, in the order they happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.events import EventBus
+from monitor.deploy.runner import DeployRunner
+from monitor.peers.lease import LeadershipChanged
+from monitor.ports import Spawn, WriteRefused
+
+log = logging.getLogger("hagw.peers.leader")
+
+
+class LeaderDuties:
+    def __init__(self, name: str, deploys: DeployRunner, *, bus: EventBus,
+                 spawn: Spawn) -> None:
+        self.name = name
+        self.deploys = deploys
+        self.spawn = spawn
+        self.leading = False
+        self._active = False
+        self._turns = asyncio.Lock()
+        bus.subscribe(LeadershipChanged, self._on_change)
+
+    def __repr__(self) -> str:
+        return f"<LeaderDuties {self.name} {'leading' if self.leading else 'following'}>"
+
+    def _on_change(self, event: LeadershipChanged) -> None:
+        if event.name != self.name:
+            return
+        self.leading = event.leading
+        if self._active:
+            self.spawn(self._turn(event.leading), name="leader duties")
+
+    def activate(self, leading: bool) -> None:
+        """The duties may run from now on (the deploy runner has started)."""
+        self._active = True
+        self.leading = leading
+        if leading:
+            self.spawn(self._turn(True), name="leader duties")
+
+    async def _turn(self, leading: bool) -> None:
+        async with self._turns:
+            if leading != self.leading:
+                return  # it changed again meanwhile: the later turn does it
+            if leading:
+                try:
+                    await self.deploys.take_over()
+                except WriteRefused as exc:
+                    log.warning("leader duties: could not take the deploys over: %s", exc)
+            else:
+                await self.deploys.let_go()
