@@ -382,3 +382,38 @@ def test_fleet_drains_keeps_the_floor(tmp_path: Path) -> None:
     # A node out for another reason costs its capacity already.
     nodes[1].drain("operator", "operator")
     assert fleet_drains(nodes, warned, set(), 2) == {"node-1": "y"}
+
+
+async def test_incidents_are_opened_by_the_leader_alone(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Every node fails its probes on both instances: one incident opens fleet-wide, by
+    the leader, and the follower's status page shows the same one."""
+    nodes: list[Backend] = await backends(2)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    leader = await leader_of([a, b])
+    follower = b if leader is a else a
+    for gw in (a, b):
+        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
+                       10.0, "every node healthy")
+    for node in nodes:
+        node.fault(health="fail")
+    await wait_for(lambda: leader.incidents.tracker.current is not None, 10.0,
+                   "the leader to open an incident")
+    current = leader.incidents.tracker.current
+    assert current is not None
+    await wait_for(lambda: follower.incidents.tracker.current is not None, 2.0,
+                   "the follower's copy")
+    copy = follower.incidents.tracker.current
+    assert copy is not None and copy.id == current.id
+    assert list(follower.incidents.tracker.incidents) == [current.id]
+    assert sample(leader, "hagw_incidents_total") == 1
+    assert sample(follower, "hagw_incidents_total") == 0  # the follower opened none
+    status = await get_json(http, f"{follower.admin_url}/status.json")
+    assert [i["id"] for i in status["incidents"]["open"]] == [current.id]
+    # An operator's update goes to the leader; a follower says where.
+    status_code, body = await post(http, f"{follower.admin_url}/incidents/{current.id}/ack")
+    assert status_code == 409 and body["error"] == "not_leader", body
+    status_code, body = await post(http, f"{leader.admin_url}/incidents/{current.id}/ack")
+    assert status_code == 200, body

@@ -1,6 +1,7 @@
-"""What only the fleet's leader runs (``peers``): deploys. Becoming the leader takes the
-deploys over where their shared records stand; losing the lease stops the one running
-here at once, without a write (Redis would refuse it anyway: the epoch is over).
+"""What only the fleet's leader runs (``peers``): deploys and the incident watch.
+Becoming the leader takes them over where their shared records stand; losing the lease
+stops them here at once, without a write (Redis would refuse it anyway: the epoch is
+over). A follower keeps a copy of the leader's incidents for its status page.
 
 Changes of leadership are handled one after the other, in the order they happened.
 """
@@ -12,17 +13,20 @@ import logging
 
 from gateway.events import EventBus
 from monitor.deploy.runner import DeployRunner
+from monitor.incident.watch import IncidentWatcher
 from monitor.peers.lease import LeadershipChanged
+from monitor.peers.records import Change, Notice, Resync
 from monitor.ports import Spawn, WriteRefused
 
 log = logging.getLogger("hagw.peers.leader")
 
 
 class LeaderDuties:
-    def __init__(self, name: str, deploys: DeployRunner, *, bus: EventBus,
-                 spawn: Spawn) -> None:
+    def __init__(self, name: str, deploys: DeployRunner, incidents: IncidentWatcher, *,
+                 bus: EventBus, spawn: Spawn) -> None:
         self.name = name
         self.deploys = deploys
+        self.incidents = incidents
         self.spawn = spawn
         self.leading = False
         self._active = False
@@ -53,7 +57,19 @@ class LeaderDuties:
             if leading:
                 try:
                     await self.deploys.take_over()
+                    await self.incidents.take_over()
                 except WriteRefused as exc:
-                    log.warning("leader duties: could not take the deploys over: %s", exc)
+                    log.warning("leader duties: could not take over: %s", exc)
             else:
                 await self.deploys.let_go()
+                await self.incidents.let_go()
+
+    def on_incidents(self, notice: Notice) -> None:
+        """The leader recorded an incident: a follower's copy, for its status page."""
+        if self.leading:
+            return
+        if isinstance(notice, Resync):
+            for data in notice.records.get("incidents", {}).values():
+                self.incidents.mirror(data)
+        elif isinstance(notice, Change) and isinstance(notice.value, dict):
+            self.incidents.mirror(notice.value)

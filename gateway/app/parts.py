@@ -131,13 +131,17 @@ class Parts:
             config.deploy, cluster=self.cluster, budget=self.slo,
             store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
             events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
-        self.leader_duties = (LeaderDuties(self.fleet.name, self.deploys, bus=self.bus,
-                                           spawn=self.tasks)
-                              if self.fleet is not None else None)
         self.incidents = IncidentWatcher(
             config.incidents, cluster=self.cluster, budget=self.slo, maintenance=mode,
-            store=self.store, events=self.bus, notifier=self.notifier, spawn=self.tasks,
+            store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
+            events=self.bus, notifier=self.notifier, spawn=self.tasks,
             clock=clock, registry=self.registry)
+        #: What only the fleet's leader runs (deploys, the incident watch); None alone.
+        self.leader_duties: LeaderDuties | None = None
+        if self.fleet is not None:
+            self.leader_duties = LeaderDuties(self.fleet.name, self.deploys, self.incidents,
+                                              bus=self.bus, spawn=self.tasks)
+            self.fleet.watch("incidents", self.leader_duties.on_incidents)
         # -- the root's own reactions -------------------------------------------------------
         self.metrics.watch(lambda: iter(self.cluster), lambda: self.cluster.floor,
                            self.uptime, self.slo)

@@ -186,7 +186,7 @@ class Gateway(Parts):
         self.state_released = False
         await self.deploys.start(load=self.fleet is None)
         await self.maintenance.start()
-        await self.incidents.start()
+        await self.incidents.start(watch=self.fleet is None)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -221,8 +221,6 @@ class Gateway(Parts):
     async def _deploys_ctx(self, app: web.Application) -> AsyncIterator[None]:
         # In a fleet only the leader picks the deploy records up (gateway.app.leader).
         await self.deploys.start(load=self.fleet is None)
-        if self.leader_duties is not None and self.fleet is not None:
-            self.leader_duties.activate(self.fleet.election.leading)
         yield
         if not self.state_released:
             await self.deploys.stop()
@@ -236,7 +234,11 @@ class Gateway(Parts):
         await self.queue.close()
 
     async def _incidents_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.incidents.start()
+        # In a fleet only the leader watches for incidents (and runs deploys): from here on
+        # the leader's duties follow the lease.
+        await self.incidents.start(watch=self.fleet is None)
+        if self.leader_duties is not None and self.fleet is not None:
+            self.leader_duties.activate(self.fleet.election.leading)
         yield
         if not self.state_released:
             await self.incidents.stop()
