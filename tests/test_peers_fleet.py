@@ -21,7 +21,10 @@ import yaml
 from gateway.app.runtime import Gateway
 from gateway.config import parse_config
 from gateway.node import NodeState
+from monitor.peers.connection import PeerLink
+from monitor.peers.records import SharedStore
 from tests.conftest import Backend, auth, config_dict, hagw, make_config, sample, wait_for
+from tests.fakes import Spawner
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -417,3 +420,30 @@ async def test_incidents_are_opened_by_the_leader_alone(
     assert status_code == 409 and body["error"] == "not_leader", body
     status_code, body = await post(http, f"{leader.admin_url}/incidents/{current.id}/ack")
     assert status_code == 200, body
+
+
+async def test_a_gone_instances_warning_report_holds_nothing(
+        fleet: Fleet, backends: Callable[..., Any], peer_link: Callable[..., PeerLink],
+        spawner: Spawner) -> None:
+    """Reports are renewed every lease_ttl: one older than three TTLs (an instance that was
+    SIGKILLed) drains nothing; a fresh one does, and once it goes stale the node is back."""
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls, min_healthy=1, warning={"recover_after": "10m"})
+    await leader_of([a])
+    await wait_for(lambda: all(n.state is NodeState.HEALTHY for n in a.cluster), 10.0,
+                   "every node healthy")
+    assert a.fleet is not None and a.floor is not None
+    now = time.time()
+    # What two other instances wrote, as they write it.
+    dead = SharedStore(peer_link("gw-dead"), spawn=spawner)
+    alive = SharedStore(peer_link("gw-alive"), spawn=spawner)
+    await dead.put("warnings", "gw-dead", {"nodes": {"node-3": "p95 2s"}, "at": now - 20})
+    await alive.put("warnings", "gw-alive", {"nodes": {"node-2": "p95 1s"}, "at": now})
+    two, three = a.cluster.get("node-2"), a.cluster.get("node-3")
+    assert two is not None and three is not None
+    await wait_for(lambda: "fleet" in two.holds, 5.0, "the fresh report's drain")
+    assert "fleet" not in three.holds
+    # gw-alive stops renewing: after three TTLs its node is readmitted at the next decision.
+    await wait_for(lambda: "fleet" not in two.holds, 3 * 2.0 + 2 * 2.0 + 1.0,
+                   "the stale report to be dropped")

@@ -2,7 +2,9 @@
 instance (``peers``).
 
 Each instance probes every node and reports the nodes it sees WARNING (its own view,
-``warnings/<instance>`` in the shared records). The leader alone decides which of the
+``warnings/<instance>`` in the shared records), again every ``lease_ttl`` as a heartbeat:
+the leader ignores a report older than ``STALE_AFTER`` lease TTLs, so a node that only a
+SIGKILLed instance saw WARNING is readmitted. The leader alone decides which of the
 nodes any instance reports may be drained without taking the fleet below
 ``min_healthy`` (``fleet_drains``), and holds them as the ``fleet`` hold. It publishes
 the holds it keeps for the whole fleet, the fleet's and a deploy's, as one fenced record
@@ -18,8 +20,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from gateway.app.fleet import Fleet
+from gateway.clock import Clock
 from gateway.cluster import Cluster
 from gateway.events import EventBus, News
 from gateway.node import Node, NodeChanged, Probe
@@ -38,6 +42,8 @@ REPLICATED = (FLEET, "deploy")
 WARNINGS = "warnings"
 HOLDS = "holds"
 HOLDS_KEY = "nodes"
+#: A report not renewed for this many lease TTLs is from an instance that is gone.
+STALE_AFTER = 3
 
 
 def available(node: Node) -> bool:
@@ -69,13 +75,17 @@ class FleetFloor:
     """Reports this instance's WARNING nodes; as the leader, decides and publishes the
     fleet's holds; as a follower, applies the leader's."""
 
-    def __init__(self, cluster: Cluster, fleet: Fleet, *, bus: EventBus, spawn: Spawn) -> None:
+    def __init__(self, cluster: Cluster, fleet: Fleet, *, bus: EventBus, spawn: Spawn,
+                 clock: Clock) -> None:
         self.cluster = cluster
         self.fleet = fleet
         self.bus = bus
         self.spawn = spawn
-        #: What every instance reported: instance -> {node: sign}.
+        self.clock = clock
+        #: What every instance reported: instance -> {node: sign}, and when (wall time).
         self.reports: dict[str, dict[str, str]] = {}
+        self.reported_at: dict[str, float] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
         self._reported: dict[str, str] | None = None
         self._published: dict[str, dict[str, str]] | None = None
         #: The leader's holds as last received (a follower applies them).
@@ -113,6 +123,7 @@ class FleetFloor:
         self._pending = False
         mine = self.local_warnings()
         self.reports[self.fleet.name] = mine
+        self.reported_at[self.fleet.name] = self.clock.time()
         if mine != self._reported:
             self.spawn(self._report(mine), name="report warnings")
         if self.leading:
@@ -123,7 +134,10 @@ class FleetFloor:
     def decide(self) -> None:
         """The leader's decision, applied here at once and published to the others."""
         warned: dict[str, str] = {}
-        for report in self.reports.values():
+        oldest = self.clock.time() - STALE_AFTER * self.fleet.config.lease_ttl
+        for instance, report in self.reports.items():
+            if self.reported_at.get(instance, 0.0) < oldest:
+                continue  # that instance is gone: what it alone saw holds nothing
             for name, sign in report.items():
                 warned.setdefault(name, sign)
         held = {n.name for n in self.cluster if FLEET in n.holds}
@@ -158,15 +172,21 @@ class FleetFloor:
 
     def _on_warnings(self, notice: Notice) -> None:
         if isinstance(notice, Resync):
-            self.reports = {k: dict(v) for k, v in notice.records.get(WARNINGS, {}).items()
-                            if isinstance(v, dict)}
+            self.reports, self.reported_at = {}, {}
+            for instance, value in notice.records.get(WARNINGS, {}).items():
+                self._take(instance, value)
             self._reported = self.reports.get(self.fleet.name)
         elif isinstance(notice, Change):
-            if notice.deleted or not isinstance(notice.value, dict):
-                self.reports.pop(notice.key, None)
-            else:
-                self.reports[notice.key] = dict(notice.value)
+            self._take(notice.key, None if notice.deleted else notice.value)
         self.changed()
+
+    def _take(self, instance: str, value: Any) -> None:
+        if not isinstance(value, dict) or not isinstance(value.get("nodes"), dict):
+            self.reports.pop(instance, None)
+            self.reported_at.pop(instance, None)
+            return
+        self.reports[instance] = {str(k): str(v) for k, v in value["nodes"].items()}
+        self.reported_at[instance] = float(value.get("at", 0.0))
 
     def _on_holds(self, notice: Notice) -> None:
         if isinstance(notice, Resync):
@@ -195,10 +215,22 @@ class FleetFloor:
     async def _report(self, mine: dict[str, str]) -> None:
         async with self._writes:
             try:
-                await self.fleet.records.put(WARNINGS, self.fleet.name, mine)
+                await self.fleet.records.put(WARNINGS, self.fleet.name,
+                                             {"nodes": mine, "at": self.clock.time()})
             except PeersUnavailable:
                 return  # reported again once Redis is back (the link's change)
             self._reported = mine
+
+    def start(self) -> None:
+        """The heartbeat: this instance's report again every ``lease_ttl``."""
+        if self._heartbeat is None:
+            self._heartbeat = self.spawn(self._beat(), name="warnings heartbeat")
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.fleet.config.lease_ttl)
+            self._reported = None  # report even if unchanged
+            self.changed()
 
     async def _publish(self, holds: dict[str, dict[str, str]]) -> None:
         epoch = self.fleet.election.epoch
@@ -216,5 +248,9 @@ class FleetFloor:
 
     async def stop(self) -> None:
         """This instance's report goes: a node it alone saw WARNING is not held for it."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
         with contextlib.suppress(PeersUnavailable):
             await self.fleet.records.delete(WARNINGS, self.fleet.name)

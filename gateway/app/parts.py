@@ -95,7 +95,8 @@ class Parts:
                             registry=self.registry) if config.peers is not None else None)
         self.drains = OperatorDrains(self.cluster, self.store, clock, fleet=self.fleet,
                                      spawn=self.tasks)
-        self.floor = (FleetFloor(self.cluster, self.fleet, bus=self.bus, spawn=self.tasks)
+        self.floor = (FleetFloor(self.cluster, self.fleet, bus=self.bus, spawn=self.tasks,
+                                 clock=clock)
                       if self.fleet is not None else None)
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,

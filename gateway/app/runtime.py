@@ -159,6 +159,8 @@ class Gateway(Parts):
         fleet = self.fleet
         if fleet is not None:
             await fleet.start()
+            if self.floor is not None:
+                self.floor.start()
         yield
         if fleet is not None:
             if self.floor is not None:
