@@ -447,3 +447,53 @@ async def test_a_gone_instances_warning_report_holds_nothing(
     # gw-alive stops renewing: after three TTLs its node is readmitted at the next decision.
     await wait_for(lambda: "fleet" not in two.holds, 3 * 2.0 + 2 * 2.0 + 1.0,
                    "the stale report to be dropped")
+
+
+# -- 4. maintenance windows, shared -----------------------------------------------------------
+
+async def test_maintenance_windows_are_the_fleets(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """A window scheduled on A is B's too: B enters it on its own clock, an end on B ends
+    it on A, a cancellation on A reaches B; only the leader announces."""
+    from gateway.maintenance import Phase
+    nodes: list[Backend] = await backends(2)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    leader = await leader_of([a, b])
+    follower = b if leader is a else a
+    for gw in (a, b):
+        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
+                       10.0, "every node healthy")
+
+    later, body = await post(http, f"{a.admin_url}/maintenance",
+                             {"start": "+2h", "duration": "30m", "reason": "db upgrade"})
+    assert later == 201, body
+    later_id = body["id"]
+    await wait_for(lambda: later_id in b.maintenance.schedule.windows, 1.0, "B's copy")
+    # Before a whole-fleet window every answer carries the advisory, through B too.
+    async with http.get(f"{b.traffic_url}/") as resp:
+        assert resp.status == 200
+        assert resp.headers.get("X-Maintenance-Scheduled")
+    status, body = await post(http, f"{a.admin_url}/maintenance",
+                              {"start": "now", "duration": "10m", "reason": "switch swap"})
+    assert status == 201, body
+    now_id = body["id"]
+    await wait_for(lambda: b.mode.phase is Phase.ACTIVE, 1.0, "B in maintenance")
+    async with http.get(f"{b.traffic_url}/") as resp:
+        assert resp.status == 503
+    assert all(n.state is NodeState.MAINTENANCE for n in b.cluster)
+
+    async with http.post(f"{b.admin_url}/maintenance/{now_id}/end", headers=auth()) as resp:
+        assert resp.status == 200, await resp.text()
+    await wait_for(lambda: a.mode.phase is Phase.NORMAL and b.mode.phase is Phase.NORMAL,
+                   10.0, "both out of maintenance")
+    assert a.maintenance.schedule.windows[now_id].status == "ended"
+
+    async with http.delete(f"{a.admin_url}/maintenance/{later_id}", headers=auth()) as resp:
+        assert resp.status == 200, await resp.text()
+    await wait_for(lambda: b.maintenance.schedule.windows[later_id].status == "cancelled",
+                   1.0, "B's copy cancelled")
+    # The follower sent no announcement of its own.
+    assert follower.maintenance.announces() is False
+    assert leader.maintenance.announces() is True

@@ -35,7 +35,7 @@ log = logging.getLogger("hagw.peers")
 SYNC_TIMEOUT = 2.0
 
 
-class NotReplicated(Exception):
+class NotReplicated(WriteRefused):
     """A change of the fleet's shared state was refused because Redis cannot take it
     (503 ``not_replicated``); the message says why, without secrets."""
 
@@ -146,6 +146,37 @@ class Fleet:
                 "leading": leader.leading, "leader": leader.leader, "epoch": leader.epoch,
                 "leader_reason": leader.reason or None,
                 "records_version": self.records.version}
+
+
+class SharedRecords:
+    """The ``Store`` port on the fleet's shared records, for what any instance may write
+    (maintenance windows): NotReplicated while Redis does not take a write; reads from
+    Redis, or the last known state while it is down."""
+
+    def __init__(self, fleet: Fleet, what: str) -> None:
+        self.fleet = fleet
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<SharedRecords {self.what} of {self.fleet.name}>"
+
+    async def put(self, namespace: str, key: str, value: Any) -> None:
+        await self.fleet.put(namespace, key, value, f"recording {self.what} {key}")
+
+    async def delete(self, namespace: str, key: str) -> None:
+        await self.fleet.delete(namespace, key, f"deleting {self.what} {key}")
+
+    async def get(self, namespace: str, key: str) -> Any:
+        try:
+            return await self.fleet.records.get(namespace, key)
+        except PeersUnavailable:
+            return self.fleet.records.known(namespace).get(key)
+
+    async def items(self, namespace: str) -> dict[str, Any]:
+        try:
+            return await self.fleet.records.items(namespace)
+        except PeersUnavailable:
+            return self.fleet.records.known(namespace)
 
 
 class LeaderStore:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import reactions
 from gateway.app.dataplane import DataPlane, EjectionTimer, upstream_tls
 from gateway.app.drains import OperatorDrains
-from gateway.app.fleet import Fleet, LeaderStore
+from gateway.app.fleet import Fleet, LeaderStore, SharedRecords
 from gateway.app.floor import FleetFloor
 from gateway.app.leader import LeaderDuties
 from gateway.app.metrics import ControlMetrics
@@ -34,6 +34,7 @@ from monitor.incident.watch import IncidentWatcher
 from monitor.maintenance.manager import MaintenanceManager
 from monitor.maintenance.replay import Replayer
 from monitor.notify import NotifierHub
+from monitor.peers.records import Change, Notice, Resync
 from monitor.slo import SloTracker
 from monitor.uptime import NodeUptime
 
@@ -123,10 +124,19 @@ class Parts:
         replayer = Replayer(self.queue, data.forwarder, self.cluster, config.maintenance,
                             spawn=self.tasks, events=self.bus)
         mode.replay = replayer
+        # In a fleet the windows are shared (any instance may schedule one) and only the
+        # leader sends their announcements.
+        fleet = self.fleet
         self.maintenance = MaintenanceManager(
-            config, cluster=self.cluster, store=self.store, queue=self.queue,
+            config, cluster=self.cluster,
+            store=SharedRecords(fleet, "maintenance window") if fleet is not None
+            else self.store, queue=self.queue,
             replayer=replayer, mode=mode, advisory=self.traffic, notifier=self.notifier,
-            events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
+            events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry,
+            announces=(lambda: fleet.election.leading) if fleet is not None
+            else (lambda: True))
+        if fleet is not None:
+            fleet.watch("maintenance", self._shared_windows)
         # In a fleet the deploy records are shared and every save is fenced by the epoch.
         self.deploys = DeployRunner(
             config.deploy, cluster=self.cluster, budget=self.slo,
@@ -168,6 +178,15 @@ class Parts:
     def admin_url(self) -> str:
         assert self.admin_address is not None
         return f"http://{self.admin_address[0]}:{self.admin_address[1]}"
+
+    def _shared_windows(self, notice: Notice) -> None:
+        """Another instance recorded maintenance windows: this one's schedule merges them."""
+        if isinstance(notice, Resync):
+            for data in notice.records.get("maintenance", {}).values():
+                self.maintenance.shared(data)
+        elif isinstance(notice, Change) and not notice.deleted and isinstance(notice.value,
+                                                                              dict):
+            self.maintenance.shared(notice.value)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         return self.tasks(coro, name)
