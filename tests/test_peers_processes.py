@@ -240,3 +240,57 @@ async def test_a_frozen_leader_cannot_act_when_it_wakes(
     nodes_view = await leader.get("/nodes")
     assert all(h["source"] != "deploy" for n in nodes_view["nodes"] for h in n["holds"]), \
         nodes_view
+
+
+async def test_redis_killed_under_load_fails_no_request(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        redis_server: RedisServer) -> None:
+    """Redis SIGKILLed while two instances (one with two workers) take 150 requests/s
+    each, 30% writes: no request fails; deploys and drains are refused with the reason;
+    once Redis is back the shared state takes changes again."""
+    from chaos.load import LoadConfig, MixedLoad
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    a = await instances("gw-a", urls, workers=0)
+    b = await instances("gw-b", urls, workers=2)
+    group = [a, b]
+    await the_leader(group)
+    for instance in group:
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    loads = [MixedLoad(i.traffic_url, i.name, LoadConfig(rate=150, max_requests=5_000))
+             for i in group]
+    for load in loads:
+        await load.start()
+    try:
+        await asyncio.sleep(1.0)
+        redis_server.kill()
+        for instance in group:
+            view = await instance.until("/peers", lambda p: p["connected"] is False, 10.0,
+                                        "Redis seen gone")
+            assert view["reason"]
+            status, body = await instance.post("/deploys", {"version": "v2"})
+            assert status == 503 and body["error"] == "not_replicated", body
+            assert "not reachable" in body["message"]
+            status, body = await instance.post("/nodes/node-1/drain", {"reason": "x"})
+            assert status == 503 and body["error"] == "not_replicated", body
+            async with instance.http.get(f"{instance.admin_url}/metrics") as resp:
+                assert "hagw_peers_connected 0.0" in await resp.text()
+        await asyncio.sleep(1.0)
+        redis_server.start()
+        for instance in group:
+            await instance.until("/peers", lambda p: p["connected"] is True, 15.0,
+                                 "Redis seen back")
+        await the_leader(group)
+        await asyncio.sleep(1.0)
+    finally:
+        for load in loads:
+            await load.stop()
+    for load in loads:
+        assert load.sent >= 300, "the load did not run"
+        failed = [o for o in load.outcomes if o.failure]
+        assert failed == [], ", ".join(f"{o.method} {o.failure} {o.detail}"
+                                       for o in failed[:10])
+    status, body = await b.post("/nodes/node-1/drain", {"reason": "after"})
+    assert status == 200, body
+    await a.until("/nodes/node-1", lambda n: n["state"] == "DRAINING", 1.0, "the drain")
