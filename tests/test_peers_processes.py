@@ -237,6 +237,11 @@ async def test_a_frozen_leader_cannot_act_when_it_wakes(
     assert deployed == {"node-1", "node-2", "node-3"}
     record = await other.get(f"/deploys/{deploy_id}")
     assert record["status"] == "succeeded"
+    # The old leader, now a follower, reads the new leader's record.
+    mirrored = await leader.until(f"/deploys/{deploy_id}",
+                                  lambda r: r.get("status") == "succeeded", 5.0,
+                                  "the follower's copy of the record")
+    assert mirrored["version"] == "v2"
     nodes_view = await leader.get("/nodes")
     assert all(h["source"] != "deploy" for n in nodes_view["nodes"] for h in n["holds"]), \
         nodes_view

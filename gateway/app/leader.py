@@ -1,7 +1,8 @@
 """What only the fleet's leader runs (``peers``): deploys and the incident watch.
 Becoming the leader takes them over where their shared records stand; losing the lease
 stops them here at once, without a write (Redis would refuse it anyway: the epoch is
-over). A follower keeps a copy of the leader's incidents for its status page.
+over). A follower keeps a copy of the leader's deploy records and incidents for its
+reads and its status page.
 
 Changes of leadership are handled one after the other, in the order they happened.
 """
@@ -63,6 +64,18 @@ class LeaderDuties:
             else:
                 await self.deploys.let_go()
                 await self.incidents.let_go()
+
+    def on_deploys(self, notice: Notice) -> None:
+        """The leader saved a deploy record: a follower's copy, for its reads."""
+        if self.leading:
+            return
+        if isinstance(notice, Resync):
+            for data in notice.records.get("deploys", {}).values():
+                self.deploys.mirror(data)
+        elif isinstance(notice, Change) and isinstance(notice.value, dict):
+            self.deploys.mirror(notice.value)
+        elif isinstance(notice, Change) and notice.deleted:
+            self.deploys.records.pop(notice.key, None)
 
     def on_incidents(self, notice: Notice) -> None:
         """The leader recorded an incident: a follower's copy, for its status page."""

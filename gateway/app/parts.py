@@ -153,6 +153,7 @@ class Parts:
             self.leader_duties = LeaderDuties(self.fleet.name, self.deploys, self.incidents,
                                               bus=self.bus, spawn=self.tasks)
             self.fleet.watch("incidents", self.leader_duties.on_incidents)
+            self.fleet.watch("deploys", self.leader_duties.on_deploys)
         # -- the root's own reactions -------------------------------------------------------
         self.metrics.watch(lambda: iter(self.cluster), lambda: self.cluster.floor,
                            self.uptime, self.slo)

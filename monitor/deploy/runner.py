@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -137,6 +138,14 @@ class DeployRunner:
                                          data={"deploy": record.id}))
         self.current = None
         self._update_gauges()
+
+    def mirror(self, data: dict[str, Any]) -> None:
+        """A follower's copy of a deploy record the fleet's leader saved (read only: its
+        ``GET /deploys`` and status page show it)."""
+        if self._task is not None and not self._task.done():
+            return  # this instance runs deploys itself
+        record = DeployRecord.from_json(data)
+        self.records[record.id] = record
 
     async def _load(self, *, took_over: bool) -> None:
         saved = await self.store.items(NAMESPACE)
