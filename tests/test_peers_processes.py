@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -299,3 +301,93 @@ async def test_redis_killed_under_load_fails_no_request(
     status, body = await b.post("/nodes/node-1/drain", {"reason": "after"})
     assert status == 200, body
     await a.until("/nodes/node-1", lambda n: n["state"] == "DRAINING", 1.0, "the drain")
+
+
+#: Seconds of load at 400 requests/s; the instance dies after 10 of them.
+RUN = 40
+
+HAPROXY = """global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+    retries 3
+    option redispatch
+frontend traffic
+    bind 127.0.0.1:{port}
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    default-server check inter 200ms fall 2 rise 2
+{servers}
+"""
+
+
+def start_haproxy(binary: str, cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        tmp_path: Path) -> None:
+    """Three instances behind haproxy in TCP mode under 400 requests/s for 40 s (30%
+    writes, a new connection each): SIGKILL the leader after 10 s. Only requests sent
+    before it was gone fail (its in-flight ones), availability over the run stays at 99.9%
+    or more, and another instance leads."""
+    from chaos.load import LoadConfig, MixedLoad
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed")
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    group = [await instances(f"gw-{c}", urls, workers=0) for c in "abc"]
+    leader = await the_leader(group)
+    for instance in group:
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    port = free_port()
+    servers = "\n".join(f"    server {i.name} {i.traffic_url.removeprefix('http://')}"
+                        for i in group)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY.format(port=port, servers=servers))
+    proxy = start_haproxy(haproxy, cfg)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            assert time.monotonic() < deadline, "haproxy did not listen"
+            await asyncio.sleep(0.05)
+        load = MixedLoad(f"http://127.0.0.1:{port}", "l4",
+                         LoadConfig(rate=400, max_requests=RUN * 400, keepalive=False))
+        await load.start()
+        try:
+            await asyncio.sleep(10.0)
+            os.killpg(leader.pid, signal.SIGKILL)
+            assert leader.proc is not None
+            await asyncio.to_thread(leader.proc.wait)
+            # Requests sent until the process is gone may have reached it: in flight.
+            dead_at = time.monotonic()
+            await load.exhausted(RUN + 20.0)
+        finally:
+            await load.stop()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    failed = [o for o in load.outcomes if o.failure]
+    availability = 1 - len(failed) / load.sent
+    print(f"sent {load.sent}, failed {len(failed)}, availability {availability:.4%}")
+    assert load.sent == RUN * 400, f"the load did not run ({load.sent} sent)"
+    assert all(o.sent <= dead_at for o in failed), \
+        [(o.failure, round(o.sent - dead_at, 3), round(o.done - dead_at, 3))
+         for o in failed]
+    assert availability >= 0.999, (availability, [(o.failure, o.detail) for o in failed[:5]])
+    survivors = [i for i in group if i is not leader]
+    new = await the_leader(survivors, timeout=LEASE_TTL + 5)
+    assert new is not leader
