@@ -497,3 +497,28 @@ async def test_maintenance_windows_are_the_fleets(
     # The follower sent no announcement of its own.
     assert follower.maintenance.announces() is False
     assert leader.maintenance.announces() is True
+
+
+async def test_a_gateway_starts_and_serves_while_redis_is_down(
+        tmp_path: Path, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Redis unreachable at start-up (a config window included): the gateway serves on
+    what it has and says why it is not connected."""
+    from bench.processes import free_port
+    nodes: list[Backend] = await backends(1)
+    start = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(time.time() + 7200))
+    config = make_config([nodes[0].url], tmp_path / "state", peers={
+        "redis": f"redis://127.0.0.1:{free_port()}/0", "name": "gw-a", **LEASE},
+        maintenance={"windows": [{"start": start, "duration": "1h", "reason": "planned"}]})
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        await wait_for(lambda: all(n.state is NodeState.HEALTHY for n in gw.cluster), 10.0,
+                       "the node healthy")
+        async with http.get(f"{gw.traffic_url}/") as resp:
+            assert resp.status == 200
+        peers = await get_json(http, f"{gw.admin_url}/peers")
+        assert peers["connected"] is False and peers["leader"] is None
+        assert "Connect" in peers["reason"] or "connect" in peers["reason"]
+        assert len(gw.maintenance.schedule.windows) == 1
+    finally:
+        await gw.stop()

@@ -126,7 +126,10 @@ class MaintenanceManager:
                 continue
             window = self.schedule.add(declared.start, declared.duration, declared.reason,
                                        declared.nodes, source="config", window_id=window_id)
-            await self._save(window)
+            try:
+                await self._save(window)
+            except WriteRefused as exc:  # shared windows, Redis down: every gateway has it
+                log.warning("config window %s: not recorded: %s", window_id, exc)
 
     # -- the schedule loop ---------------------------------------------------------------
 
