@@ -522,3 +522,92 @@ async def test_a_gateway_starts_and_serves_while_redis_is_down(
         assert len(gw.maintenance.schedule.windows) == 1
     finally:
         await gw.stop()
+
+
+class Cuttable:
+    """A TCP proxy to Redis that a test can cut (every connection closed, new ones
+    refused) and heal: a network partition between one instance and Redis."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self, port: int = 0) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1",
+                                                                 self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def heal(self) -> None:
+        await self.start(self.port)
+
+
+async def test_a_leader_cut_off_from_redis_steps_down_and_the_rest_go_on(
+        fleet: Fleet, redis_server: RedisServer, backends: Callable[..., Any],
+        http: aiohttp.ClientSession) -> None:
+    nodes: list[Backend] = await backends(2)
+    urls = [b.url for b in nodes]
+    proxy = Cuttable(redis_server.port)
+    await proxy.start()
+    a = await fleet.start("gw-a", urls, peers={"redis": f"redis://127.0.0.1:{proxy.port}/0"})
+    await leader_of([a])
+    b = await fleet.start("gw-b", urls)
+    assert await leader_of([a, b]) is a
+    assert a.fleet is not None and b.fleet is not None
+    old_epoch = a.fleet.election.epoch or 0
+
+    await proxy.cut()
+    began = time.monotonic()
+    await wait_for(lambda: b.fleet is not None and b.fleet.election.leading, 2.0 + 2.0,
+                   "B to take the lease")
+    assert (b.fleet.election.epoch or 0) > old_epoch
+    # A stepped down on its own clock, before Redis let the lease go to B.
+    assert not a.fleet.election.leading
+    assert time.monotonic() - began < 2.0 + 1.0
+    stepped_down = a.events.since(kind="peers.follower", limit=0)[-1].at
+    took_over = b.events.since(kind="peers.leader", limit=0)[-1].at
+    assert stepped_down < took_over
+    assert sample(a, "hagw_peers_connected") == 0
+    async with http.get(f"{a.traffic_url}/") as resp:
+        assert resp.status == 200  # A serves on what it knew
+    status, body = await post(http, f"{b.admin_url}/nodes/node-1/drain", {"reason": "b"})
+    assert status == 200, body
+    one_on_a = a.cluster.get("node-1")
+    assert one_on_a is not None and "operator" not in one_on_a.holds  # A cannot hear it
+
+    await proxy.heal()
+    await wait_for(lambda: "operator" in one_on_a.holds, 5.0, "A to resynchronise")
+    await wait_for(lambda: a.fleet is not None and a.fleet.election.leader == "gw-b", 5.0,
+                   "A to follow B")
+    await proxy.cut()  # so that A's links close fast at teardown
+    await proxy.heal()
