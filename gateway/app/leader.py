@@ -64,6 +64,10 @@ class LeaderDuties:
             else:
                 await self.deploys.let_go()
                 await self.incidents.let_go()
+                # Notices that arrived while this instance still led were not mirrored:
+                # take the leader's records now (the last known ones if Redis is down).
+                await self.deploys.refresh()
+                await self.incidents.refresh()
 
     def on_deploys(self, notice: Notice) -> None:
         """The leader saved a deploy record: a follower's copy, for its reads."""

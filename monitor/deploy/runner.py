@@ -147,6 +147,12 @@ class DeployRunner:
         record = DeployRecord.from_json(data)
         self.records[record.id] = record
 
+    async def refresh(self) -> None:
+        """A follower (again): every record as the fleet's leader saved it, replacing this
+        instance's own, possibly stale, copies."""
+        for data in (await self.store.items(NAMESPACE)).values():
+            self.mirror(data)
+
     async def _load(self, *, took_over: bool) -> None:
         saved = await self.store.items(NAMESPACE)
         self.records = {}

@@ -84,6 +84,11 @@ class IncidentWatcher:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    async def refresh(self) -> None:
+        """A follower (again): every incident as the fleet's leader recorded it."""
+        for data in (await self.store.items(NAMESPACE)).values():
+            self.mirror(data)
+
     def mirror(self, data: dict[str, Any]) -> None:
         """A follower's copy of an incident the leader recorded (its status page shows it)."""
         self.tracker.restore(Incident.from_json(data))
