@@ -65,7 +65,9 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Fleet]:
+async def fleet(tmp_path: Path, redis_server: RedisServer, backends: Callable[..., Any]
+                ) -> AsyncIterator[Fleet]:
+    """Gateways stopped before the backends they probe (hence ``backends`` here)."""
     made = Fleet(tmp_path, redis_server)
     yield made
     await made.close()

@@ -102,8 +102,11 @@ class Instance:
 
 
 @pytest.fixture
-async def instances(tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession
+async def instances(tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession,
+                    backends: Callable[..., Any]
                     ) -> AsyncIterator[Callable[..., Awaitable[Instance]]]:
+    """``hagw run`` instances; stopped before the backends they probe (which this fixture
+    depends on for that order: a probe reaching a backend mid-cleanup leaks its socket)."""
     started: list[Instance] = []
 
     async def start(name: str, urls: list[str], **overrides: Any) -> Instance:

@@ -86,6 +86,8 @@ class FleetFloor:
         self.reports: dict[str, dict[str, str]] = {}
         self.reported_at: dict[str, float] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Set by stop(): no more reports or decisions (the link is closing).
+        self._stopped = False
         self._reported: dict[str, str] | None = None
         self._published: dict[str, dict[str, str]] | None = None
         #: The leader's holds as last received (a follower applies them).
@@ -115,12 +117,14 @@ class FleetFloor:
     def changed(self) -> None:
         """A node changed here (or Redis came back): once per round of changes, report
         and, as the leader, decide."""
-        if not self._pending:
+        if not self._pending and not self._stopped:
             self._pending = True
             asyncio.get_running_loop().call_soon(self._round)
 
     def _round(self) -> None:
         self._pending = False
+        if self._stopped:
+            return
         mine = self.local_warnings()
         self.reports[self.fleet.name] = mine
         self.reported_at[self.fleet.name] = self.clock.time()
@@ -248,6 +252,7 @@ class FleetFloor:
 
     async def stop(self) -> None:
         """This instance's report goes: a node it alone saw WARNING is not held for it."""
+        self._stopped = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)

@@ -51,9 +51,14 @@ class LeaderDuties:
         if leading:
             self.spawn(self._turn(True), name="leader duties")
 
+    def deactivate(self) -> None:
+        """Shutting down: the deploy runner and the incident watch stop in their own
+        steps; a change of leadership from now on (the lease released) does nothing."""
+        self._active = False
+
     async def _turn(self, leading: bool) -> None:
         async with self._turns:
-            if leading != self.leading:
+            if leading != self.leading or not self._active:
                 return  # it changed again meanwhile: the later turn does it
             if leading:
                 try:

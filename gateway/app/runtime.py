@@ -242,6 +242,8 @@ class Gateway(Parts):
         if self.leader_duties is not None and self.fleet is not None:
             self.leader_duties.activate(self.fleet.election.leading)
         yield
+        if self.leader_duties is not None:
+            self.leader_duties.deactivate()
         if not self.state_released:
             await self.incidents.stop()
 
