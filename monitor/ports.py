@@ -33,6 +33,12 @@ class Events(Protocol):
         ...
 
 
+class WriteRefused(Exception):
+    """A ``Store`` refused a write and this process may not go on acting on it: in a fleet,
+    a leader-only write after this instance lost the lease, or while the shared state is
+    unreachable. Whatever depended on the write stops where it is."""
+
+
 class Store(Protocol):
     """Durable key-value records in namespaces (drains, deploys, windows, incidents)."""
 

@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry
 from gateway.app import reactions
 from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
 from gateway.app.drains import OperatorDrains
+from gateway.app.fleet import Fleet, LeaderStore, SharedRecords
+from gateway.app.floor import FleetFloor
+from gateway.app.leader import LeaderDuties
 from gateway.app.metrics import ControlMetrics
 from gateway.app.stats import NodeStats
 from gateway.app.tasks import Tasks
@@ -32,6 +35,7 @@ from monitor.incident.watch import IncidentWatcher
 from monitor.maintenance.manager import MaintenanceManager
 from monitor.maintenance.replay import Replayer
 from monitor.notify import NotifierHub
+from monitor.peers.records import Change, Notice, Resync
 from monitor.slo import SloTracker
 from monitor.uptime import NodeUptime
 
@@ -59,7 +63,7 @@ def restart_keys(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     """What a reload from ``old`` to ``new`` changes that only a restart applies. The
     listeners' certificates are reloaded live; turning TLS on or off, or moving the
     redirect listener, is not."""
-    pending = [k for k in ("listen", "state_dir") if getattr(old, k) != getattr(new, k)]
+    pending = [k for k in ("listen", "state_dir", "peers") if getattr(old, k) != getattr(new, k)]
     if (dataclasses.replace(old.admin, tls=None) != dataclasses.replace(new.admin, tls=None)
             or (old.admin.tls is None) != (new.admin.tls is None)):
         pending.append("admin")
@@ -114,11 +118,20 @@ class Parts:
         self.stats = NodeStats(self.registry, clock.monotonic)
         #: The client context for https:// nodes (pools and probes); None without any.
         self.client_tls = upstream_tls(config, clock, config_path)
-        self.cluster = Cluster(config, clock=clock, bus=self.bus)
+        # With peers the fleet's leader decides the automatic drains (gateway.app.floor).
+        self.cluster = Cluster(config, clock=clock, bus=self.bus,
+                               decides=config.peers is None)
         self.store = StateStore(config.state_dir)
         self.slo = SloTracker(config.slo, clock)
         self.uptime = NodeUptime(clock)
-        self.drains = OperatorDrains(self.cluster, self.store, clock)
+        #: This gateway among its peers (``peers``): None when it stands alone.
+        self.fleet = (Fleet(config.peers, clock=clock, spawn=self.tasks, events=self.bus,
+                            registry=self.registry) if config.peers is not None else None)
+        self.drains = OperatorDrains(self.cluster, self.store, clock, fleet=self.fleet,
+                                     spawn=self.tasks)
+        self.floor = (FleetFloor(self.cluster, self.fleet, bus=self.bus, spawn=self.tasks,
+                                 clock=clock)
+                      if self.fleet is not None else None)
         # -- the control plane's health checks feed the router's passive observer -----------
         self.health = HealthChecker(self.cluster, config, clock=clock, spawn=self.tasks,
                                     events=self.bus, registry=self.registry,
@@ -141,17 +154,36 @@ class Parts:
         replayer = Replayer(self.queue, data.forwarder, self.cluster, config.maintenance,
                             spawn=self.tasks, events=self.bus)
         mode.replay = replayer
+        # In a fleet the windows are shared (any instance may schedule one) and only the
+        # leader sends their announcements.
+        fleet = self.fleet
         self.maintenance = MaintenanceManager(
-            config, cluster=self.cluster, store=self.store, queue=self.queue,
+            config, cluster=self.cluster,
+            store=SharedRecords(fleet, "maintenance window") if fleet is not None
+            else self.store, queue=self.queue,
             replayer=replayer, mode=mode, advisory=self.traffic, notifier=self.notifier,
-            events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
+            events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry,
+            announces=(lambda: fleet.election.leading) if fleet is not None
+            else (lambda: True))
+        if fleet is not None:
+            fleet.watch("maintenance", self._shared_windows)
+        # In a fleet the deploy records are shared and every save is fenced by the epoch.
         self.deploys = DeployRunner(
-            config.deploy, cluster=self.cluster, budget=self.slo, store=self.store,
+            config.deploy, cluster=self.cluster, budget=self.slo,
+            store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
             events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
         self.incidents = IncidentWatcher(
             config.incidents, cluster=self.cluster, budget=self.slo, maintenance=mode,
-            store=self.store, events=self.bus, notifier=self.notifier, spawn=self.tasks,
+            store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
+            events=self.bus, notifier=self.notifier, spawn=self.tasks,
             clock=clock, registry=self.registry)
+        #: What only the fleet's leader runs (deploys, the incident watch); None alone.
+        self.leader_duties: LeaderDuties | None = None
+        if self.fleet is not None:
+            self.leader_duties = LeaderDuties(self.fleet.name, self.deploys, self.incidents,
+                                              bus=self.bus, spawn=self.tasks)
+            self.fleet.watch("incidents", self.leader_duties.on_incidents)
+            self.fleet.watch("deploys", self.leader_duties.on_deploys)
         # -- the root's own reactions -------------------------------------------------------
         self.metrics.watch(lambda: iter(self.cluster), lambda: self.cluster.floor,
                            self.uptime, self.slo)
@@ -179,6 +211,15 @@ class Parts:
         assert self.admin_address is not None
         scheme = "https" if self.admin_tls is not None else "http"
         return f"{scheme}://{self.admin_address[0]}:{self.admin_address[1]}"
+
+    def _shared_windows(self, notice: Notice) -> None:
+        """Another instance recorded maintenance windows: this one's schedule merges them."""
+        if isinstance(notice, Resync):
+            for data in notice.records.get("maintenance", {}).values():
+                self.maintenance.shared(data)
+        elif isinstance(notice, Change) and not notice.deleted and isinstance(notice.value,
+                                                                              dict):
+            self.maintenance.shared(notice.value)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         return self.tasks(coro, name)

@@ -1,8 +1,9 @@
 """Running the gateway: start, signals and shutdown of the wired parts (gateway.app.parts).
 
 Resources start and stop through the admin app's ``cleanup_ctx`` (in order: state
-store, upstream pools, WebSockets and notifiers, health checks, deploys, maintenance,
-incidents, traffic listener; they stop in reverse). Every background task runs in one
+store, the peers' link, records and lease (with ``peers``), upstream pools, WebSockets
+and notifiers, health checks, deploys, maintenance, incidents, traffic listener; they
+stop in reverse). Every background task runs in one
 TaskGroup owned by the ``hagw-main`` task. Shutdown follows uvicorn's discipline as
 ordered, timed steps (gateway.app.shutdown).
 """
@@ -148,10 +149,10 @@ class Gateway(Parts):
 
     def _admin_app(self) -> web.Application:
         app = build_admin_app(self)
-        app.cleanup_ctx.extend([self._store_ctx, self._pools_ctx, self._websockets_ctx,
-                                self._health_ctx, self._deploys_ctx, self._maintenance_ctx,
-                                self._incidents_ctx, self._tls_ctx, self._traffic_ctx,
-                                self._redirect_ctx])
+        app.cleanup_ctx.extend([self._store_ctx, self._peers_ctx, self._pools_ctx,
+                                self._websockets_ctx, self._health_ctx, self._deploys_ctx,
+                                self._maintenance_ctx, self._incidents_ctx, self._tls_ctx,
+                                self._traffic_ctx, self._redirect_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -167,6 +168,21 @@ class Gateway(Parts):
         if not self.state_released:
             await self._flush()
             await self.store.close()
+
+    async def _peers_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """The fleet's shared state (``peers``): after the local store, whose last known
+        state it replaces once Redis answers; stopped after the deploys, windows and
+        incidents, whose leader-only writes it fences."""
+        fleet = self.fleet
+        if fleet is not None:
+            await fleet.start()
+            if self.floor is not None:
+                self.floor.start()
+        yield
+        if fleet is not None:
+            if self.floor is not None:
+                await self.floor.stop()
+            await fleet.stop()
 
     async def release_state(self) -> None:
         """Before a new supervisor takes over (an upgrade): stop what writes state, write
@@ -187,9 +203,9 @@ class Gateway(Parts):
             return
         await self.store.open(slo_store.SCHEMA)
         self.state_released = False
-        await self.deploys.start()
+        await self.deploys.start(load=self.fleet is None)
         await self.maintenance.start()
-        await self.incidents.start()
+        await self.incidents.start(watch=self.fleet is None)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -222,7 +238,8 @@ class Gateway(Parts):
         await self.health.stop()
 
     async def _deploys_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.deploys.start()
+        # In a fleet only the leader picks the deploy records up (gateway.app.leader).
+        await self.deploys.start(load=self.fleet is None)
         yield
         if not self.state_released:
             await self.deploys.stop()
@@ -236,8 +253,14 @@ class Gateway(Parts):
         await self.queue.close()
 
     async def _incidents_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.incidents.start()
+        # In a fleet only the leader watches for incidents (and runs deploys): from here on
+        # the leader's duties follow the lease.
+        await self.incidents.start(watch=self.fleet is None)
+        if self.leader_duties is not None and self.fleet is not None:
+            self.leader_duties.activate(self.fleet.election.leading)
         yield
+        if self.leader_duties is not None:
+            self.leader_duties.deactivate()
         if not self.state_released:
             await self.incidents.stop()
 

@@ -4,7 +4,10 @@ Because the gateway is the load balancer too, the order is guaranteed: a node is
 out of rotation and idle before its action runs, and back only once verified.
 The record is persisted after every step; a deploy found running at start-up is
 reported as interrupted and its nodes are held out of rotation until an operator
-resumes or aborts it.
+resumes or aborts it. In a fleet (``peers``) the records are shared and only the leader
+runs deploys: every save is a write fenced by its epoch, so a leader that lost the lease
+(paused, partitioned) cannot record, nor start, another step; the next leader takes the
+deploy over (``take_over``) where the record stands.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,7 +29,7 @@ from gateway.node import PLANNED_STATES, Node, NodeState, Probe
 from monitor.deploy.actions import ActionFailed, ActionTarget, run_action
 from monitor.deploy.plan import Deploy, Step
 from monitor.deploy.record import ACTIVE, DeployRecord, Status
-from monitor.ports import ClusterView, ErrorBudget, Events, Spawn, Store
+from monitor.ports import ClusterView, ErrorBudget, Events, Spawn, Store, WriteRefused
 from monitor.versions import valid_or_none, validate_version
 
 log = logging.getLogger("hagw.deploy")
@@ -106,9 +110,53 @@ class DeployRunner:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, load: bool = True) -> None:
+        """Open the session and, unless ``load`` is False (an instance that does not lead
+        the fleet), pick up the records: a deploy found running was interrupted."""
         self._session = aiohttp.ClientSession()
+        if load:
+            await self._load(took_over=False)
+
+    async def take_over(self) -> None:
+        """This instance now leads the fleet: pick up the deploys the previous leader
+        left. An active one goes on where it stood (the batch in flight starts over from
+        its drain), as after an upgrade."""
+        await self._load(took_over=True)
+
+    async def let_go(self) -> None:
+        """Another instance leads now: stop the deploy running here without writing its
+        record (the new leader owns it, and Redis would refuse this one's writes)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if self.current is not None:
+                record = self.current.record
+                self.events.publish(News("deploy.stopped", f"deploy {record.id} stopped "
+                                         "here: another instance leads the fleet and takes "
+                                         "it over", level=logging.WARNING,
+                                         data={"deploy": record.id}))
+        self.current = None
+        self._update_gauges()
+
+    def mirror(self, data: dict[str, Any]) -> None:
+        """A follower's copy of a deploy record the fleet's leader saved (read only: its
+        ``GET /deploys`` and status page show it)."""
+        if self._task is not None and not self._task.done():
+            return  # this instance runs deploys itself
+        record = DeployRecord.from_json(data)
+        self.records[record.id] = record
+
+    async def refresh(self) -> None:
+        """A follower (again): every record as the fleet's leader saved it, replacing this
+        instance's own, possibly stale, copies."""
+        for data in (await self.store.items(NAMESPACE)).values():
+            self.mirror(data)
+
+    async def _load(self, *, took_over: bool) -> None:
         saved = await self.store.items(NAMESPACE)
+        self.records = {}
+        self.current = None
         for data in saved.values():
             record = DeployRecord.from_json(data)
             self.records[record.id] = record
@@ -116,13 +164,14 @@ class DeployRunner:
                 plan = Deploy(record, self.config, self.clock)
                 plan.interrupt()
                 self.current = plan
-                if record.handed_over:
-                    # The gateway was upgraded mid-deploy: go on where it stood (the batch
-                    # in flight starts over from its drain).
+                if record.handed_over or took_over:
+                    # The gateway was upgraded mid-deploy, or the leader changed: go on
+                    # where it stood (the batch in flight starts over from its drain).
                     record.handed_over = False
                     plan.resume()
+                    why = "the fleet's leader changed" if took_over else "an upgrade"
                     self.events.publish(News("deploy.resumed", f"deploy {record.id} to "
-                                             f"{record.version} resumed after an upgrade",
+                                             f"{record.version} resumed after {why}",
                                              data={"deploy": record.id}))
                     await self._save(record)
                     self._launch(plan)
@@ -150,7 +199,11 @@ class DeployRunner:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if self.current is not None:
-                await self._save(self.current.record)
+                try:
+                    await self._save(self.current.record)
+                except WriteRefused as exc:  # not the fleet's leader any more
+                    log.warning("deploy %s: the stop was not recorded: %s",
+                                self.current.record.id, exc)
         if self._session is not None:
             await self._session.close()
 
@@ -272,6 +325,18 @@ class DeployRunner:
         self._update_gauges()
 
     async def _run(self, plan: Deploy) -> None:
+        try:
+            await self._steps(plan)
+        except WriteRefused as exc:
+            # The fleet's leader changed under us: the record is the next leader's now.
+            self.events.publish(News("deploy.stopped", f"deploy {plan.record.id} stopped "
+                                     f"here: {exc}", level=logging.WARNING,
+                                     data={"deploy": plan.record.id}))
+            if self.current is plan:
+                self.current = None
+            self._update_gauges()
+
+    async def _steps(self, plan: Deploy) -> None:
         record = plan.record
         while (step := plan.next()) is not None:
             plan.started(step)

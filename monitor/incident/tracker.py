@@ -143,9 +143,12 @@ class IncidentTracker:
         self._recent: deque[dict[str, Any]] = deque(maxlen=200)
 
     def restore(self, incident: Incident) -> None:
+        """Take ``incident`` as recorded (at start-up, or a fleet leader's newer copy)."""
         self.incidents[incident.id] = incident
         if incident.is_open:
             self.current = incident
+        elif self.current is not None and self.current.id == incident.id:
+            self.current = None
 
     def observe(self, entry: dict[str, Any]) -> None:
         """An event worth a timeline line (node transition, drain, deploy step, maintenance...)."""

@@ -21,7 +21,7 @@ from monitor.deploy.record import Status
 from monitor.deploy.runner import DeployFinished
 from monitor.incident.tracker import RESOLVED, Change, Incident, IncidentTracker
 from monitor.notify import Notice, NotifierHub
-from monitor.ports import ClusterView, ErrorBudget, Events, PhaseView, Spawn, Store
+from monitor.ports import ClusterView, ErrorBudget, Events, PhaseView, Spawn, Store, WriteRefused
 
 log = logging.getLogger("hagw.incidents")
 NAMESPACE = "incidents"
@@ -63,17 +63,44 @@ class IncidentWatcher:
     def config(self) -> IncidentConfig:
         return self.tracker.config
 
-    async def start(self) -> None:
+    async def start(self, *, watch: bool = True) -> None:
+        """Load the incidents and, with ``watch`` (not on a fleet's follower: the leader
+        alone opens incidents), start judging the outage conditions."""
         for data in (await self.store.items(NAMESPACE)).values():
             self.tracker.restore(Incident.from_json(data))
-        self._task = self.spawn(self._loop(), name="incident watch")
+        if watch:
+            self._task = self.spawn(self._loop(), name="incident watch")
+
+    async def take_over(self) -> None:
+        """This instance now leads the fleet: the incidents as the shared records hold
+        them, then the watch."""
+        await self.let_go()
+        await self.start()
+
+    async def let_go(self) -> None:
+        """Another instance leads: stop watching here, without a write."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def refresh(self) -> None:
+        """A follower (again): every incident as the fleet's leader recorded it."""
+        for data in (await self.store.items(NAMESPACE)).values():
+            self.mirror(data)
+
+    def mirror(self, data: dict[str, Any]) -> None:
+        """A follower's copy of an incident the leader recorded (its status page shows it)."""
+        self.tracker.restore(Incident.from_json(data))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.tracker.current is not None:
-            await self._save(self.tracker.current)
+        watching = self._task is not None
+        await self.let_go()
+        if watching and self.tracker.current is not None:
+            try:
+                await self._save(self.tracker.current)
+            except WriteRefused as exc:  # not the fleet's leader any more
+                log.warning("incident %s: not saved at stop: %s", self.tracker.current.id, exc)
 
     # -- inputs -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -25,7 +26,7 @@ from gateway.queue.store import DONE, Entry, QueueStore
 from monitor.maintenance.replay import Replayer, ReplayFinished, ReplayIdle
 from monitor.maintenance.schedule import ACTIVE, Due, Schedule, Window, iso
 from monitor.notify import Notice, NotifierHub
-from monitor.ports import Advisory, ClusterView, Events, Spawn, Store, TrafficMode
+from monitor.ports import Advisory, ClusterView, Events, Spawn, Store, TrafficMode, WriteRefused
 
 log = logging.getLogger("hagw.maintenance")
 NAMESPACE = "maintenance"
@@ -55,8 +56,11 @@ class MaintenanceManager:
     def __init__(self, config: GatewayConfig, *, cluster: ClusterView, store: Store,
                  queue: QueueStore, replayer: Replayer, mode: TrafficMode, advisory: Advisory,
                  notifier: NotifierHub, events: Events, spawn: Spawn, clock: Clock,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry,
+                 announces: Callable[[], bool] = lambda: True) -> None:
         self.config = config
+        #: Whether this gateway sends the announcements (in a fleet: its leader only).
+        self.announces = announces
         self.cluster = cluster
         self.store = store
         self.queue = queue
@@ -122,7 +126,10 @@ class MaintenanceManager:
                 continue
             window = self.schedule.add(declared.start, declared.duration, declared.reason,
                                        declared.nodes, source="config", window_id=window_id)
-            await self._save(window)
+            try:
+                await self._save(window)
+            except WriteRefused as exc:  # shared windows, Redis down: every gateway has it
+                log.warning("config window %s: not recorded: %s", window_id, exc)
 
     # -- the schedule loop ---------------------------------------------------------------
 
@@ -155,7 +162,12 @@ class MaintenanceManager:
                 self._begin(due.window)
             else:
                 self._end(due.window)
-            await self._save(due.window)
+            try:
+                await self._save(due.window)
+            except WriteRefused as exc:
+                # Shared windows with Redis down: this gateway goes by its own copy, and
+                # every other one by its own clock; the record catches up later.
+                log.warning("window %s: not recorded: %s", due.window.id, exc)
         if done:
             self._update_advisory()
         return done
@@ -170,6 +182,8 @@ class MaintenanceManager:
         return purged
 
     def _announce(self, window: Window, key: str) -> None:
+        if not self.announces():
+            return  # another gateway of the fleet announces it
         title, text = self.schedule.describe(window, key)
         event = {"scheduled": "maintenance.scheduled", "started": "maintenance.started",
                  "ended": "maintenance.ended", "cancelled": "maintenance.cancelled"}.get(
@@ -277,7 +291,11 @@ class MaintenanceManager:
         if unknown:
             raise ValueError(f"no node named {', '.join(unknown)}")
         window = self.schedule.add(start, duration, reason, nodes)
-        await self._save(window)
+        try:
+            await self._save(window)
+        except WriteRefused:
+            del self.schedule.windows[window.id]  # refused: it was never scheduled
+            raise
         await self.tick()
         self._changed.set()
         return window
@@ -294,6 +312,13 @@ class MaintenanceManager:
         window = self.schedule.end_now(window_id)
         await self.tick()
         return window
+
+    def shared(self, data: dict[str, Any]) -> None:
+        """Another gateway of the fleet recorded ``data`` (a window): merge it into this
+        one's schedule, whose loop then does what is due."""
+        self.schedule.merge(Window.from_json(data))
+        self._update_advisory()
+        self._changed.set()
 
     def current(self) -> Window | None:
         active = self.schedule.active()

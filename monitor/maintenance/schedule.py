@@ -132,6 +132,37 @@ class Schedule:
     def restore(self, window: Window) -> None:
         self.windows[window.id] = window
 
+    def merge(self, remote: Window) -> Window:
+        """Another gateway's copy of a window (a fleet shares them): take what it adds,
+        never undo what happened here. A window new here starts as scheduled, so this
+        gateway's own schedule starts it (and holds its nodes) when due; a cancellation,
+        an earlier end and the announcements sent carry over; times only move earlier."""
+        local = self.windows.get(remote.id)
+        if local is None:
+            if remote.status in (SCHEDULED, ACTIVE):
+                local = Window(remote.id, remote.start, remote.end, remote.reason,
+                               remote.nodes, remote.source, SCHEDULED,
+                               [k for k in remote.announced if k not in ("started", "ended")],
+                               created_at=remote.created_at)
+            else:
+                local = Window.from_json(remote.to_json())
+            self.windows[remote.id] = local
+            return local
+        local.announced += [k for k in remote.announced if k not in local.announced
+                            and k not in ("started", "ended")]
+        if remote.status == CANCELLED and local.status == SCHEDULED:
+            local.status, local.cancelled_at = CANCELLED, remote.cancelled_at
+        elif remote.status == ENDED and local.status == SCHEDULED:
+            # Over before it began here: it never holds anything on this gateway.
+            local.status, local.started_at = ENDED, remote.started_at
+            local.ended_at = remote.ended_at
+            local.end = min(local.end, remote.ended_at or remote.end)
+        elif remote.status == ENDED and local.status == ACTIVE:
+            local.end = min(local.end, remote.ended_at or remote.end)
+        elif remote.end < local.end and local.status in (SCHEDULED, ACTIVE):
+            local.end = remote.end
+        return local
+
     def cancel(self, window_id: str) -> Window:
         window = self.windows[window_id]
         if window.status != SCHEDULED:

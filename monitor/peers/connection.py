@@ -161,11 +161,19 @@ class PeerLink:
             yield self.redis
         except UNREACHABLE as exc:
             self.down(what, exc)
+            await self._drop_idle()
             raise PeersUnavailable(self.reason) from None
         except ResponseError:
             self.up()  # Redis answered, with an error the caller handles
             raise
         self.up()
+
+    async def _drop_idle(self) -> None:
+        """Close the pool's idle connections: they were opened to a Redis that stopped
+        answering, and one taken from the pool once it is back would fail its first
+        command ("Connection closed by server"). The next call connects afresh."""
+        with contextlib.suppress(Exception):
+            await self.redis.connection_pool.disconnect(inuse_connections=False)
 
     async def ping(self) -> bool:
         """One round trip; True if Redis answered."""

@@ -24,6 +24,7 @@ from redis.typing import EncodableT
 
 from monitor.peers.connection import PeerLink
 from monitor.peers.keys import Keys
+from monitor.ports import WriteRefused
 
 STALE = "STALE"
 
@@ -60,7 +61,7 @@ return replies
 """
 
 
-class StaleLeader(Exception):
+class StaleLeader(WriteRefused):
     """A leader-only write was refused: this instance does not hold the lease (any more)."""
 
 

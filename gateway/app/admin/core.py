@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.app.fleet import NotLeader, NotReplicated
 from gateway.app.parts import Parts
 from gateway.node import Node
 
@@ -162,6 +163,12 @@ async def hide_server(request: web.Request, response: web.StreamResponse) -> Non
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except NotReplicated as exc:
+        # The fleet's shared state cannot take the change: nothing was changed anywhere.
+        return web.json_response({"error": "not_replicated", "message": str(exc)},
+                                 status=503, headers={"Retry-After": "5"})
+    except NotLeader as exc:
+        return web.json_response({"error": "not_leader", "message": str(exc)}, status=409)
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise

@@ -30,6 +30,9 @@ async def create(request: web.Request) -> web.Response:
         version = validate_version(version)
     except ValueError as exc:
         raise BadInput(f"version: {exc}") from None
+    if gw.fleet is not None:
+        # A deploy needs the fleet's shared state and runs on its leader only.
+        gw.fleet.require_leader(f"a deploy to {version}")
     try:
         record = await gw.deploys.begin(version, force=bool(field(data, "force", bool)),
                                         force_reason=field(data, "reason", str) or "")
@@ -82,6 +85,8 @@ async def get_deploy(request: web.Request) -> web.Response:
 async def abort(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     data = await read_json(request)
+    if gw.fleet is not None:
+        gw.fleet.require_leader(f"aborting deploy {request.match_info['id']}")
     try:
         record = await gw.deploys.abort(request.match_info["id"], field(data, "reason", str)
                                         or "aborted by operator")
@@ -94,6 +99,8 @@ async def abort(request: web.Request) -> web.Response:
 
 async def resume(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    if gw.fleet is not None:
+        gw.fleet.require_leader(f"resuming deploy {request.match_info['id']}")
     try:
         record = await gw.deploys.resume(request.match_info["id"])
     except DeployNotFound:

@@ -38,9 +38,17 @@ async def get_incident(request: web.Request) -> web.Response:
     return json_response(_find(request).to_json())
 
 
+def _leader_only(request: web.Request, what: str) -> None:
+    """In a fleet the leader records incidents: a follower refuses (409 not_leader)."""
+    fleet = request.app[GATEWAY].fleet
+    if fleet is not None:
+        fleet.require_leader(what)
+
+
 async def add_note(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     incident = _find(request)
+    _leader_only(request, "a note on an incident")
     data = await read_json(request, required=True)
     text = field(data, "text", str)
     if not text or not text.strip():
@@ -53,6 +61,7 @@ async def post_update(request: web.Request) -> web.Response:
     """``{"status": "identified", "text": "..."}``: a public update (Statuspage's)."""
     gw = request.app[GATEWAY]
     incident = _find(request)
+    _leader_only(request, "an incident update")
     data = await read_json(request, required=True)
     status = field(data, "status", str)
     if status not in STATUSES:
@@ -70,6 +79,7 @@ async def post_update(request: web.Request) -> web.Response:
 async def acknowledge(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     incident = _find(request)
+    _leader_only(request, "acknowledging an incident")
     try:
         await gw.incidents.acknowledge(incident.id)
     except ValueError as exc:
@@ -80,6 +90,7 @@ async def acknowledge(request: web.Request) -> web.Response:
 async def resolve(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     incident = _find(request)
+    _leader_only(request, "resolving an incident")
     data = await read_json(request)
     text = (field(data, "text", str) or "").strip()
     try:

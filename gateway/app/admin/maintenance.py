@@ -30,6 +30,8 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
         raise BadInput("nodes: expected a list of node names")
     reason = field(data, "reason", str) or "planned maintenance"
+    if gw.fleet is not None:
+        gw.fleet.require_connected("a new maintenance window")
     try:
         window = await gw.maintenance.schedule_window(start, duration, reason, tuple(nodes))
     except ValueError as exc:
@@ -46,6 +48,8 @@ async def cancel(request: web.Request) -> web.Response:
     window_id = request.match_info["id"]
     if window_id not in gw.maintenance.schedule.windows:
         return error_json(404, "not_found", f"no maintenance window {window_id!r}")
+    if gw.fleet is not None:
+        gw.fleet.require_connected(f"cancelling maintenance window {window_id}")
     try:
         window = await gw.maintenance.cancel(window_id)
     except ValueError as exc:
@@ -63,6 +67,8 @@ async def end(request: web.Request) -> web.Response:
         window_id = current.id
     if window_id not in gw.maintenance.schedule.windows:
         return error_json(404, "not_found", f"no maintenance window {window_id!r}")
+    if gw.fleet is not None:
+        gw.fleet.require_connected(f"ending maintenance window {window_id}")
     try:
         window = await gw.maintenance.end(window_id)
     except ValueError as exc:

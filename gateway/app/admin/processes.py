@@ -1,5 +1,6 @@
-"""Admin routes of the gateway's processes: the supervisor and its workers, and an
-upgrade in place (a new supervisor takes the listening sockets over)."""
+"""Admin routes of the gateway's processes: the supervisor and its workers, an upgrade in
+place (a new supervisor takes the listening sockets over), and the instance among its
+peers (``GET /peers``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ async def upgrade(request: web.Request) -> web.Response:
                          status=202)
 
 
+async def peers(request: web.Request) -> web.Response:
+    """This instance among its peers: the Redis link, the leader and its epoch."""
+    fleet = request.app[GATEWAY].fleet
+    if fleet is None:
+        return json_response({"enabled": False, "message": "no peers configured: this "
+                                                           "gateway stands alone"})
+    return json_response(fleet.status())
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/processes", list_processes)
+    app.router.add_get("/peers", peers)
     app.router.add_post("/upgrade", upgrade)

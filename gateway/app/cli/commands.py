@@ -272,6 +272,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     budget = slo["error_budget_remaining"]
     print(f"error budget  {budget * 100:.1f}% left   burn rate 1h "
           f"{slo['burn_rate']['1h']:.2f}x")
+    peers = data.get("peers")
+    if peers:
+        link = ("connected" if peers["connected"]
+                else style.paint(f"NOT CONNECTED ({peers['reason']})", "31"))
+        leader = (f"leader {peers['leader']} (epoch {peers['epoch']})" if peers["leader"]
+                  else "no leader")
+        role = "this instance leads" if peers["leading"] else "follower"
+        print(f"peers         {peers['name']}: {role}; {leader}; Redis {peers['redis']} "
+              f"{link}")
     cap = data["capacity"]
     print(f"nodes         {cap['serving']}/{cap['nodes']} serving (min_healthy "
           f"{cap['min_healthy']})")

@@ -147,4 +147,6 @@ def status_data(gw: Parts, *, public: bool,
     deploys = gw.deploys.history()
     data["deploy"] = deploys[0].summary() if deploys else None
     data["queue_depth"] = gw.maintenance.queue.depth
+    # The fleet (peers): the Redis link and the leader, or None for a gateway alone.
+    data["peers"] = gw.fleet.status() if gw.fleet is not None else None
     return data

@@ -1,0 +1,396 @@
+"""Several gateways, one fleet, as real processes: ``hagw run`` instances sharing a real
+redis-server, frozen with SIGSTOP and resumed with SIGCONT as a long pause would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from bench.processes import free_port
+from tests.conftest import Backend, auth, config_dict
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(180)
+
+LEASE_TTL = 2.0
+
+#: The deploy action: appends "<node> <version> <the gateway's pid>" to a file.
+ACTION = ("import os, sys\n"
+          "with open(sys.argv[3], 'a') as f:\n"
+          "    f.write(' '.join([sys.argv[1], sys.argv[2], str(os.getppid())]) + '\\n')\n")
+
+
+class Instance:
+    """``hagw run -c FILE`` as an operator starts it, with its own state_dir."""
+
+    def __init__(self, name: str, workdir: Path, config: dict[str, Any],
+                 http: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.http = http
+        self.path = workdir / "gateway.yaml"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(yaml.safe_dump(config))
+        self.traffic_url = f"http://{config['listen']}"
+        self.admin_url = f"http://{config['admin']['listen']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.workdir / "gateway.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self) -> str:
+        path = self.workdir / "gateway.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    async def get(self, path: str) -> Any:
+        async with self.http.get(f"{self.admin_url}{path}", headers=auth(),
+                                 timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return await resp.json(content_type=None)
+
+    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.http.post(f"{self.admin_url}{path}", json=body or {}, headers=auth(),
+                                  timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def until(self, path: str, predicate: Callable[[Any], bool], timeout: float,
+                    what: str) -> Any:
+        """GET ``path`` until ``predicate`` holds (bounded; the log on failure)."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                last = await self.get(path)
+                if predicate(last):
+                    return last
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.name}: {what} not within {timeout:g}s (last {last}):\n"
+                             f"{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+async def instances(tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession,
+                    backends: Callable[..., Any]
+                    ) -> AsyncIterator[Callable[..., Awaitable[Instance]]]:
+    """``hagw run`` instances; stopped before the backends they probe (which this fixture
+    depends on for that order: a probe reaching a backend mid-cleanup leaks its socket)."""
+    started: list[Instance] = []
+
+    async def start(name: str, urls: list[str], **overrides: Any) -> Instance:
+        peers = {"redis": redis_server.url, "name": name, "lease_ttl": f"{LEASE_TTL:g}s",
+                 "timeout": "500ms"}
+        config = config_dict(urls, tmp_path / name / "state", peers=peers, **overrides)
+        config["listen"] = f"127.0.0.1:{free_port()}"
+        config["admin"]["listen"] = f"127.0.0.1:{free_port()}"
+        instance = Instance(name, tmp_path / name, config, http)
+        instance.start()
+        started.append(instance)
+        await instance.until("/peers", lambda p: p.get("connected") is True, 30.0,
+                             "connected to Redis")
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+async def the_leader(group: list[Instance], timeout: float = 15.0) -> Instance:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = []
+        for instance in group:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                views.append(await instance.get("/peers"))
+        leaders = {v.get("leader") for v in views}
+        leading = [v["name"] for v in views if v.get("leading")]
+        if len(views) == len(group) and len(leaders) == 1 and leading == list(leaders):
+            return next(i for i in group if i.name == leading[0])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no leader every instance agrees on within {timeout:g}s")
+
+
+async def test_a_drain_reaches_a_multi_worker_instance(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        http: aiohttp.ClientSession) -> None:
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    a = await instances("gw-a", urls, workers=0)
+    b = await instances("gw-b", urls, workers=2)
+    for instance in (a, b):
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    began = time.monotonic()
+    status, body = await a.post("/nodes/node-2/drain", {"reason": "disk"})
+    assert status == 200, body
+    await b.until("/nodes/node-2", lambda n: n["state"] == "DRAINING", 1.0, "the drain")
+    assert time.monotonic() - began < 1.0
+    # B's workers route by it: no request through B reaches node-2.
+    seen = set()
+    for _ in range(30):
+        async with http.get(f"{b.traffic_url}/") as resp:
+            assert resp.status == 200
+            seen.add((await resp.json())["node"])
+    assert seen == {"node-1", "node-3"}
+    status, body = await b.post("/nodes/node-2/undrain")
+    assert status == 200, body
+    await a.until("/nodes/node-2", lambda n: n["state"] == "HEALTHY", 1.0, "the undrain")
+
+
+async def test_a_frozen_leader_cannot_act_when_it_wakes(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        tmp_path: Path) -> None:
+    """The leader is SIGSTOPped mid-deploy: the other instance takes the lease within its
+    TTL and finishes the deploy from the shared record; SIGCONT: the old leader, on its
+    stale epoch, runs no action and writes nothing."""
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    calls = tmp_path / "calls.log"
+    calls.touch()
+    action = tmp_path / "action.py"
+    action.write_text(ACTION)
+    deploy = {"command": [sys.executable, str(action), "{node}", "{version}", str(calls)],
+              "verify_version": False, "bake_time": "1500ms", "drain_timeout": "5s"}
+    a = await instances("gw-a", urls, workers=0, deploy=deploy)
+    b = await instances("gw-b", urls, workers=0, deploy=deploy)
+    leader = await the_leader([a, b])
+    other = b if leader is a else a
+    old = await leader.get("/peers")
+    for instance in (a, b):
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+
+    status, body = await other.post("/deploys", {"version": "v2"})
+    assert status == 409 and body["error"] == "not_leader", body
+    assert leader.name in body["message"]
+    status, body = await leader.post("/deploys", {"version": "v2"})
+    assert status == 202, body
+    deploy_id = body["id"]
+
+    def lines() -> list[list[str]]:
+        return [line.split() for line in calls.read_text().splitlines() if line]
+
+    deadline = time.monotonic() + 30
+    while not lines():
+        assert time.monotonic() < deadline, leader.log_tail()
+        await asyncio.sleep(0.02)
+    os.killpg(leader.pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    frozen_calls = len(lines())
+    try:
+        took = await other.until("/peers", lambda p: p["leading"] is True, LEASE_TTL + 5,
+                                 "the lease")
+        taken_after = time.monotonic() - frozen_at
+        assert taken_after < LEASE_TTL + 1.0, taken_after
+        assert took["epoch"] > old["epoch"]
+        record = await other.until(f"/deploys/{deploy_id}",
+                                   lambda r: r.get("status") == "succeeded", 60.0,
+                                   "the deploy to finish on the new leader")
+        assert set(record["nodes"]) == {"node-1", "node-2", "node-3"}
+    finally:
+        os.killpg(leader.pid, signal.SIGCONT)
+    woke_calls = len(lines())
+
+    # Awake, the old leader sees at once that its epoch is over.
+    view = await leader.until("/peers", lambda p: p["leading"] is False
+                              and p["leader"] == other.name, 10.0, "the old leader to follow")
+    assert view["epoch"] == took["epoch"]
+    # Its deploy was stopped there, not recorded: the record is the new leader's.
+    await leader.until("/events?kind=deploy", lambda d: any(
+        e["kind"] == "deploy.stopped" for e in d["events"]), 5.0, "its deploy stopped")
+    status, body = await leader.post("/deploys", {"version": "v3"})
+    assert status == 409 and body["error"] == "not_leader", body
+    # Give its loop every chance to act on the stale epoch: the lease's renewal period
+    # several times over. It ran no action, and the shared record is the new leader's.
+    await asyncio.sleep(3 * LEASE_TTL / 3 + 1.0)
+    assert len(lines()) == woke_calls
+    after = lines()[frozen_calls:]
+    assert after and all(int(pid) == other.pid for _node, _version, pid in after), after
+    deployed = {node for node, version, _pid in lines() if version == "v2"}
+    assert deployed == {"node-1", "node-2", "node-3"}
+    record = await other.get(f"/deploys/{deploy_id}")
+    assert record["status"] == "succeeded"
+    # The old leader, now a follower, reads the new leader's record.
+    mirrored = await leader.until(f"/deploys/{deploy_id}",
+                                  lambda r: r.get("status") == "succeeded", 5.0,
+                                  "the follower's copy of the record")
+    assert mirrored["version"] == "v2"
+    nodes_view = await leader.get("/nodes")
+    assert all(h["source"] != "deploy" for n in nodes_view["nodes"] for h in n["holds"]), \
+        nodes_view
+
+
+async def test_redis_killed_under_load_fails_no_request(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        redis_server: RedisServer) -> None:
+    """Redis SIGKILLed while two instances (one with two workers) take 150 requests/s
+    each, 30% writes: no request fails; deploys and drains are refused with the reason;
+    once Redis is back the shared state takes changes again."""
+    from chaos.load import LoadConfig, MixedLoad
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    a = await instances("gw-a", urls, workers=0)
+    b = await instances("gw-b", urls, workers=2)
+    group = [a, b]
+    await the_leader(group)
+    for instance in group:
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    loads = [MixedLoad(i.traffic_url, i.name, LoadConfig(rate=150, max_requests=5_000))
+             for i in group]
+    for load in loads:
+        await load.start()
+    try:
+        await asyncio.sleep(1.0)
+        redis_server.kill()
+        for instance in group:
+            view = await instance.until("/peers", lambda p: p["connected"] is False, 10.0,
+                                        "Redis seen gone")
+            assert view["reason"]
+            status, body = await instance.post("/deploys", {"version": "v2"})
+            assert status == 503 and body["error"] == "not_replicated", body
+            assert "not reachable" in body["message"]
+            status, body = await instance.post("/nodes/node-1/drain", {"reason": "x"})
+            assert status == 503 and body["error"] == "not_replicated", body
+            async with instance.http.get(f"{instance.admin_url}/metrics") as resp:
+                assert "hagw_peers_connected 0.0" in await resp.text()
+        await asyncio.sleep(1.0)
+        redis_server.start()
+        for instance in group:
+            await instance.until("/peers", lambda p: p["connected"] is True, 15.0,
+                                 "Redis seen back")
+        await the_leader(group)
+        await asyncio.sleep(1.0)
+    finally:
+        for load in loads:
+            await load.stop()
+    for load in loads:
+        assert load.sent >= 300, "the load did not run"
+        failed = [o for o in load.outcomes if o.failure]
+        assert failed == [], ", ".join(f"{o.method} {o.failure} {o.detail}"
+                                       for o in failed[:10])
+    status, body = await b.post("/nodes/node-1/drain", {"reason": "after"})
+    assert status == 200, body
+    await a.until("/nodes/node-1", lambda n: n["state"] == "DRAINING", 1.0, "the drain")
+
+
+#: Seconds of load at 400 requests/s; the instance dies after 10 of them.
+RUN = 40
+
+HAPROXY = """global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+    retries 3
+    option redispatch
+frontend traffic
+    bind 127.0.0.1:{port}
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    default-server check inter 200ms fall 2 rise 2
+{servers}
+"""
+
+
+def start_haproxy(binary: str, cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        tmp_path: Path) -> None:
+    """Three instances behind haproxy in TCP mode under 400 requests/s for 40 s (30%
+    writes, a new connection each): SIGKILL the leader after 10 s. Only requests sent
+    before it was gone fail (its in-flight ones), availability over the run stays at 99.9%
+    or more, and another instance leads."""
+    from chaos.load import LoadConfig, MixedLoad
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed")
+    nodes: list[Backend] = await backends(3)
+    urls = [b.url for b in nodes]
+    group = [await instances(f"gw-{c}", urls, workers=0) for c in "abc"]
+    leader = await the_leader(group)
+    for instance in group:
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    port = free_port()
+    servers = "\n".join(f"    server {i.name} {i.traffic_url.removeprefix('http://')}"
+                        for i in group)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY.format(port=port, servers=servers))
+    proxy = start_haproxy(haproxy, cfg)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            assert time.monotonic() < deadline, "haproxy did not listen"
+            await asyncio.sleep(0.05)
+        load = MixedLoad(f"http://127.0.0.1:{port}", "l4",
+                         LoadConfig(rate=400, max_requests=RUN * 400, keepalive=False))
+        await load.start()
+        try:
+            await asyncio.sleep(10.0)
+            os.killpg(leader.pid, signal.SIGKILL)
+            assert leader.proc is not None
+            await asyncio.to_thread(leader.proc.wait)
+            # Requests sent until the process is gone may have reached it: in flight.
+            dead_at = time.monotonic()
+            await load.exhausted(RUN + 20.0)
+        finally:
+            await load.stop()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    failed = [o for o in load.outcomes if o.failure]
+    availability = 1 - len(failed) / load.sent
+    print(f"sent {load.sent}, failed {len(failed)}, availability {availability:.4%}")
+    assert load.sent == RUN * 400, f"the load did not run ({load.sent} sent)"
+    assert all(o.sent <= dead_at for o in failed), \
+        [(o.failure, round(o.sent - dead_at, 3), round(o.done - dead_at, 3))
+         for o in failed]
+    assert availability >= 0.999, (availability, [(o.failure, o.detail) for o in failed[:5]])
+    survivors = [i for i in group if i is not leader]
+    new = await the_leader(survivors, timeout=LEASE_TTL + 5)
+    assert new is not leader
