@@ -306,8 +306,9 @@ async def test_redis_killed_under_load_fails_no_request(
     await a.until("/nodes/node-1", lambda n: n["state"] == "DRAINING", 1.0, "the drain")
 
 
-#: Seconds of load at 400 requests/s; the instance dies after 10 of them.
-RUN = 40
+#: Seconds of load at 400 requests/s; the instance dies after KILL_AT of them.
+RUN = 20
+KILL_AT = 5.0
 
 HAPROXY = """global
     nbthread 1
@@ -338,8 +339,8 @@ def start_haproxy(binary: str, cfg: Path) -> subprocess.Popen[bytes]:
 async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight(
         instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
         tmp_path: Path) -> None:
-    """Three instances behind haproxy in TCP mode under 400 requests/s for 40 s (30%
-    writes, a new connection each): SIGKILL the leader after 10 s. Only the requests in
+    """Three instances behind haproxy in TCP mode under 400 requests/s for 20 s (30%
+    writes, a new connection each): SIGKILL the leader after 5 s. Only the requests in
     flight on it fail, and another instance leads."""
     from chaos.load import LoadConfig, MixedLoad
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
@@ -370,7 +371,7 @@ async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight
                          LoadConfig(rate=400, max_requests=RUN * 400, keepalive=False))
         await load.start()
         try:
-            await asyncio.sleep(10.0)
+            await asyncio.sleep(KILL_AT)
             killed_at = time.monotonic()
             os.killpg(leader.pid, signal.SIGKILL)
             assert leader.proc is not None
