@@ -148,7 +148,26 @@ class Fleet:
                 "records_version": self.records.version}
 
 
-class SharedRecords:
+class _SharedReads:
+    """Reads of the fleet's shared records: from Redis, or the last known state while it
+    is down."""
+
+    fleet: Fleet
+
+    async def get(self, namespace: str, key: str) -> Any:
+        try:
+            return await self.fleet.records.get(namespace, key)
+        except PeersUnavailable:
+            return self.fleet.records.known(namespace).get(key)
+
+    async def items(self, namespace: str) -> dict[str, Any]:
+        try:
+            return await self.fleet.records.items(namespace)
+        except PeersUnavailable:
+            return self.fleet.records.known(namespace)
+
+
+class SharedRecords(_SharedReads):
     """The ``Store`` port on the fleet's shared records, for what any instance may write
     (maintenance windows): NotReplicated while Redis does not take a write; reads from
     Redis, or the last known state while it is down."""
@@ -166,20 +185,8 @@ class SharedRecords:
     async def delete(self, namespace: str, key: str) -> None:
         await self.fleet.delete(namespace, key, f"deleting {self.what} {key}")
 
-    async def get(self, namespace: str, key: str) -> Any:
-        try:
-            return await self.fleet.records.get(namespace, key)
-        except PeersUnavailable:
-            return self.fleet.records.known(namespace).get(key)
 
-    async def items(self, namespace: str) -> dict[str, Any]:
-        try:
-            return await self.fleet.records.items(namespace)
-        except PeersUnavailable:
-            return self.fleet.records.known(namespace)
-
-
-class LeaderStore:
+class LeaderStore(_SharedReads):
     """The ``Store`` port for what only the leader writes (deploy records): shared in
     Redis, every write fenced by this instance's epoch. A write after the lease was lost,
     or while Redis does not answer, raises WriteRefused (StaleLeader is one), so the
@@ -210,18 +217,6 @@ class LeaderStore:
             await self.fleet.records.delete(namespace, key, epoch=self._epoch())
         except PeersUnavailable as exc:
             raise WriteRefused(f"the fleet's shared state did not take it: {exc}") from None
-
-    async def get(self, namespace: str, key: str) -> Any:
-        try:
-            return await self.fleet.records.get(namespace, key)
-        except PeersUnavailable:
-            return self.fleet.records.known(namespace).get(key)
-
-    async def items(self, namespace: str) -> dict[str, Any]:
-        try:
-            return await self.fleet.records.items(namespace)
-        except PeersUnavailable:
-            return self.fleet.records.known(namespace)
 
 
 class PeerGauges(Collector):

@@ -44,7 +44,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from gateway.config.types import worker_count
 from gateway.events import News
-from gateway.listener import AdvisoryChanged
+from gateway.listener import AdvisoryChanged, open_socket
 from gateway.maintenance import ModeChanged
 from gateway.node import NodeChanged
 from gateway.queue.store import Entry
@@ -62,12 +62,7 @@ RESPAWN_MAX = 5.0
 
 def listening_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
     """The traffic listener's socket, opened once, inherited by every worker."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.setblocking(False)
+    sock = open_socket(host, port, backlog)
     sock.set_inheritable(True)
     return sock
 
