@@ -82,6 +82,18 @@ def _available(fleet: Fleet, names: list[str], scenario: str) -> tuple[dict[str,
 
 # -- max throughput ----------------------------------------------------------------------------
 
+def _wrk_with_cpu(wrk_path: str, target: Target, connections: int,
+                  seconds: float) -> LoadResult:
+    """One ``wrk`` run against ``target`` with the CPU its processes spent per request:
+    steadier than req/s on a shared machine (neighbours steal time, but they do not make
+    each request cost more cycles, much)."""
+    before = cpu_seconds(target.child.pid)
+    result = wrk(wrk_path, target.url(), connections=connections, duration=seconds)
+    used = cpu_seconds(target.child.pid) - before
+    return dataclasses.replace(
+        result, cpu_us=used / result.requests * 1e6 if result.requests else None)
+
+
 def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
     """``wrk -t1 -c50`` against every target; medians of the rounds."""
     scenario = "throughput"
@@ -93,14 +105,7 @@ def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
     targets, rows = _available(fleet, names, scenario)
 
     def run(target: Target, seconds: float) -> LoadResult:
-        # CPU per request is steadier than req/s on a shared machine: neighbours steal
-        # time, but they do not make each request cost more cycles (much).
-        before = cpu_seconds(target.child.pid)
-        result = wrk(wrk_path, target.url(), connections=settings.connections,
-                     duration=seconds)
-        used = cpu_seconds(target.child.pid) - before
-        cpu_us = used / result.requests * 1e6 if result.requests else None
-        return dataclasses.replace(result, cpu_us=cpu_us)
+        return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
 
     results, failures = _interleaved(targets, settings, scenario,
                                      f"wrk -c{settings.connections} {settings.duration:g}s", run)
@@ -277,12 +282,7 @@ def workers(fleet: Fleet, settings: Settings) -> list[Row]:
                  for n in targets]
     else:
         def run(target: Target, seconds: float) -> LoadResult:
-            before = cpu_seconds(target.child.pid)
-            result = wrk(wrk_path, target.url(), connections=settings.connections,
-                         duration=seconds)
-            used = cpu_seconds(target.child.pid) - before
-            return dataclasses.replace(
-                result, cpu_us=used / result.requests * 1e6 if result.requests else None)
+            return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
 
         results, failures = _interleaved(targets, settings, scenario,
                                          f"wrk -c{settings.connections} {settings.duration:g}s",
@@ -322,12 +322,7 @@ def https(fleet: Fleet, settings: Settings) -> list[Row]:
     targets, rows = _available(fleet, names, scenario)
 
     def run(target: Target, seconds: float) -> LoadResult:
-        before = cpu_seconds(target.child.pid)
-        result = wrk(wrk_path, target.url(), connections=settings.connections,
-                     duration=seconds)
-        used = cpu_seconds(target.child.pid) - before
-        return dataclasses.replace(
-            result, cpu_us=used / result.requests * 1e6 if result.requests else None)
+        return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
 
     results, failures = _interleaved(targets, settings, scenario,
                                      f"wrk -c{settings.connections} {settings.duration:g}s "
