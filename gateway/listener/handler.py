@@ -269,7 +269,7 @@ class TrafficHandler:
                       request.remote, request.scheme, body, length, request.chunked,
                       self.router.idempotent(request.method, "Idempotency-Key" in request.headers),
                       source=source, trusted=request.trusted)
-        sent_at = time.monotonic()
+        sent_at = time.monotonic() if entry is not None else 0.0  # for the access log only
         try:
             up, node = await self.router.send(ex)
         except TryTimeout as exc:
