@@ -104,6 +104,17 @@ class TrafficMode(Protocol):
     window: dict[str, Any] | None
 
 
+class ReplayRelay(Protocol):
+    """In a fleet, how the replay's two ends talk: only the leader replays the shared
+    queue, and each instance's traffic listener leaves its replay phase when it is over."""
+
+    def ask_leader(self) -> None:
+        """A write was queued here during the replay: the leader's replay must see it."""
+
+    def replay_finished(self) -> None:
+        """This instance (the leader) emptied the queue: the others leave replay too."""
+
+
 class Advisory(Protocol):
     """The ``X-Maintenance-Scheduled`` header proxied answers carry before a window."""
 

@@ -497,8 +497,8 @@ async def test_maintenance_windows_are_the_fleets(
     await wait_for(lambda: b.maintenance.schedule.windows[later_id].status == "cancelled",
                    1.0, "B's copy cancelled")
     # The follower sent no announcement of its own.
-    assert follower.maintenance.announces() is False
-    assert leader.maintenance.announces() is True
+    assert follower.maintenance.leads() is False
+    assert leader.maintenance.leads() is True
 
 
 async def test_a_gateway_starts_and_serves_while_redis_is_down(

@@ -398,3 +398,132 @@ async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight
     survivors = [i for i in group if i is not leader]
     new = await the_leader(survivors, timeout=LEASE_TTL + 5)
     assert new is not leader
+
+
+#: Maintenance settings for the queue tests: /orders is queued; every client here is one
+#: loopback address, so the per-client guards (tests/test_queue_limits.py) are off.
+QUEUE = {"queue_routes": [{"method": "POST", "path": "/orders"}], "verify_timeout": "10s",
+         "queue_rate_limit": {"enabled": False}, "max_client_queued_bytes": 0}
+
+
+async def queue_write(instance: Instance, number: int) -> dict[str, Any]:
+    async with instance.http.post(f"{instance.traffic_url}/orders",
+                                  json={"n": number, "via": instance.name},
+                                  timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        body = await resp.json(content_type=None)
+        assert resp.status == 202, (instance.name, number, resp.status, body)
+        return dict(body)
+
+
+async def fleet_window(group: list[Instance]) -> str:
+    status, body = await group[0].post("/maintenance", {"start": "now", "duration": "1h",
+                                                         "reason": "queue test"})
+    assert status == 201, body
+    for instance in group:
+        await instance.until("/maintenance", lambda m: m["mode"] == "active", 5.0,
+                             "in the window")
+    return str(body["id"])
+
+
+def delivered(node: Backend) -> list[dict[str, Any]]:
+    """The node's writes, first deliveries only (it drops repeats by Idempotency-Key)."""
+    import json
+    return [json.loads(w["body"]) for w in node.info.writes]
+
+
+async def until_delivered(node: Backend, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(node.info.writes) < count:
+        assert time.monotonic() < deadline, \
+            f"{len(node.info.writes)} of {count} writes delivered within {timeout:g}s"
+        await asyncio.sleep(0.02)
+
+
+WRITES = 2000
+
+
+async def test_writes_queued_across_the_fleet_replay_once_in_arrival_order(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any]) -> None:
+    """2,000 writes accepted across three instances (one with two workers) during a
+    whole-fleet window, each on the fleet's stream before its 202. The leader replays
+    them; SIGKILLed mid-replay, another takes over. Every write reaches the node exactly
+    once (by its Idempotency-Key), in the order the fleet accepted them, and every
+    instance leaves its replay phase."""
+    node: Backend = (await backends(1))[0]
+    group = [await instances("gw-a", [node.url], workers=0, maintenance=QUEUE),
+             await instances("gw-b", [node.url], workers=2, maintenance=QUEUE),
+             await instances("gw-c", [node.url], workers=0, maintenance=QUEUE)]
+    leader = await the_leader(group)
+    for instance in group:
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    window = await fleet_window(group)
+    # One after another, round the instances: the fleet's arrival order is 0, 1, 2, ...
+    tickets = [await queue_write(group[n % 3], n) for n in range(WRITES)]
+    assert len({t["ticket"] for t in tickets}) == WRITES
+    assert node.info.writes == [], "a write reached the node during the window"
+    # Each write takes the node 2 ms, so the replay is still going when its leader dies.
+    node.fault(latency_ms=2)
+    status, body = await group[1].post(f"/maintenance/{window}/end")
+    assert status == 200, body
+    await until_delivered(node, 300, 30.0)
+    os.killpg(leader.pid, signal.SIGKILL)
+    assert leader.proc is not None
+    await asyncio.to_thread(leader.proc.wait)
+    at_kill = len(node.info.writes)
+    survivors = [i for i in group if i is not leader]
+    await the_leader(survivors, timeout=LEASE_TTL + 5)
+    await until_delivered(node, WRITES, 60.0)
+    print(f"delivered {at_kill} before the kill; the node got {node.info.requests} writes")
+    assert at_kill < WRITES, "the replay was over before its leader was killed"
+    numbers = [w["n"] for w in delivered(node)]
+    assert numbers == list(range(WRITES)), "not exactly once, in arrival order"
+    for instance in survivors:
+        await instance.until("/maintenance", lambda m: m["mode"] == "normal"
+                             and m["queue"]["depth"] == 0, 10.0, "out of the replay")
+    # A ticket taken on the dead instance is answered by the others.
+    first = next(t for n, t in enumerate(tickets) if group[n % 3] is leader)
+    async with survivors[0].http.get(f"{survivors[0].traffic_url}{first['status_url']}") as r:
+        assert r.status == 200 and (await r.json())["status"] == "done"
+
+
+async def test_redis_killed_during_a_window_spools_then_forwards(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        redis_server: RedisServer) -> None:
+    """Redis SIGKILLed during a whole-fleet window: writes keep getting their 202 (on
+    each instance's disk, its spool), in a two-worker instance too; once Redis is back
+    the spools are forwarded and the replay delivers every write exactly once, each
+    instance's in the order it accepted them."""
+    node: Backend = (await backends(1))[0]
+    a = await instances("gw-a", [node.url], workers=0, maintenance=QUEUE)
+    b = await instances("gw-b", [node.url], workers=2, maintenance=QUEUE)
+    group = [a, b]
+    await the_leader(group)
+    for instance in group:
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+    window = await fleet_window(group)
+    before = [await queue_write(group[n % 2], n) for n in range(40)]
+    redis_server.kill()
+    during = [await queue_write(group[n % 2], n) for n in range(40, 200)]
+    for instance in group:
+        view = await instance.until("/peers", lambda p: p["connected"] is False, 10.0,
+                                    "Redis seen gone")
+        assert view["reason"]
+    redis_server.start()
+    for instance in group:
+        await instance.until("/peers", lambda p: p["connected"] is True, 15.0,
+                             "Redis seen back")
+    await the_leader(group)
+    status, body = await a.post(f"/maintenance/{window}/end")
+    assert status == 200, body
+    await until_delivered(node, 200, 60.0)
+    writes = delivered(node)
+    assert sorted(w["n"] for w in writes) == list(range(200)), "not exactly once"
+    for name in ("gw-a", "gw-b"):
+        mine = [w["n"] for w in writes if w["via"] == name]
+        assert mine == sorted(mine), f"{name}'s writes out of their arrival order"
+    assert len(before) + len(during) == 200
+    for instance in group:
+        await instance.until("/maintenance", lambda m: m["mode"] == "normal"
+                             and m["queue"]["depth"] == 0, 10.0, "out of the replay")

@@ -1,4 +1,5 @@
-"""What only the fleet's leader runs (``peers``): deploys and the incident watch.
+"""What only the fleet's leader runs (``peers``): deploys, the incident watch and the
+replay of the shared write queue.
 Becoming the leader takes them over where their shared records stand; losing the lease
 stops them here at once, without a write (Redis would refuse it anyway: the epoch is
 over). A follower keeps a copy of the leader's deploy records and incidents for its
@@ -15,6 +16,8 @@ import logging
 from gateway.events import EventBus
 from monitor.deploy.runner import DeployRunner
 from monitor.incident.watch import IncidentWatcher
+from monitor.maintenance.manager import MaintenanceManager
+from monitor.peers.connection import PeersUnavailable
 from monitor.peers.lease import LeadershipChanged
 from monitor.peers.records import Change, Notice, Resync
 from monitor.ports import Spawn, WriteRefused
@@ -23,11 +26,12 @@ log = logging.getLogger("hagw.peers.leader")
 
 
 class LeaderDuties:
-    def __init__(self, name: str, deploys: DeployRunner, incidents: IncidentWatcher, *,
-                 bus: EventBus, spawn: Spawn) -> None:
+    def __init__(self, name: str, deploys: DeployRunner, incidents: IncidentWatcher,
+                 maintenance: MaintenanceManager, *, bus: EventBus, spawn: Spawn) -> None:
         self.name = name
         self.deploys = deploys
         self.incidents = incidents
+        self.maintenance = maintenance
         self.spawn = spawn
         self.leading = False
         self._active = False
@@ -64,11 +68,13 @@ class LeaderDuties:
                 try:
                     await self.deploys.take_over()
                     await self.incidents.take_over()
-                except WriteRefused as exc:
+                    await self.maintenance.take_over()
+                except (WriteRefused, PeersUnavailable) as exc:
                     log.warning("leader duties: could not take over: %s", exc)
             else:
                 await self.deploys.let_go()
                 await self.incidents.let_go()
+                await self.maintenance.let_go()
                 # Notices that arrived while this instance still led were not mirrored:
                 # take the leader's records now (the last known ones if Redis is down).
                 await self.deploys.refresh()

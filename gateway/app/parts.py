@@ -12,12 +12,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import reactions
-from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
+from gateway.app.dataplane import (
+    DataPlane,
+    EjectionTimer,
+    listener_tls,
+    upstream_tls,
+    write_queue,
+)
 from gateway.app.drains import OperatorDrains
 from gateway.app.fleet import Fleet, LeaderStore, SharedRecords
 from gateway.app.floor import FleetFloor
 from gateway.app.leader import LeaderDuties
 from gateway.app.metrics import ControlMetrics
+from gateway.app.replay_relay import FleetReplay
 from gateway.app.stats import NodeStats
 from gateway.app.tasks import Tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -35,6 +42,7 @@ from monitor.incident.watch import IncidentWatcher
 from monitor.maintenance.manager import MaintenanceManager
 from monitor.maintenance.replay import Replayer
 from monitor.notify import NotifierHub
+from monitor.peers.queue import SpooledQueue
 from monitor.peers.records import Change, Notice, Resync
 from monitor.slo import SloTracker
 from monitor.uptime import NodeUptime
@@ -137,10 +145,15 @@ class Parts:
                                     events=self.bus, registry=self.registry,
                                     client_tls=self.client_tls)
         # -- the data plane ---------------------------------------------------------------
+        # In a fleet the queue is the fleet's stream, this instance's file its spool; the
+        # replay's writes are fenced by the leader's epoch.
+        fleet = self.fleet
+        queue = (write_queue(config, spawn=self.tasks, link=fleet.link,
+                             fence=fleet.election.fence) if fleet is not None else None)
         self.data = data = DataPlane(
             config, cluster=self.cluster, clock=clock, registry=self.data_registry,
             passive=self.health.detector, outcomes=self.slo, replay=_NoReplay(),
-            publish=self.bus.publish, client_tls=self.client_tls)
+            publish=self.bus.publish, client_tls=self.client_tls, queue=queue)
         self.accounting = data.accounting
         self.outlier = data.outlier
         self.pools = data.pools
@@ -153,18 +166,25 @@ class Parts:
         self.notifier = NotifierHub(config.notifiers, self.tasks, self.bus.publish)
         replayer = Replayer(self.queue, data.forwarder, self.cluster, config.maintenance,
                             spawn=self.tasks, events=self.bus)
-        mode.replay = replayer
+        #: In a fleet, how the leader's replay and the others' replay phases keep in step.
+        self.fleet_replay = (FleetReplay(fleet, spawn=self.tasks)
+                             if fleet is not None else None)
+        mode.replay = self.fleet_replay if self.fleet_replay is not None else replayer
         # In a fleet the windows are shared (any instance may schedule one) and only the
-        # leader sends their announcements.
-        fleet = self.fleet
+        # leader sends their announcements and replays the queue.
         self.maintenance = MaintenanceManager(
             config, cluster=self.cluster,
             store=SharedRecords(fleet, "maintenance window") if fleet is not None
             else self.store, queue=self.queue,
             replayer=replayer, mode=mode, advisory=self.traffic, notifier=self.notifier,
             events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry,
-            announces=(lambda: fleet.election.leading) if fleet is not None
-            else (lambda: True))
+            leads=(lambda: fleet.election.leading) if fleet is not None
+            else (lambda: True), relay=self.fleet_replay)
+        if self.fleet_replay is not None:
+            self.fleet_replay.manager = self.maintenance
+        if isinstance(self.queue, SpooledQueue):
+            # Spooled writes reaching the stream late are replayed too.
+            self.queue.on_forwarded = self.maintenance.replay_wanted
         if fleet is not None:
             fleet.watch("maintenance", self._shared_windows)
         # In a fleet the deploy records are shared and every save is fenced by the epoch.
@@ -181,7 +201,8 @@ class Parts:
         self.leader_duties: LeaderDuties | None = None
         if self.fleet is not None:
             self.leader_duties = LeaderDuties(self.fleet.name, self.deploys, self.incidents,
-                                              bus=self.bus, spawn=self.tasks)
+                                              self.maintenance, bus=self.bus,
+                                              spawn=self.tasks)
             self.fleet.watch("incidents", self.leader_duties.on_incidents)
             self.fleet.watch("deploys", self.leader_duties.on_deploys)
         # -- the root's own reactions -------------------------------------------------------

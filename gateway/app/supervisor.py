@@ -184,7 +184,7 @@ class WorkerHub:
                 gw.maintenance.queued(Entry("", float(message["created"]), "", "", [], b"",
                                             "", seq=int(message["seq"])))
             elif kind == "replay":
-                gw.maintenance.replayer.ensure_running()
+                gw.mode.replay.ensure_running()
             elif kind == "page":
                 kind = str(message["kind"])
                 self._send(handle, page_to_json(kind, status_routes.public_page(gw, kind)))
@@ -359,7 +359,7 @@ class WorkerHub:
         self.changed()  # refused: the snapshot undoes the worker's own ejection
 
     async def _watch(self, handle: WorkerHandle, ticket: str, timeout: float) -> None:
-        entry = await self.gw.maintenance.replayer.wait_result(ticket, timeout)
+        entry = await self.gw.mode.replay.wait_result(ticket, timeout)
         self._send(handle, {"type": "replayed", "ticket": ticket,
                             "entry": None if entry is None else entry_to_json(entry)})
 

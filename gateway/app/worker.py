@@ -19,12 +19,18 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from gateway.app import handoff
-from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
+from gateway.app.dataplane import (
+    DataPlane,
+    EjectionTimer,
+    listener_tls,
+    upstream_tls,
+    write_queue,
+)
 from gateway.app.ipc import Channel, ChannelClosed
 from gateway.app.logs import setup_logging
 from gateway.app.loop import use_uvloop
@@ -40,6 +46,9 @@ from gateway.maintenance import Phase, WriteQueued
 from gateway.outlier import NodeEjected
 from gateway.queue.store import Entry
 from gateway.tls import ServerTls, TlsCollector, TlsError
+
+if TYPE_CHECKING:
+    from monitor.peers.connection import PeerLink
 
 log = logging.getLogger("hagw.worker")
 
@@ -157,10 +166,21 @@ class Worker:
         self.outcomes = Outcomes()
         self.tries = Tries()
         self.replay = RemoteReplay(self)
+        self.tasks = Tasks()
+        #: In a fleet, this worker's own link to Redis: it queues writes on the fleet's
+        #: stream itself (a 202 only once Redis has it), and into the instance's spool
+        #: while Redis is away, which the supervisor forwards.
+        self.link: PeerLink | None = None
+        queue = None
+        if config.peers is not None:
+            from monitor.peers.connection import PeerLink  # only a fleet loads redis
+
+            self.link = PeerLink(config.peers, clock=clock)
+            queue = write_queue(config, spawn=self.tasks, link=self.link, forwards=False)
         self.data = DataPlane(config, cluster=self.cluster, clock=clock, registry=self.registry,
                               passive=self.tries, outcomes=self.outcomes, replay=self.replay,
                               publish=self.bus.publish,
-                              client_tls=upstream_tls(config, clock))
+                              client_tls=upstream_tls(config, clock), queue=queue)
         self.data.traffic.admission.share()
         #: The traffic listener's TLS, its files read here (a worker serves them).
         self.tls: ServerTls | None = listener_tls("traffic", config.tls, "tls", clock,
@@ -174,7 +194,6 @@ class Worker:
         status = config.status
         self.data.traffic.local_routes.insert(0, PublicPage(
             lambda: status.public, lambda: status.path, self.page.get))
-        self.tasks = Tasks()
         self.ejections = EjectionTimer(self.cluster)
         self.server: TrafficServer | None = None
         self.channel: Channel | None = None
@@ -340,6 +359,8 @@ class Worker:
                 await self.channel.drain()
         data.abort_pools()
         await data.queue.close()
+        if self.link is not None:
+            await self.link.close()
         self.ejections.cancel()
 
 

@@ -17,7 +17,15 @@ from typing import Any
 
 from gateway.errors import Answer, error_response, json_answer
 from gateway.headers import RESPONSE_HIDDEN
-from gateway.queue.store import DONE, FAILED, QUEUED, Entry, QueueStore, stored_result_headers
+from gateway.queue.store import (
+    DONE,
+    FAILED,
+    QUEUED,
+    Entry,
+    QueueStore,
+    QueueUnavailable,
+    stored_result_headers,
+)
 
 #: On every answer about a ticket: it is one client's, and nothing in between may keep it.
 NO_STORE = ("Cache-Control", "no-store")
@@ -45,7 +53,15 @@ async def ticket_status(queue: QueueStore, method: str, ticket: str, request_id:
         answer = error_response(405, "ticket status is read-only", request_id)
         answer.headers.append(NO_STORE)
         return answer
-    entry = await queue.get(ticket) if ticket else None
+    try:
+        entry = await queue.get(ticket) if ticket else None
+        position = await queue.position(entry) if entry is not None and \
+            entry.status == QUEUED else None
+    except QueueUnavailable as exc:
+        answer = error_response(503, f"{exc}; ask again shortly", request_id,
+                                retry_after=1)
+        answer.headers.append(NO_STORE)
+        return answer
     if entry is None:
         answer = error_response(404, "unknown ticket, or its result has expired", request_id)
         answer.headers.append(NO_STORE)
@@ -53,7 +69,7 @@ async def ticket_status(queue: QueueStore, method: str, ticket: str, request_id:
     body: dict[str, Any] = {"ticket": ticket, "status": entry.status,
                             "created": entry.created, "attempts": entry.attempts}
     if entry.status == QUEUED:
-        body["position"] = await queue.position(entry)
+        body["position"] = position
         if entry.error:
             body["last_error"] = entry.error
     elif entry.status == DONE:

@@ -137,6 +137,15 @@ class ClientOverQuota(QueueFull):
     """This client holds max_client_queued_bytes already (a 429); others may queue."""
 
 
+class QueueUnavailable(Exception):
+    """The queue cannot be read right now (a shared queue's Redis is away): a 503."""
+
+
+class NotDurable(QueueFull):
+    """Nothing was accepted: the write could not be made as durable as configured (a
+    shared queue's replicas did not acknowledge it); a 503, like a full queue."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueueLimits:
     """What the queue may hold on disk (0: no limit)."""
@@ -529,6 +538,15 @@ class SqliteQueue(SqliteFile):
     def depth(self) -> int:
         """Entries not yet replayed (kept in memory: read at open, then counted as this
         process writes them and as workers report theirs, ``enqueued_elsewhere``)."""
+        return self._depth
+
+    async def waiting(self) -> int:
+        """Entries not yet replayed, counted on disk (other processes' too); ``depth``
+        is set to it."""
+        count = await self.run(lambda: self.db.execute(
+            "SELECT COUNT(*) FROM entries WHERE status IN (?, ?)",
+            (QUEUED, REPLAYING)).fetchone()[0])
+        self._depth = int(count)
         return self._depth
 
     def enqueued_elsewhere(self, count: int = 1) -> None:

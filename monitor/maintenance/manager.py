@@ -26,7 +26,16 @@ from gateway.queue.store import DONE, Entry, QueueStore
 from monitor.maintenance.replay import Replayer, ReplayFinished, ReplayIdle
 from monitor.maintenance.schedule import ACTIVE, Due, Schedule, Window, iso
 from monitor.notify import Notice, NotifierHub
-from monitor.ports import Advisory, ClusterView, Events, Spawn, Store, TrafficMode, WriteRefused
+from monitor.ports import (
+    Advisory,
+    ClusterView,
+    Events,
+    ReplayRelay,
+    Spawn,
+    Store,
+    TrafficMode,
+    WriteRefused,
+)
 
 log = logging.getLogger("hagw.maintenance")
 NAMESPACE = "maintenance"
@@ -57,10 +66,13 @@ class MaintenanceManager:
                  queue: QueueStore, replayer: Replayer, mode: TrafficMode, advisory: Advisory,
                  notifier: NotifierHub, events: Events, spawn: Spawn, clock: Clock,
                  registry: CollectorRegistry,
-                 announces: Callable[[], bool] = lambda: True) -> None:
+                 leads: Callable[[], bool] = lambda: True,
+                 relay: ReplayRelay | None = None) -> None:
         self.config = config
-        #: Whether this gateway sends the announcements (in a fleet: its leader only).
-        self.announces = announces
+        #: Whether this gateway sends the announcements and replays the queue (in a fleet:
+        #: its leader only; ``relay`` then carries the replay's news between instances).
+        self.leads = leads
+        self.relay = relay
         self.cluster = cluster
         self.store = store
         self.queue = queue
@@ -88,12 +100,8 @@ class MaintenanceManager:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        recovered = await self.queue.recover()  # the queue is open: its owner opened it
-        if recovered:
-            self.events.publish(News("queue.recovered", f"{recovered} write(s) were being "
-                                      "replayed when the gateway stopped; they go back in "
-                                      "line and are re-sent with the same Idempotency-Key",
-                                      level=logging.WARNING))
+        if self.leads():  # in a fleet a new leader recovers the queue (take_over)
+            await self._recover()
         for data in (await self.store.items(NAMESPACE)).values():
             self.schedule.restore(Window.from_json(data))
         await self._sync_config_windows(self.config)
@@ -109,6 +117,44 @@ class MaintenanceManager:
         if self._loop_task is not None:
             self._loop_task.cancel()
         await self.replayer.stop()
+
+    async def _recover(self) -> None:
+        recovered = await self.queue.recover()  # the queue is open: its owner opened it
+        if recovered:
+            self.events.publish(News("queue.recovered", f"{recovered} write(s) were being "
+                                      "replayed when the replay stopped (a restart, or a new "
+                                      "leader); they go back in line and are re-sent with the "
+                                      "same Idempotency-Key", level=logging.WARNING))
+
+    # -- in a fleet: the replay follows the lease ------------------------------------------
+
+    async def take_over(self) -> None:
+        """This instance became the fleet's leader: what the old leader was replaying goes
+        back in line, and the replay goes on here (unless a whole-fleet window is on)."""
+        await self._recover()
+        await self.queue.stats()  # the fleet's depth, as Redis has it now
+        if self.queue.depth and self.schedule.fleet_window() is None:
+            self.spawn(self._after_window(None), name="replay after a change of leader")
+
+    async def let_go(self) -> None:
+        """This instance stopped leading: its replay stops (its writes would be refused)."""
+        await self.replayer.stop()
+
+    def replay_wanted(self) -> None:
+        """A write was queued during the replay (here, in a worker, or on another instance
+        for the leader): the replay must see it."""
+        if self.leads():
+            # Not while a window is on or its nodes are being verified: its end replays.
+            if self.mode.phase in (Phase.REPLAYING, Phase.NORMAL):
+                self.replayer.ensure_running()
+        elif self.relay is not None:
+            self.relay.ask_leader()
+
+    async def replay_over(self) -> None:
+        """The leader says it emptied the queue: leave the replay phase if the fleet's
+        queue is empty (a write queued meanwhile keeps it, and the leader replays it)."""
+        await self.queue.stats()
+        self._replay_idle()
 
     async def configure(self, config: GatewayConfig) -> None:
         self.config = config
@@ -182,7 +228,7 @@ class MaintenanceManager:
         return purged
 
     def _announce(self, window: Window, key: str) -> None:
-        if not self.announces():
+        if not self.leads():
             return  # another gateway of the fleet announces it
         title, text = self.schedule.describe(window, key)
         event = {"scheduled": "maintenance.scheduled", "started": "maintenance.started",
@@ -234,8 +280,15 @@ class MaintenanceManager:
         if not verified:
             log.warning("nodes not verified %gs after the window; replaying to whatever "
                         "serves (replay pauses while nothing does)", timeout)
+        await self.queue.stats()  # in a fleet: what every instance queued
         if self.queue.depth:
             self.mode.phase = Phase.REPLAYING
+            if not self.leads():
+                # The leader replays, and its news ends this phase here (replay_over);
+                # asked now, it tells even if it was done before this instance got here.
+                if self.relay is not None:
+                    self.relay.ask_leader()
+                return
             self.events.publish(News("queue.replay_started", f"replaying {self.queue.depth} "
                                       "queued write(s) in arrival order"))
             self.replayer.ensure_running()
@@ -244,10 +297,16 @@ class MaintenanceManager:
             self.mode.window = None
 
     def _replay_idle(self) -> None:
-        if self.queue.depth == 0 and self.mode.phase is Phase.REPLAYING:
+        if self.queue.depth:
+            return
+        if self.mode.phase is Phase.REPLAYING:
             self.mode.phase = Phase.NORMAL
             self.mode.window = None
-            self.events.publish(News("queue.replay_finished", "every queued write was replayed"))
+            if self.leads():
+                self.events.publish(News("queue.replay_finished",
+                                         "every queued write was replayed"))
+        if self.leads() and self.relay is not None:
+            self.relay.replay_finished()  # the others' phase, whatever this one's was
 
     # -- queue accounting ----------------------------------------------------------------
 

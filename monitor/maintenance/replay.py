@@ -79,6 +79,8 @@ class Replayer:
         self._waiters: dict[str, list[asyncio.Future[Entry]]] = {}
         self._recent: deque[float] = deque(maxlen=10_000)
         self._changed = asyncio.Event()
+        #: ensure_running() was called while running: look again before stopping.
+        self._again = False
         events.subscribe(NodeChanged, lambda _event: self._changed.set())
 
     def __repr__(self) -> str:
@@ -89,8 +91,13 @@ class Replayer:
         return self._task is not None and not self._task.done()
 
     def ensure_running(self) -> None:
+        """Run the replay; if it runs already, it looks at the queue once more before it
+        calls itself idle (so a write committed just now, on any instance, is not left)."""
         if not self.running:
+            self._again = False
             self._task = self.spawn(self._run(), name="queue replay")
+        else:
+            self._again = True
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -122,6 +129,9 @@ class Replayer:
         while True:
             batch = await self.store.next_batch(REPLAY_BATCH, time.time())
             if not batch:
+                if self._again:
+                    self._again = False
+                    continue
                 break
             await self._wait_for_a_node()
             # One write marks the whole batch as being replayed, each entry with the node

@@ -63,8 +63,11 @@ from gateway.queue.store import (
     QUEUED,
     REPLAYING,
     Entry,
+    NotDurable,
     QueueFull,
+    QueueLimits,
     QueueStats,
+    QueueUnavailable,
     SqliteQueue,
     stored_result_headers,
 )
@@ -83,14 +86,15 @@ FORWARD_BATCH = 256
 PAGE = 1000
 
 #: KEYS: stream, seq counter, line, created. ARGV: entry key prefix, capacity, origin,
-#: the ticket the previous chunk of this batch ended with ('' for none), then 7 per entry
-#: (ticket, created, method, target, headers JSON, body, idempotency key). Returns 3 per
-#: entry: outcome (1 added, 0 already there, -1 full), seq, line length.
+#: the ticket the previous chunk of this batch ended with ('' for none), then 9 per entry
+#: (ticket, created, method, target, headers JSON, body, idempotency key, request id, owner
+#: or ''). Returns 3 per entry: outcome (1 added, 0 already there, -1 full), seq, line
+#: length.
 ENQUEUE = """
 local out = {}
 local full = ARGV[4] ~= '' and redis.call('EXISTS', ARGV[1] .. ARGV[4]) == 0
 local capacity = tonumber(ARGV[2])
-for i = 5, #ARGV, 7 do
+for i = 5, #ARGV, 9 do
   local ekey = ARGV[1] .. ARGV[i]
   local seq = redis.call('HGET', ekey, 'seq')
   if seq then
@@ -105,7 +109,9 @@ for i = 5, #ARGV, 7 do
     local id = redis.call('XADD', KEYS[1], '*', 'ticket', ARGV[i], 'seq', seq,
       'headers', ARGV[i + 4], 'body', ARGV[i + 5], 'idem', ARGV[i + 6])
     redis.call('HSET', ekey, 'seq', seq, 'id', id, 'status', 'queued', 'created', ARGV[i + 1],
-      'method', ARGV[i + 2], 'target', ARGV[i + 3], 'origin', ARGV[3], 'attempts', 0)
+      'method', ARGV[i + 2], 'target', ARGV[i + 3], 'origin', ARGV[3], 'attempts', 0,
+      'request_id', ARGV[i + 7])
+    if ARGV[i + 8] ~= '' then redis.call('HSET', ekey, 'owner', ARGV[i + 8]) end
     redis.call('ZADD', KEYS[3], seq, ARGV[i])
     redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i])
     out[#out + 1] = 1
@@ -258,7 +264,7 @@ return out
 """
 
 
-class NotReplicated(Exception):
+class NotReplicated(NotDurable):
     """Fewer replicas than ``peers.write_replicas`` acknowledged a write within
     ``peers.wait_timeout``: it was withdrawn, and must not be answered 202."""
 
@@ -285,6 +291,7 @@ def _to_entry(ticket: str, status: dict[str, Any], request: dict[str, Any]) -> E
     finished = status.get("finished")
     node = status.get("node")
     error = status.get("error")
+    owner = status.get("owner")
     return Entry(
         ticket=ticket, created=num("created"), method=_text(status.get("method", b"")),
         target=_text(status.get("target", b"")), headers=_headers(request.get("headers")),
@@ -296,7 +303,9 @@ def _to_entry(ticket: str, status: dict[str, Any], request: dict[str, Any]) -> E
         result_body=None if status.get("result_body") is None else bytes(status["result_body"]),
         error=None if error is None else _text(error),
         finished=None if finished is None else float(finished),
-        node=None if node is None else _text(node))
+        node=None if node is None else _text(node),
+        request_id=_text(status.get("request_id", b"")),
+        owner=None if owner is None else _text(owner))
 
 
 def _chunks(entries: Sequence[Entry]) -> list[list[Entry]]:
@@ -435,7 +444,8 @@ class RedisQueue:
             args: list[EncodableT] = [keys.entry_prefix, self.capacity, config.name, after]
             for e in chunk:
                 args += [e.ticket, repr(e.created), e.method, e.target,
-                         json.dumps(e.headers), e.body, e.idempotency_key]
+                         json.dumps(e.headers), e.body, e.idempotency_key, e.request_id,
+                         e.owner or ""]
             pipe.evalsha(self._enqueue_sha, 4, keys.queue, self._k("seq"), self._k("line"),
                          self._k("created"), *args)
             after = chunk[-1].ticket
@@ -601,11 +611,16 @@ class SpooledQueue:
     module's docstring for the order this keeps)."""
 
     def __init__(self, shared: RedisQueue, spool: SqliteQueue, *, spawn: Spawn,
-                 retry_every: float = 1.0) -> None:
+                 retry_every: float = 1.0, forwards: bool = True) -> None:
         self.shared = shared
         self.spool = spool
         self.spawn = spawn
         self.retry_every = retry_every
+        #: Whether this process moves the spool to Redis. Processes sharing one spool file
+        #: (an instance's workers) write to it; its supervisor alone forwards it, in order.
+        self.forwards = forwards
+        #: Called after spooled writes reached the stream (the replay must see them).
+        self.on_forwarded: Callable[[], None] | None = None
         self._pending: list[tuple[Entry, asyncio.Future[Entry]]] = []
         self._wake = asyncio.Event()
         self._forward_wake = asyncio.Event()
@@ -616,12 +631,33 @@ class SpooledQueue:
         self._closing = False
 
     def __repr__(self) -> str:
-        return f"<SpooledQueue shared={self.shared.depth} spooled={self.spool.depth}>"
+        return (f"<SpooledQueue shared={self.shared.depth} spooled={self.spool.depth}"
+                f"{'' if self.forwards else ' (forwarded by the supervisor)'}>")
 
     @property
     def spooled(self) -> int:
         """Entries waiting in the local spool for Redis."""
         return self.spool.depth
+
+    @property
+    def capacity(self) -> int:
+        return self.shared.capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self.shared.capacity = self.spool.capacity = value
+
+    @property
+    def limits(self) -> QueueLimits:
+        """The spool's disk limits (the shared queue has only its capacity)."""
+        return self.spool.limits
+
+    @limits.setter
+    def limits(self, value: QueueLimits) -> None:
+        self.spool.limits = value
+
+    def enqueued_elsewhere(self, count: int = 1) -> None:
+        """A worker queued a write: the shared depth is Redis's, read on the next call."""
 
     async def open(self) -> None:
         await self.spool.open()
@@ -673,7 +709,10 @@ class SpooledQueue:
 
     async def _write(self, batch: list[tuple[Entry, asyncio.Future[Entry]]]) -> None:
         entries = [e for e, _ in batch]
-        if self.spool.depth == 0:  # anything spooled goes first: then this waits behind it
+        # Anything spooled goes first (counted on disk: the instance's other processes
+        # spool to the same file), so then this waits behind it; so does everything while
+        # Redis is known to be away (no wait for a timeout on every write).
+        if self.shared.link.connected and await self.spool.waiting() == 0:
             try:
                 results = await self.shared.enqueue_many(entries)
             except PeersUnavailable as exc:
@@ -732,7 +771,9 @@ class SpooledQueue:
                 async with asyncio.timeout(self.retry_every):
                     await self._forward_wake.wait()
             self._forward_wake.clear()
-            if not self.spool.depth:
+            if not self.shared.link.connected and not await self.shared.link.ping():
+                continue  # Redis is still away: the spool waits
+            if not self.forwards or not await self.spool.waiting():
                 continue
             try:
                 moved = await self.forward()
@@ -743,6 +784,8 @@ class SpooledQueue:
             else:
                 if moved:
                     log.info("forwarded %d spooled write(s) to the shared queue", moved)
+                    if self.on_forwarded is not None:
+                        self.on_forwarded()
 
     # -- the rest of QueueStore: the shared queue's, with the spool for its own tickets ----
 
@@ -750,21 +793,30 @@ class SpooledQueue:
         local = await self.spool.get(ticket)
         if local is not None:
             return local
-        return await self.shared.get(ticket)
+        try:
+            return await self.shared.get(ticket)
+        except PeersUnavailable as exc:
+            raise QueueUnavailable(f"the shared write queue is not reachable ({exc})") from None
 
     async def position(self, entry: Entry) -> int:
         local = await self.spool.get(entry.ticket)
         if local is not None:
             return self.shared.depth + await self.spool.position(local)
-        return await self.shared.position(entry)
+        try:
+            return await self.shared.position(entry)
+        except PeersUnavailable as exc:
+            raise QueueUnavailable(f"the shared write queue is not reachable ({exc})") from None
 
     @property
     def depth(self) -> int:
         return self.shared.depth + self.spool.depth
 
     async def stats(self) -> QueueStats:
-        shared = await self.shared.stats()
         spool = await self.spool.stats()
+        try:
+            shared = await self.shared.stats()
+        except PeersUnavailable:  # Redis away: its last known depth, as waiting
+            shared = QueueStats(self.shared.depth, 0, 0, 0, None)
         oldest = [t for t in (shared.oldest_created, spool.oldest_created) if t is not None]
         return QueueStats(shared.queued + spool.queued, shared.replaying, shared.done,
                           shared.failed, min(oldest) if oldest else None)
@@ -794,8 +846,16 @@ class SpooledQueue:
         return await self.shared.recover()
 
     async def pending_index(self) -> list[tuple[int, float]]:
-        return await self.shared.pending_index()
+        """The fleet's (the spool's while Redis is away)."""
+        try:
+            return await self.shared.pending_index()
+        except PeersUnavailable:
+            return await self.spool.pending_index()
 
     async def purge(self, before: float) -> int:
-        return await self.shared.purge(before)
+        """Forget old results (none while Redis is away: the next purge does)."""
+        try:
+            return await self.shared.purge(before)
+        except PeersUnavailable:
+            return 0
 
