@@ -62,6 +62,9 @@ def test_defaults_and_a_full_section() -> None:
     ('peers: {redis: "redis://h", sentinels: [nowhere]}',
      'peers.sentinels[0]: expected an address like "127.0.0.1:8080"'),
     ("peers: {name: gw-a}", "peers.redis: required key is missing"),
+    ("rate_limit: {enabled: true, scope: fleet}",
+     "rate_limit.scope: expected local without peers"),
+    ('rate_limit: {scope: everywhere}\npeers: {redis: "redis://h"}', "rate_limit.scope"),
 ])
 def test_errors_name_file_line_key_and_expectation(snippet: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

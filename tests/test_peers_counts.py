@@ -97,3 +97,26 @@ async def test_slo_counts_flush_in_the_background(peer_link: Callable[..., PeerL
     await counts.close()  # flushes what is left
     other = slo(peer_link("gw-b", clock=clock, **FAST), clock)
     assert await other.window(MINUTE) == Counts(4, 1, 0)
+
+
+async def test_rate_limit_exchange_returns_the_others_spending(
+        peer_link: Callable[..., PeerLink]) -> None:
+    """Each instance learns what the rest of the fleet spent on its clients since its
+    last exchange, never its own spending, nor the same spending twice."""
+    clock = FakeClock(start=1_800_000_000.0)
+    a = FleetRateLimit(peer_link("gw-a", **FAST), clock=clock)
+    b = FleetRateLimit(peer_link("gw-b", **FAST), clock=clock)
+    assert await a.exchange({"c": 5}) == {}
+    assert await b.exchange({"c": 3, "d": 1}) == {"c": 5}
+    assert await a.exchange({"c": 1}) == {"c": 3}  # B's 3, not A's own 5 again
+    assert await b.exchange({"c": 1}) == {"c": 1}  # A's 1 since B's last look
+    assert await a.exchange({"d": 2}) == {"d": 1}
+    clock.advance(0.4)  # the same second
+    assert await a.exchange({"c": 1}) == {"c": 1}  # B's last one
+    clock.advance(1.0)  # a new window: the last one's tail is still seen, once
+    assert await b.exchange({"c": 2}) == {"c": 1}  # A's last one, in the window before
+    assert await a.exchange({"c": 1}) == {"c": 2}
+    assert await a.exchange({"c": 1}) == {}
+    clock.advance(2.0)  # windows two seconds old are over
+    assert await b.exchange({"c": 1}) == {}
+    assert "clients=1" in repr(b)

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
+from gateway.app.fleet_budget import FleetBudget
 from gateway.app.runtime import Gateway
 from gateway.config import parse_config
 from gateway.node import NodeState
@@ -615,3 +616,43 @@ async def test_a_leader_cut_off_from_redis_steps_down_and_the_rest_go_on(
                    "A to follow B")
     await fleet.stop(a)
     await proxy.cut()
+
+
+async def test_the_deploy_gate_and_status_page_read_the_fleets_error_budget(
+        fleet: Fleet, backends: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Every good request goes through the leader, every failed one through the follower:
+    the leader's own counts are clean, the fleet's budget is spent, and the leader
+    refuses a deploy for it; either status page shows the fleet's figures."""
+    from monitor.slo import Counts
+    nodes: list[Backend] = await backends(2)
+    urls = [b.url for b in nodes]
+    a = await fleet.start("gw-a", urls)
+    b = await fleet.start("gw-b", urls)
+    leader = await leader_of([a, b])
+    follower = b if leader is a else a
+    for gw in (a, b):
+        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
+                       10.0, "every node healthy")
+    for _ in range(50):
+        async with http.get(f"{leader.traffic_url}/") as resp:
+            assert resp.status == 200
+    for node in nodes:
+        node.fault(error_rate=1.0, error_status=500)
+    for _ in range(20):
+        async with http.get(f"{follower.traffic_url}/") as resp:
+            assert resp.status >= 500
+    for node in nodes:
+        node.fault(error_rate=0.0)
+    assert isinstance(leader.budget, FleetBudget) and isinstance(follower.budget, FleetBudget)
+    await follower.budget.refresh()
+    await leader.budget.refresh()
+    assert leader.slo.window(3600) == Counts(50, 0, 0)  # its own
+    assert leader.budget.window(3600) == Counts(50, 20, 0)  # the fleet's
+    assert leader.slo.budget_remaining() == 1.0
+    assert leader.budget.budget_remaining() < 0
+    status, body = await post(http, f"{leader.admin_url}/deploys", {"version": "v2"})
+    assert status == 422 and "error budget" in body["message"], body
+    await follower.budget.refresh()
+    page = await get_json(http, f"{follower.admin_url}/status.json")
+    assert page["slo"]["scope"] == "fleet"
+    assert page["slo"]["availability"]["24h"] == pytest.approx(50 / 70)

@@ -527,3 +527,33 @@ async def test_redis_killed_during_a_window_spools_then_forwards(
     for instance in group:
         await instance.until("/maintenance", lambda m: m["mode"] == "normal"
                              and m["queue"]["depth"] == 0, 10.0, "out of the replay")
+
+
+async def test_rate_limits_hold_across_the_fleet(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any]) -> None:
+    """``rate_limit.scope: fleet``: a client that spent its burst on one instance gets
+    429 from another (a two-worker one) within an exchange, not another whole burst."""
+    node: Backend = (await backends(1))[0]
+    limits = {"enabled": True, "rate": 1, "burst": 10, "scope": "fleet"}
+    a = await instances("gw-a", [node.url], workers=0, rate_limit=limits)
+    b = await instances("gw-b", [node.url], workers=2, rate_limit=limits)
+    for instance in (a, b):
+        await instance.until("/nodes", lambda d: all(n["state"] == "HEALTHY"
+                                                     for n in d["nodes"]), 30.0, "healthy")
+
+    async def get(instance: Instance) -> int:
+        async with instance.http.get(f"{instance.traffic_url}/",
+                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return resp.status
+
+    assert [await get(a) for _ in range(10)] == [200] * 10  # the burst, on A
+    await asyncio.sleep(0.3)  # A's exchanges have sent it
+    statuses: list[int] = []
+    deadline = time.monotonic() + 3.0
+    while 429 not in statuses and time.monotonic() < deadline:
+        statuses.append(await get(b))
+        await asyncio.sleep(0.05)
+    # B lets through what it admits before its next exchange (100 ms) tells it of A's
+    # spending; on its own it would let a whole burst of 10 through.
+    assert 429 in statuses, statuses
+    assert statuses.count(200) <= 4, statuses

@@ -21,6 +21,8 @@ from gateway.app.dataplane import (
 )
 from gateway.app.drains import OperatorDrains
 from gateway.app.fleet import Fleet, LeaderStore, SharedRecords
+from gateway.app.fleet_budget import FleetBudget
+from gateway.app.fleet_rates import FleetRates
 from gateway.app.floor import FleetFloor
 from gateway.app.leader import LeaderDuties
 from gateway.app.metrics import ControlMetrics
@@ -42,6 +44,7 @@ from monitor.incident.watch import IncidentWatcher
 from monitor.maintenance.manager import MaintenanceManager
 from monitor.maintenance.replay import Replayer
 from monitor.notify import NotifierHub
+from monitor.peers.counts import FleetRateLimit, FleetSlo
 from monitor.peers.queue import SpooledQueue
 from monitor.peers.records import Change, Notice, Resync
 from monitor.slo import SloTracker
@@ -135,6 +138,12 @@ class Parts:
         #: This gateway among its peers (``peers``): None when it stands alone.
         self.fleet = (Fleet(config.peers, clock=clock, spawn=self.tasks, events=self.bus,
                             registry=self.registry) if config.peers is not None else None)
+        #: The SLO the deploy gate, the incident watch and the status page read: in a
+        #: fleet the fleet's counts (gateway.app.fleet_budget), else this gateway's own.
+        self.budget: SloTracker | FleetBudget = (
+            FleetBudget(self.slo, FleetSlo(self.fleet.link, config.slo, clock=clock),
+                        clock=clock, spawn=self.tasks)
+            if self.fleet is not None else self.slo)
         self.drains = OperatorDrains(self.cluster, self.store, clock, fleet=self.fleet,
                                      spawn=self.tasks)
         self.floor = (FleetFloor(self.cluster, self.fleet, bus=self.bus, spawn=self.tasks,
@@ -152,7 +161,7 @@ class Parts:
                              fence=fleet.election.fence) if fleet is not None else None)
         self.data = data = DataPlane(
             config, cluster=self.cluster, clock=clock, registry=self.data_registry,
-            passive=self.health.detector, outcomes=self.slo, replay=_NoReplay(),
+            passive=self.health.detector, outcomes=self.budget, replay=_NoReplay(),
             publish=self.bus.publish, client_tls=self.client_tls, queue=queue)
         self.accounting = data.accounting
         self.outlier = data.outlier
@@ -160,6 +169,14 @@ class Parts:
         self.router = data.router
         self.websockets = data.websockets
         self.traffic = data.traffic
+        #: ``rate_limit.scope: fleet``: clients' spending exchanged with the other instances.
+        self.fleet_rates: FleetRates | None = None
+        if self.fleet is not None:
+            self.traffic.admission.share()
+            self.fleet_rates = FleetRates(
+                FleetRateLimit(self.fleet.link, clock=clock), active=self._fleet_rate_limits,
+                charge=self.charge_fleet_spending, spawn=self.tasks,
+                take=self.traffic.admission.take_spent)
         self.queue = data.queue
         self.mode = mode = data.mode
         # -- maintenance: the queue and mode are the data plane's, the rest the monitor's ----
@@ -189,11 +206,11 @@ class Parts:
             fleet.watch("maintenance", self._shared_windows)
         # In a fleet the deploy records are shared and every save is fenced by the epoch.
         self.deploys = DeployRunner(
-            config.deploy, cluster=self.cluster, budget=self.slo,
+            config.deploy, cluster=self.cluster, budget=self.budget,
             store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
             events=self.bus, spawn=self.tasks, clock=clock, registry=self.registry)
         self.incidents = IncidentWatcher(
-            config.incidents, cluster=self.cluster, budget=self.slo, maintenance=mode,
+            config.incidents, cluster=self.cluster, budget=self.budget, maintenance=mode,
             store=LeaderStore(self.fleet) if self.fleet is not None else self.store,
             events=self.bus, notifier=self.notifier, spawn=self.tasks,
             clock=clock, registry=self.registry)
@@ -217,6 +234,14 @@ class Parts:
         self.ready = False
         self.traffic_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
+
+    def _fleet_rate_limits(self) -> bool:
+        limits = self.config.rate_limit
+        return limits.enabled and limits.scope == "fleet"
+
+    def charge_fleet_spending(self, spent: dict[str, int]) -> None:
+        """What the other instances' clients spent: from this gateway's buckets too."""
+        self.traffic.admission.charge(spent)
 
     def __repr__(self) -> str:
         return f"<Gateway {self.config.listen} nodes={len(self.cluster)} ready={self.ready}>"

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.app.admin import build_admin_app
+from gateway.app.fleet_budget import FleetBudget
 from gateway.app.parts import TLS_WATCH_EVERY, Parts, log
 from gateway.app.shutdown import shutdown
 from gateway.app.status import routes as status_routes
@@ -174,12 +175,21 @@ class Gateway(Parts):
         state it replaces once Redis answers; stopped after the deploys, windows and
         incidents, whose leader-only writes it fences."""
         fleet = self.fleet
+        budget = self.budget if isinstance(self.budget, FleetBudget) else None
         if fleet is not None:
             await fleet.start()
             if self.floor is not None:
                 self.floor.start()
+            if budget is not None:
+                budget.start()
+            if self.fleet_rates is not None:
+                self.fleet_rates.start()
         yield
         if fleet is not None:
+            if self.fleet_rates is not None:
+                await self.fleet_rates.stop()
+            if budget is not None:
+                await budget.close()
             if self.floor is not None:
                 await self.floor.stop()
             await fleet.stop()

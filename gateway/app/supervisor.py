@@ -160,12 +160,14 @@ class WorkerHub:
         while (message := await handle.channel.recv()) is not None:
             kind = message.get("type")
             if kind == "report":
-                apply_report(message, gw.slo, gw.health.detector)
+                apply_report(message, gw.budget, gw.health.detector)
                 self.metrics.update(handle.id, message.get("metrics", []))
                 handle.in_flight = message.get("in_flight", {})
                 self._set_in_flight()
                 for other, note in self.clients.reported(handle.id, message, self.workers):
                     self._send(self.workers[other], note)
+                if gw.fleet_rates is not None:
+                    gw.fleet_rates.add(message.get("spent") or {})
                 if "flush" in message:
                     handle.flushed = int(message["flush"])
                     self._flushed.set()
@@ -296,6 +298,11 @@ class WorkerHub:
         snapshot = self.snapshot()
         for handle in list(self.workers.values()):
             self._send(handle, snapshot)
+
+    def charge_all(self, spent: dict[str, int]) -> None:
+        """Other instances' clients' spending: to every worker's buckets."""
+        for handle in self.workers.values():
+            self._send(handle, {"type": "clients", "spent": spent})
 
     def _send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         with contextlib.suppress(ChannelClosed):
@@ -520,6 +527,10 @@ class Supervisor(Gateway):
     def certificates_changed(self) -> None:
         if self.hub is not None:
             self.hub.certificates_changed()
+
+    def charge_fleet_spending(self, spent: dict[str, int]) -> None:
+        if self.hub is not None:
+            self.hub.charge_all(spent)
 
     async def reload_workers(self) -> None:
         if self.hub is not None:

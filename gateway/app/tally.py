@@ -6,17 +6,22 @@ other workers (``ClientLimits``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from gateway.accounting import TRY_BUCKETS
 from monitor.health.warning import WarningDetector
-from monitor.slo import SloTracker
 
 
-def apply_report(report: dict[str, Any], slo: SloTracker, detector: WarningDetector) -> None:
+class SloCounts(Protocol):
+    """Where the requests' outcomes are counted (``SloTracker``, or a fleet's budget)."""
+
+    def record(self, status: int, failure: str | None = None, count: int = 1) -> int: ...
+
+
+def apply_report(report: dict[str, Any], slo: SloCounts, detector: WarningDetector) -> None:
     """A worker's batch into the supervisor's SLO accounting and warning detector (the
     in-flight counts and metrics are the hub's: they are per worker)."""
     for status, failure, count in report.get("outcomes", ()):

@@ -388,6 +388,11 @@ class RateLimitConfig:
     trusted_proxies: tuple[str, ...] = ()
     #: Clients remembered at once (least recently seen are forgotten first).
     max_clients: int = field(default=100_000, metadata=at_least_one)
+    #: ``local``: each instance's own buckets. ``fleet`` (needs ``peers``): the instances
+    #: exchange what each client spent through Redis every 100 ms and charge it to their
+    #: buckets, so ``rate`` and ``burst`` hold for the whole fleet (Envoy's global rate
+    #: limit, without a separate service). ``max_concurrent`` stays per instance.
+    scope: Literal["local", "fleet"] = "local"
 
     def validate(self) -> None:
         _check_cidrs("trusted_proxies", self.trusted_proxies)
@@ -957,6 +962,9 @@ class GatewayConfig:
         if self.tls is not None and self.tls.http_redirect == self.listen:
             raise FieldProblem("tls.http_redirect", f"{self.listen} is the traffic listener "
                                                     "itself; expected another address")
+        if self.rate_limit.scope == "fleet" and self.peers is None:
+            raise FieldProblem("rate_limit.scope", "expected local without peers: fleet-wide "
+                                                   "rate limits are shared through peers.redis")
         if self.locality == "prefer_zone" and self.zone is None:
             raise FieldProblem("zone",
                                "expected the gateway's own zone when locality is prefer_zone")

@@ -185,9 +185,47 @@ class FleetRateLimit:
         self.link = link
         self.keys = link.keys
         self.clock = clock
+        #: client -> {second: the fleet's count in it, as of this instance's last look}.
+        self._seen: dict[str, dict[int, int]] = {}
 
     def __repr__(self) -> str:
-        return f"<FleetRateLimit {self.keys.prefix}>"
+        return f"<FleetRateLimit {self.keys.prefix} clients={len(self._seen)}>"
+
+    async def exchange(self, spent: Mapping[str, int]) -> dict[str, int]:
+        """Add what each client spent here since the last exchange; returns what the rest
+        of the fleet spent on them since this instance last looked, in this second's
+        window and the one before (so a second ending in between loses nothing)."""
+        if not spent:
+            return {}
+        second = int(self.clock.time())
+        clients = list(spent)
+        async with self.link.io("exchanging rate-limit counts") as redis:
+            pipe = redis.pipeline(transaction=False)
+            for client in clients:
+                key = self.keys.rate(second, client)
+                pipe.incrby(key, spent[client])
+                pipe.expire(key, RATE_KEY_TTL)
+                pipe.get(self.keys.rate(second - 1, client))
+            replies = await pipe.execute()
+        now = {c: int(replies[3 * i]) for i, c in enumerate(clients)}
+        before = {c: int(replies[3 * i + 2] or 0) for i, c in enumerate(clients)}
+        return self.others(spent, now, before, second)
+
+    def others(self, spent: Mapping[str, int], now: Mapping[str, int],
+               before: Mapping[str, int], second: int) -> dict[str, int]:
+        """The bookkeeping of ``exchange`` (synchronous): the fleet's counts in this
+        second and the one before, less this instance's own hits and what it saw."""
+        out: dict[str, int] = {}
+        for client, total in now.items():
+            seen = self._seen.get(client, {})
+            extra = (total - spent.get(client, 0) - seen.get(second, 0)
+                     + max(0, before.get(client, 0) - seen.get(second - 1, 0)))
+            if extra > 0:
+                out[client] = extra
+            self._seen[client] = {second: total, second - 1: before.get(client, 0)}
+        # Only this second and the one before are of use again.
+        self._seen = {c: s for c, s in self._seen.items() if max(s) >= second - 1}
+        return out
 
     async def hit(self, hits: Mapping[str, int]) -> dict[str, int]:
         """Add ``hits`` (client key -> requests) to the current second's windows and

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.app.fleet_budget import FleetBudget
 from gateway.app.parts import Parts
 from gateway.app.status.components import components, components_json
 from gateway.clock import strftime_utc
@@ -39,8 +40,8 @@ def overall_state(gw: Parts) -> str:
         return "partial_outage"
     unplanned = any(not n.serving and n.state not in PLANNED_STATES for n in nodes)
     warning = any(n.warning is not None for n in nodes)
-    hour = gw.slo.window(3600)
-    burning = hour.total >= 100 and gw.slo.burn(hour) > 1.0
+    hour = gw.budget.window(3600)
+    burning = hour.total >= 100 and gw.budget.burn(hour) > 1.0
     if unplanned or warning or burning or gw.cluster.panic or \
             gw.maintenance.mode.phase is Phase.REPLAYING:
         return "degraded"
@@ -87,7 +88,7 @@ def links(gw: Parts, *, public: bool) -> dict[str, str]:
 def status_data(gw: Parts, *, public: bool,
                 stats: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     now = gw.clock.time()
-    slo = gw.slo
+    slo = gw.budget  # in a fleet, the fleet's counts
     state = overall_state(gw)
     nodes = list(gw.cluster)
     schedule = gw.maintenance.schedule
@@ -149,4 +150,8 @@ def status_data(gw: Parts, *, public: bool,
     data["queue_depth"] = gw.maintenance.queue.depth
     # The fleet (peers): the Redis link and the leader, or None for a gateway alone.
     data["peers"] = gw.fleet.status() if gw.fleet is not None else None
+    if isinstance(slo, FleetBudget):
+        # Whose counts the figures above are: the fleet's, or this instance's while the
+        # fleet's are out of date (Redis away).
+        data["slo"]["scope"] = slo.scope
     return data
