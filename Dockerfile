@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY monitor ./monitor
-RUN pip install '.[speed]' \
+RUN pip install '.[speed,otlp]' \
     && useradd --system --uid 10001 --home-dir /var/lib/hagw --create-home hagw \
     && mkdir -p /etc/hagw && chown hagw /var/lib/hagw
 COPY configs/gateway.yaml /etc/hagw/gateway.yaml

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,speed]'
+	$(BIN)/pip install --quiet -e '.[test,speed,otlp]'
 	touch $(STAMP)
 
 ## run: set up .venv and start the demo (3 demo nodes, the gateway, the admin API)

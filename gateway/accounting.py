@@ -137,6 +137,11 @@ class Accounting:
         self.retry_budget_exhausted = Counter(
             "hagw_retry_budget_exhausted", "Retries skipped because the retry budget was spent",
             registry=registry)
+        self.trace_spans = Counter(
+            "hagw_trace_spans", "Spans of sampled requests for the OTLP collector "
+            "(tracing.otlp_endpoint), by fate: exported, failed (the collector refused them "
+            "or could not be reached in time) or dropped (too many waiting)", ["result"],
+            registry=registry)
 
     def node(self, name: str) -> NodeMetrics:
         bound = self.nodes.get(name)

@@ -6,6 +6,10 @@ hop becomes a span of its own (a new parent id towards the node, the caller's as
 parent). An absent or invalid one starts a new trace (an invalid one's ``tracestate`` is
 dropped, as the spec says). Without an ``X-Request-Id`` from the client, the request id is
 the trace id, so a log line, an error answer and a trace find each other.
+
+A new trace is sampled with probability ``tracing.sample_ratio``, decided as OpenTelemetry's
+TraceIdRatioBased sampler decides (by the trace id's low 64 bits), so every hop that samples
+by ratio agrees; a continued trace keeps the caller's sampled flag.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 #: Sampled: a new trace asks the next hops to record it.
 SAMPLED = "01"
+NOT_SAMPLED = "00"
 #: tracestate: at most 32 members, 512 characters kept (the spec's limits).
 _STATE_LIMIT = 512
 _rand = random.SystemRandom()
@@ -50,6 +55,11 @@ class TraceContext:
     state: str | None = None
 
     @property
+    def sampled(self) -> bool:
+        """The sampled flag (bit 0 of the flags): this trace is recorded."""
+        return int(self.flags, 16) & 1 == 1
+
+    @property
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
@@ -72,10 +82,21 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     return trace_id, parent_id, flags
 
 
-def continue_or_start(traceparent: str | None, tracestate: str | None) -> TraceContext:
+def start_flags(trace_id: str, sample_ratio: float) -> str:
+    """The flags of a trace the gateway starts: sampled when the trace id's low 64 bits fall
+    below ``sample_ratio`` of 2**64 (OpenTelemetry's TraceIdRatioBased)."""
+    if sample_ratio >= 1.0:
+        return SAMPLED
+    return SAMPLED if int(trace_id[16:], 16) < round(sample_ratio * 2**64) else NOT_SAMPLED
+
+
+def continue_or_start(traceparent: str | None, tracestate: str | None,
+                      sample_ratio: float = 1.0) -> TraceContext:
     parsed = parse_traceparent(traceparent)
     if parsed is None:
-        return TraceContext(new_trace_id(), new_span_id(), None, SAMPLED)
+        trace_id = new_trace_id()
+        flags = SAMPLED if sample_ratio >= 1.0 else start_flags(trace_id, sample_ratio)
+        return TraceContext(trace_id, new_span_id(), None, flags)
     trace_id, parent_id, flags = parsed
     state = tracestate.strip()[:_STATE_LIMIT] if tracestate and tracestate.strip() else None
     return TraceContext(trace_id, new_span_id(), parent_id, flags, state)

@@ -150,7 +150,8 @@ def test_the_example_config_only_names_real_keys() -> None:
     """No key the schema does not have (a typo, a key renamed since)."""
     known = schema_keys(every_place=True)
     # Values that are mappings of the operator's own: headers of a probe or a webhook.
-    free = ("health.headers.", "notifiers.headers.", "deploy.webhook.headers.")
+    free = ("health.headers.", "notifiers.headers.", "deploy.webhook.headers.",
+            "tracing.headers.")
     extra = sorted(k for k in documented_keys(EXAMPLE.read_text()) - known
                    if not k.startswith(free))
     assert not extra, f"configs/gateway.yaml documents keys the schema has not: {extra}"

@@ -25,6 +25,7 @@ from gateway.node import Node
 from gateway.outlier import OutlierDetector
 from gateway.queue.store import QueueLimits, SqliteQueue
 from gateway.router import Forwarder, PassiveObserver, Router
+from gateway.span_export import SpanExport
 from gateway.tls import ServerTls, TlsError, client_context
 from gateway.upstream import ConnectionPool
 
@@ -137,6 +138,8 @@ class DataPlane:
                                     body_timeout=config.limits.client_body_timeout, clock=clock)
         self.mode.status_url = config.status.path if config.status.public else None
         self.traffic.local_routes.append(self.mode)
+        #: Whether this process exports its requests' spans (it serves the traffic).
+        self._exporting = False
 
     def __repr__(self) -> str:
         return f"<DataPlane {len(self.pools)} pools {self.traffic!r}>"
@@ -179,11 +182,37 @@ class DataPlane:
         for pool in self.pools.values():
             pool.abort_all()
 
+    # -- spans ------------------------------------------------------------------------------
+
+    def start_spans(self) -> None:
+        """Export the spans of the requests this process serves (``tracing.otlp_endpoint``),
+        from now on and after every reload: called where the traffic is served, the single
+        process or each worker (a supervisor serves none)."""
+        self._exporting = True
+        self.traffic.spans = self._span_export(self.config)
+
+    async def stop_spans(self) -> None:
+        """Send the spans still queued, waiting at most ``tracing.export_timeout``."""
+        self._exporting = False
+        spans, self.traffic.spans = self.traffic.spans, None
+        if spans is not None:
+            await spans.close()
+
+    def _span_export(self, config: GatewayConfig) -> SpanExport | None:
+        if config.tracing.otlp_endpoint is None:
+            return None  # and OpenTelemetry is never imported
+        return SpanExport(config.tracing, self.accounting.trace_spans)
+
     # -- reload -----------------------------------------------------------------------------
 
     def configure(self, new: GatewayConfig, client_tls: ssl.SSLContext | None) -> None:
         """Apply a reloaded config to everything but the cluster's membership (the caller
         updates the cluster, then opens pools for added nodes)."""
+        if self._exporting and new.tracing != self.config.tracing:
+            old = self.traffic.spans
+            self.traffic.spans = self._span_export(new)
+            if old is not None:
+                old.shut_down()  # its last spans go out in the background
         self.config = new
         self.client_tls = client_tls
         self.router.configure(new)

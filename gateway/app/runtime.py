@@ -2,8 +2,9 @@
 
 Resources start and stop through the admin app's ``cleanup_ctx`` (in order: state
 store, the peers' link, records and lease (with ``peers``), upstream pools, WebSockets
-and notifiers, health checks, deploys, maintenance, incidents, traffic listener; they
-stop in reverse). Every background task runs in one
+and notifiers, health checks, deploys, maintenance, incidents, certificate watch, span
+export, traffic listener; they stop in reverse, so the last spans are sent once the
+traffic has drained). Every background task runs in one
 TaskGroup owned by the ``hagw-main`` task. Shutdown follows uvicorn's discipline as
 ordered, timed steps (gateway.app.shutdown).
 """
@@ -153,7 +154,7 @@ class Gateway(Parts):
         app.cleanup_ctx.extend([self._store_ctx, self._peers_ctx, self._pools_ctx,
                                 self._websockets_ctx, self._health_ctx, self._deploys_ctx,
                                 self._maintenance_ctx, self._incidents_ctx, self._tls_ctx,
-                                self._traffic_ctx, self._redirect_ctx])
+                                self._spans_ctx, self._traffic_ctx, self._redirect_ctx])
         return app
 
     # -- resources, in start order -------------------------------------------------------
@@ -287,6 +288,13 @@ class Gateway(Parts):
         while True:
             await asyncio.sleep(TLS_WATCH_EVERY)
             self.refresh_certificates()
+
+    async def _spans_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Spans over OTLP (``tracing.otlp_endpoint``) from the process that serves the
+        traffic; flushed after it drained, for at most ``tracing.export_timeout``."""
+        self.data.start_spans()
+        yield
+        await self.data.stop_spans()
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config

@@ -248,7 +248,10 @@ class WorkerHub:
         handle.stopping = True
         grace = self.gw.config.shutdown.idle_grace if replaced else 0.0
         self._send(handle, {"type": "stop", "idle_grace": grace})
-        timeout = self.gw.config.shutdown.drain_timeout + 5
+        cfg = self.gw.config
+        # Its drain, then the flush of its last spans (if it exports any).
+        timeout = cfg.shutdown.drain_timeout + 5 + (
+            cfg.tracing.export_timeout if cfg.tracing.otlp_endpoint is not None else 0.0)
         try:
             async with asyncio.timeout(timeout):
                 await handle.proc.wait()
@@ -597,6 +600,10 @@ class Supervisor(Gateway):
                 "snapshot": None if hub is None else hub.version}
 
     # -- traffic -------------------------------------------------------------------------
+
+    async def _spans_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """No spans here: each worker exports those of the requests it serves."""
+        yield
 
     async def _traffic_ctx(self, app: web.Application) -> AsyncIterator[None]:
         cfg = self.config

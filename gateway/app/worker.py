@@ -341,6 +341,7 @@ class Worker:
         await data.queue.open()
         data.open_pools()
         await data.websockets.start()
+        data.start_spans()  # this worker's own (tracing.otlp_endpoint)
         state = ServerState(data.traffic, self.config.limits,
                             scheme="https" if self.tls is not None else "http",
                             spawn=lambda coro: self.tasks(coro, name="request"))
@@ -354,6 +355,8 @@ class Worker:
         await data.websockets.close_all("gateway shutting down", grace=0)
         await server.drain(self.config.shutdown.drain_timeout, idle_grace=self._idle_grace)
         self.report()
+        await data.stop_spans()  # the last spans (at most tracing.export_timeout)...
+        self.report()  # ...and what became of them
         if self.channel is not None:
             with contextlib.suppress(ChannelClosed):
                 await self.channel.drain()

@@ -6,15 +6,18 @@ rest of the program trusts these objects.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from gateway.config.build import check
 from gateway.config.errors import FieldProblem
+from gateway.config.redact import redact_urls
 from gateway.config.redis_url import RedisURL, redact_url
 from gateway.config.types import (
     URL,
@@ -793,6 +796,100 @@ class StatusConfig:
                                                            f"components[{other}])")
 
 
+#: What ``tracing.otlp_endpoint`` needs installed (the ``otlp`` extra of pyproject.toml).
+OTLP_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+#: OTLP/HTTP's path for traces, used when ``otlp_endpoint`` names no path.
+OTLP_TRACES_PATH = "/v1/traces"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or blocked
+        return False
+
+
+def _parse_header_value(value: object) -> str:
+    """A collector header's value: a string on one line. Never echoed (it is usually a
+    credential), not even in the error about it."""
+    if isinstance(value, str) and not any(c in value for c in "\r\n\0"):
+        return value
+    raise ValueError("expected a header value as a string on one line (quote one that "
+                     "looks like a number); the value is not shown")
+
+
+HeaderValue = Annotated[str, _parse_header_value]
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """Each request the traffic listener answers, exported as an OTLP span (README "Logs,
+    access log and tracing"). ``repr()`` shows the names of ``headers``, never their
+    values; the changed-keys list of a reload names ``tracing.headers`` only."""
+
+    #: The collector's OTLP/HTTP (protobuf) traces URL, ``http://otel-collector:4318/v1/traces``
+    #: (one without a path gets /v1/traces). None: nothing is exported (trace context is
+    #: propagated all the same). Needs ``pip install 'hagw[otlp]'``.
+    otlp_endpoint: str | None = None
+    #: The spans' ``service.name``.
+    service_name: str = "hagw"
+    #: Share of the traces the gateway starts that are sampled, and so exported here and
+    #: told to the nodes (their traceparent's flag). A caller's sampled flag is followed.
+    sample_ratio: Ratio = 1.0
+    #: One export to the collector gives up after this, its retries included.
+    export_timeout: Duration = field(default=10.0, metadata=positive)
+    #: Spans go to the collector in batches at least this often (512 at once sooner).
+    flush_interval: Duration = field(default=1.0, metadata=positive)
+    #: Sent with every export (a collector's credentials): never logged nor shown.
+    headers: dict[str, HeaderValue] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.service_name.strip():
+            raise FieldProblem("service_name", "expected a service name like hagw, found an "
+                                               "empty string")
+        for name in self.headers:
+            if not HEADER_NAME.fullmatch(name):
+                raise FieldProblem(f"headers.{name}", "expected a header name like "
+                                                      f"Authorization, found {name!r}")
+        if self.otlp_endpoint is None:
+            return
+        endpoint = self.otlp_endpoint
+        try:
+            parts = urlsplit(endpoint)
+            _ = parts.port  # raises on a port that is no number or out of range
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.query or parts.fragment):
+            raise FieldProblem("otlp_endpoint", "expected an OTLP/HTTP URL like "
+                                                '"http://otel-collector:4318/v1/traces", '
+                                                f"found {redact_urls(endpoint)!r}")
+        if parts.username is not None or parts.password is not None:
+            raise FieldProblem("otlp_endpoint", "expected no user or password in the URL; "
+                                                "give the collector's credentials in "
+                                                "tracing.headers (never logged)")
+        missing = [m for m in OTLP_MODULES if not _installed(m)]
+        if missing:
+            raise FieldProblem("otlp_endpoint", "exporting spans needs the OpenTelemetry SDK "
+                                                "and its OTLP/HTTP exporter, which are not "
+                                                f"installed ({missing[0]}): pip install "
+                                                "'hagw[otlp]'")
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are posted: ``otlp_endpoint``, with /v1/traces if it names no path."""
+        endpoint = self.otlp_endpoint
+        if endpoint is None or urlsplit(endpoint).path not in ("", "/"):
+            return endpoint
+        return endpoint.rstrip("/") + OTLP_TRACES_PATH
+
+    def __repr__(self) -> str:
+        endpoint = None if self.otlp_endpoint is None else redact_urls(self.otlp_endpoint)
+        headers = f" headers=[{', '.join(sorted(self.headers))}]" if self.headers else ""
+        return (f"TracingConfig(otlp_endpoint={endpoint!r} service_name={self.service_name!r} "
+                f"sample_ratio={self.sample_ratio:g}{headers})")
+
+
 @dataclass(frozen=True, slots=True)
 class PeersConfig:
     """Several gateways acting as one: shared state in Redis (README "Several gateways").
@@ -933,6 +1030,8 @@ class GatewayConfig:
     access_log: bool = False
     #: combined (Apache/nginx combined, plus request id, trace id and upstream) or json.
     access_log_format: Literal["combined", "json"] = "combined"
+    #: Spans over OTLP (off without ``tracing.otlp_endpoint``) and the sampling of new traces.
+    tracing: TracingConfig = TracingConfig()
 
     def validate(self) -> None:
         if not self.nodes:

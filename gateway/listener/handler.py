@@ -33,6 +33,7 @@ from gateway.router import (
     TryTimeout,
     UpstreamBroke,
 )
+from gateway.span_export import PendingSpan, SpanExport
 from gateway.trace import TraceContext, continue_or_start, with_trace
 from gateway.upstream import UpstreamError
 
@@ -118,6 +119,8 @@ class TrafficHandler:
         self._extra_lines = b""
         #: The running loop, looked up once (on 3.11 every lookup is a getpid() syscall).
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Where sampled requests' spans go (``tracing.otlp_endpoint``); None: nowhere.
+        self.spans: SpanExport | None = None
         self.configure(config)
 
     @property
@@ -141,6 +144,7 @@ class TrafficHandler:
         self.retry_buffer = config.retries.buffer
         self.max_body = config.limits.max_body
         self.body_timeout = config.limits.client_body_timeout
+        self.sample_ratio = config.tracing.sample_ratio
         self.responder.stream_idle = config.timeouts.stream_idle
         self.proxies = TrustedProxies(config.trusted_proxies)
         self.admission.configure(config.rate_limit, config.overload, config.trusted_proxies)
@@ -162,7 +166,7 @@ class TrafficHandler:
             loop = self.loop = asyncio.get_running_loop()
         start = loop.time()
         trace = continue_or_start(request.headers.get("traceparent"),
-                                  request.headers.get("tracestate"))
+                                  request.headers.get("tracestate"), self.sample_ratio)
         given = request.headers.get("X-Request-Id")
         # Without the client's own id, the request id is the trace id (README "Tracing").
         request_id = given if given and _REQUEST_ID.fullmatch(given) else trace.trace_id
@@ -172,6 +176,9 @@ class TrafficHandler:
                              request.headers.get("User-Agent"), request.headers.get("Referer"),
                              time.time(), conn.bytes_out)
                  if self.config.access_log else None)
+        spans = self.spans
+        span = (spans.begin(trace, request, request_id, self._traced_path(request))
+                if spans is not None and trace.sampled else None)
         admission = self.admission
         key = (admission.client_key(request.remote, request.headers.get(self._key_header))
                if self._key_header else request.client)
@@ -187,6 +194,8 @@ class TrafficHandler:
             if entry is not None:
                 entry.write(self.config.access_log_format, refused.status,
                             conn.bytes_out - entry.bytes_before, loop.time() - start)
+            if span is not None:
+                span.end(refused.status, "shed" if shed else None, loop.time() - start)
             return keep
         status = 500
         failure: str | None = None
@@ -200,7 +209,7 @@ class TrafficHandler:
                     status = answer.status
                     return self._answer(conn, request, answer)
             status, failure, keep = await self._proxy(request, conn, request_id, trace,
-                                                      entry)
+                                                      entry, span)
             return keep
         except UpstreamBroke:
             status, failure = 502, "reset"
@@ -216,6 +225,8 @@ class TrafficHandler:
             if entry is not None:
                 entry.write(self.config.access_log_format, status,
                             conn.bytes_out - entry.bytes_before, elapsed)
+            if span is not None:
+                span.end(status, failure, elapsed)
 
     def _logged_target(self, request: Request) -> str:
         """The target as the access log shows it: a queue ticket is a credential."""
@@ -223,6 +234,12 @@ class TrafficHandler:
         if request.path.startswith(prefix):
             return prefix + "<ticket>"
         return request.target
+
+    def _traced_path(self, request: Request) -> str:
+        """The path as a span shows it: no query (it may carry credentials), no ticket."""
+        prefix = self.config.maintenance.ticket_path + "/"
+        path = request.path
+        return prefix + "<ticket>" if path.startswith(prefix) else path
 
     def _identify(self, request: Request) -> None:
         """Who the client is: the peer, or behind a trusted proxy the address it names."""
@@ -249,8 +266,8 @@ class TrafficHandler:
     # -- proxying -------------------------------------------------------------------------
 
     async def _proxy(self, request: Request, conn: ClientConnection, request_id: str,
-                     trace: TraceContext,
-                     entry: AccessEntry | None) -> tuple[int, str | None, bool]:
+                     trace: TraceContext, entry: AccessEntry | None,
+                     span: PendingSpan | None) -> tuple[int, str | None, bool]:
         """(status, failure, keep the connection) of a proxied request."""
         length = request.content_length
         body: bytes | None = b""
@@ -269,6 +286,8 @@ class TrafficHandler:
                       request.remote, request.scheme, body, length, request.chunked,
                       self.router.idempotent(request.method, "Idempotency-Key" in request.headers),
                       source=source, trusted=request.trusted)
+        if span is not None:
+            span.tried = ex.tried
         sent_at = time.monotonic() if entry is not None else 0.0  # for the access log only
         try:
             up, node = await self.router.send(ex)
@@ -306,6 +325,8 @@ class TrafficHandler:
             entry.upstream_node = node.name
             entry.upstream_seconds = time.monotonic() - sent_at
             entry.attempts = len(ex.tried)
+        if span is not None:
+            span.node = node.name
         status, keep = await self.responder.respond(ex, request, conn, up, node,
                                                     self._extra_lines)
         return status, None, keep
