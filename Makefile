@@ -31,7 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 ## chaos: fault injection under load (node crash, hang, latency, errors, resets, deploys,
-## gateway SIGKILL mid-window and mid-replay); prints the table and writes chaos/results/
+## gateway SIGKILL mid-window and mid-replay, and three instances on Redis: one SIGKILLed,
+## the leader mid-replay, Redis itself); prints the table and writes chaos/results/
 chaos: $(STAMP)
 	$(BIN)/python -m chaos
 

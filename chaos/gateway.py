@@ -4,6 +4,9 @@ restart on the same state directory) and a small client for its admin API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -147,6 +150,7 @@ class GatewayProcess:
 
     def _configure(self) -> None:
         """Pick ports and write the config (the nodes' ports are final by now)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.traffic_port, self.admin_port = free_port(), free_port()
         self.config = self.build_config(self.nodes, traffic_port=self.traffic_port,
                                         admin_port=self.admin_port,
@@ -210,6 +214,17 @@ class GatewayProcess:
         """SIGKILL: no shutdown steps, no flush; what is on disk is all that survives."""
         assert self.child is not None
         at = time.monotonic()
+        await asyncio.to_thread(self.procs.kill_and_wait, self.child.pid)
+        self.procs.reap()
+        return at
+
+    async def kill_host(self) -> float:
+        """SIGKILL the whole process group (the supervisor and its workers at once), as
+        when the host's power goes; returns when it was sent."""
+        assert self.child is not None
+        at = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.child.pid, signal.SIGKILL)
         await asyncio.to_thread(self.procs.kill_and_wait, self.child.pid)
         self.procs.reap()
         return at

@@ -55,6 +55,8 @@ class Scenario:
     #: hagw on its documented defaults (chaos.gateway.defaults_config), not the operator
     #: config; the load then sends exactly ``Settings.compare_requests``.
     defaults: bool = False
+    #: hagw instances sharing a redis-server behind haproxy in TCP mode (1: one gateway).
+    instances: int = 1
 
 
 class Skip(Exception):
@@ -571,6 +573,132 @@ async def netem_partition(stage: Stage) -> None:
     _correctness(stage, t)
 
 
+# -- several instances on Redis (peers) ----------------------------------------------------
+
+#: How long a new leader may take: the lease's TTL (chaos.instances) and slack.
+TAKEOVER = 7.0
+
+
+def _availability(t: Tally, floor: float) -> Check:
+    failed = t.failed_get + t.failed_post
+    availability = 1 - failed / max(1, t.requests)
+    return Check(f"availability over the run >= {floor:.1%}", availability >= floor,
+                 f"{availability:.3%}: {failed} of {t.requests} failed")
+
+
+async def _kill_leader(stage: Stage) -> float:
+    """SIGKILL the leader instance, supervisor and workers at once; the admin calls and
+    the watch go to a survivor. Returns when the kill was sent."""
+    leader = await stage.leader(stage.settings.wait_timeout)
+    survivor = next(g for g in stage.gateways if g is not leader)
+    stage.use(survivor)
+    killed = await leader.kill_host()
+    stage.mark(f"leader {leader.workdir.name} SIGKILLed (its whole process group)")
+    # Until haproxy's checks (200 ms, fall 2) take it out, new connections may still be
+    # sent to it and refused (then redispatched); what it had in flight is lost.
+    stage.windows.append(FaultWindow(f"instance {leader.workdir.name} SIGKILL", killed,
+                                     killed + 1.0, GATEWAY_LOSS))
+    began = time.monotonic()
+    new = await stage.leader(TAKEOVER)
+    stage.mark(f"{new.workdir.name} leads, {time.monotonic() - began:.1f}s after the kill")
+    stage.checks.append(Check("another instance took the lease", new is not leader,
+                              f"{new.workdir.name} leads"))
+    return killed
+
+
+async def fleet_instance_kill(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    await _kill_leader(stage)
+    await stage.hold(stage.settings.duration)
+    t = await stage.finish()
+    stage.checks += [failures_only_in_flight(t, int(stage.settings.rate)),
+                     _availability(t, 0.999)]
+    _correctness(stage, t)
+
+
+async def fleet_queue(stage: Stage) -> None:
+    """A whole-fleet window with writes queued through every instance; the leader
+    SIGKILLed mid-replay; every accepted write delivered once."""
+    await stage.open()
+    await stage.warm_up()
+    status, window = await stage.admin.post("/maintenance", {"duration": "1h",
+                                                             "reason": "chaos: whole fleet"})
+    if status != 201:
+        raise RuntimeError(f"POST /maintenance answered {status}: {window}")
+    stage.mark(f"maintenance window {window['id']} started (whole fleet, every instance)")
+    want = 200 if stage.settings.quick else 2000
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    depth = 0
+    while depth < want and time.monotonic() < deadline:
+        await stage.hold(0.5)
+        depth = int((await _maintenance(stage))["queue"]["depth"])
+    stage.mark(f"{depth} writes queued across the instances")
+    await stage.admin.post(f"/maintenance/{window['id']}/end")
+    stage.mark("window ended: verify, then the leader replays")
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    while time.monotonic() < deadline:
+        summary = await _maintenance(stage)
+        if summary["mode"] == "replaying" and summary["queue"]["done"] >= depth // 4:
+            break
+        if summary["mode"] == "normal":
+            stage.notes.append("the replay finished before its leader could be killed")
+            break
+        await asyncio.sleep(0.02)
+    await _kill_leader(stage)
+    await stage.hold(stage.settings.recovery)
+    await stage.stop_load()
+    drained = await _queue_drained(stage, stage.settings.wait_timeout * 3)
+    summary = await _maintenance(stage)
+    stage.mark(f"queue drained: {summary['queue']['done']} replayed" if drained
+               else "queue not drained")
+    stage.checks.append(Check("every queued write replayed, by the new leader too",
+                              drained and summary["queue"]["failed"] == 0,
+                              f"{depth} queued, mode {summary['mode']}, depth "
+                              f"{summary['queue']['depth']}, failed "
+                              f"{summary['queue']['failed']}"))
+    t = await stage.count()
+    stage.checks.append(failures_only_in_flight(t, int(stage.settings.rate)))
+    _correctness(stage, t)
+
+
+async def fleet_redis_kill(stage: Stage) -> None:
+    """redis-server SIGKILLed under load: no request fails, changes of shared state are
+    refused with the reason, and it all goes on once Redis is back."""
+    assert stage.redis is not None
+    await stage.open()
+    await stage.warm_up()
+    await asyncio.to_thread(stage.redis.kill)
+    stage.mark("redis-server SIGKILLed")
+    deadline = time.monotonic() + stage.settings.wait_timeout
+    peers_view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        peers_view = await stage.admin.get("/peers")
+        if not peers_view.get("connected"):
+            break
+        await asyncio.sleep(0.05)
+    stage.mark(f"the instances see it: {peers_view.get('reason')}")
+    status, body = await stage.admin.post("/deploys", {"version": "v2"})
+    stage.checks.append(Check("a deploy is refused with the reason while Redis is down",
+                              status == 503 and body.get("error") == "not_replicated",
+                              f"{status}: {body.get('message', body)}"))
+    await stage.hold(stage.settings.duration)
+    await asyncio.to_thread(stage.redis.start)
+    stage.mark("redis-server started again (its AOF replayed)")
+    back = time.monotonic() + stage.settings.wait_timeout
+    while time.monotonic() < back:
+        peers_view = await stage.admin.get("/peers")
+        if peers_view.get("connected"):
+            break
+        await asyncio.sleep(0.05)
+    stage.mark("the instances see it back" if peers_view.get("connected")
+               else "Redis not seen back")
+    await stage.hold(stage.settings.recovery)
+    t = await stage.finish()
+    stage.checks += [no_failed_gets(t), no_failed_posts(t)]
+    _correctness(stage, t)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("node-kill", "one node SIGKILLed, later restarted", node_kill),
     Scenario("node-hang", "one node SIGSTOPped (hung), later SIGCONT", node_hang),
@@ -596,6 +724,12 @@ SCENARIOS: tuple[Scenario, ...] = (
                f"nodes {'SIGSTOPped' if fault == 'hang' else 'SIGKILLed'}",
                _on_defaults(fault, proxy), proxy=proxy, defaults=True)
       for fault in ("hang", "kill") for proxy in ("hagw", "nginx", "haproxy")),
+    Scenario("fleet-instance-kill", "three instances on Redis behind haproxy (TCP): the "
+             "leader SIGKILLed", fleet_instance_kill, instances=3),
+    Scenario("fleet-queue", "three instances queue writes in a whole-fleet window; the "
+             "leader SIGKILLed mid-replay", fleet_queue, instances=3),
+    Scenario("fleet-redis-kill", "three instances on Redis: redis-server SIGKILLed under "
+             "load, then restarted", fleet_redis_kill, instances=3),
     Scenario("netem-loss", "20% packet loss to one node (tc netem, network namespace)",
              netem_loss, netns=True),
     Scenario("netem-partition", "a partition between the gateway and one node (tc netem)",
@@ -619,13 +753,20 @@ async def run_scenario(scenario: Scenario, settings: Settings, http: aiohttp.Cli
                 raise Skip(reason)
             host = netem.NetnsHost(1)
             await asyncio.to_thread(host.create)
-        if scenario.proxy != "hagw" and peers.binary(scenario.proxy) is None:
+        needs = [scenario.proxy] if scenario.proxy != "hagw" else []
+        if scenario.instances > 1:
+            needs += ["redis-server", "haproxy"]
+        missing = [tool for tool in needs if peers.binary(tool) is None]
+        if missing:
             if settings.ci:
-                raise RuntimeError(f"{scenario.proxy} is not installed (.ci/run installs it)")
-            raise Skip(f"{scenario.proxy} is not installed")
+                raise RuntimeError(f"{', '.join(missing)} not installed (.ci/run installs "
+                                   "them)")
+            raise Skip(f"{', '.join(missing)} not installed")
         stage = Stage(settings, scenario.name, http, root, netns=host, proxy=scenario.proxy,
                       config=defaults_config if scenario.defaults else operator_config,
-                      max_requests=settings.compare_requests if scenario.defaults else None)
+                      max_requests=settings.compare_requests if scenario.defaults else None,
+                      instances=scenario.instances,
+                      redis_binary=peers.binary("redis-server") or "redis-server")
         await scenario.run(stage)
         if stage.tally is None:
             raise RuntimeError("the scenario ended without counting (stage.finish)")

@@ -9,6 +9,7 @@ nothing running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -18,12 +19,14 @@ import aiohttp
 
 from chaos.analysis import GATEWAY_LOSS, NODE_LOSS, Check, FaultWindow, Tally, tally
 from chaos.fleet import Fleet, Node
-from chaos.gateway import ConfigBuilder, GatewayProcess, operator_config
+from chaos.gateway import Admin, ConfigBuilder, GatewayProcess, operator_config
+from chaos.instances import INSTANCES, Balancer, peered
 from chaos.ledger import Ledger
 from chaos.load import LoadConfig, MixedLoad
 from chaos.netem import NetnsHost
 from chaos.peers import PEERS, PeerProcess
 from chaos.processes import ProcessGroup
+from chaos.redis import RedisServer
 from chaos.settings import Settings
 from chaos.watch import RotationWatch
 
@@ -32,7 +35,8 @@ class Stage:
     def __init__(self, settings: Settings, name: str, http: aiohttp.ClientSession,
                  root: Path, *, nodes: int = 3, netns: NetnsHost | None = None,
                  proxy: str = "hagw", config: ConfigBuilder = operator_config,
-                 max_requests: int | None = None) -> None:
+                 max_requests: int | None = None, instances: int = 1,
+                 redis_binary: str = "redis-server") -> None:
         self.settings = settings
         self.name = name
         self.http = http
@@ -54,12 +58,27 @@ class Stage:
         deploy_command = [sys.executable, "-m", "chaos.deploy_hook", "--ledger",
                           str(self.ledger.hook_dir), "--run-dir", str(self.fleet.run_dir),
                           "{node}", "{url}", "{version}"]
-        self.gateway = GatewayProcess(self.procs, self.workdir, http, self.fleet.nodes,
-                                      deploy_command, config)
+        #: Several hagw instances sharing a redis-server, behind haproxy in TCP mode (the
+        #: fleet scenarios); None for one gateway.
+        self.redis: RedisServer | None = None
+        self.balancer: Balancer | None = None
+        if instances > 1:
+            self.redis = RedisServer(redis_binary, self.workdir / "redis")
+            self.gateways = [
+                GatewayProcess(self.procs, self.workdir / name, http, self.fleet.nodes,
+                               deploy_command, peered(config, name, self.redis, workers))
+                for name, workers in INSTANCES[:instances]]
+            self.balancer = Balancer(self.procs, self.workdir, self.gateways)
+            # The watch and the admin calls go to one instance (another once it died).
+            self.admin = Admin(http, "")
+        else:
+            self.gateways = [GatewayProcess(self.procs, self.workdir, http, self.fleet.nodes,
+                                            deploy_command, config)]
+            self.admin = self.gateways[0].admin
+        self.gateway = self.gateways[0]
         #: nginx or haproxy instead of hagw, for the comparisons on defaults.
         self.peer = (PeerProcess(proxy, self.procs, self.workdir, self.fleet.nodes)
                      if proxy in PEERS else None)
-        self.admin = self.gateway.admin
         self.watch = RotationWatch(self.admin)
         tag = f"{name}-{time.strftime('%H%M%S')}"
         load = LoadConfig(rate=settings.rate)
@@ -84,8 +103,18 @@ class Stage:
             self.load.base = self.peer.traffic_url
             self.mark(f"{self.peer.peer} up in front of them")
             return
-        await self.gateway.start()
-        self.load.base = self.gateway.traffic_url
+        if self.redis is not None and self.balancer is not None:
+            await asyncio.to_thread(self.redis.start)
+            self.mark(f"redis-server up (AOF, appendfsync always) on port {self.redis.port}")
+            for gateway in self.gateways:
+                await gateway.start()
+            await self.balancer.start()
+            self.use(self.gateway)
+            self.load.base = self.balancer.traffic_url
+            self.mark(f"{len(self.gateways)} hagw instances up behind haproxy (TCP mode)")
+        else:
+            await self.gateway.start()
+            self.load.base = self.gateway.traffic_url
         self.watch.start()
         if not await self.watch.wait(lambda nodes: len(nodes) == len(self.fleet.nodes) and all(
                 n["serving"] for n in nodes.values()), self.settings.wait_timeout):
@@ -127,6 +156,28 @@ class Stage:
             self.notes.append(f"{node} out of rotation {left - start:.2f}s after the fault")
         else:
             self.notes.append(f"{node} stayed in rotation")
+
+    # -- several instances ---------------------------------------------------------------
+
+    def use(self, gateway: GatewayProcess) -> None:
+        """Send the admin calls and the rotation watch to this instance."""
+        self.admin.url = gateway.admin_url
+
+    async def leader(self, timeout: float) -> GatewayProcess:
+        """The instance every live one agrees leads the fleet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            views = {}
+            for gateway in self.gateways:
+                if gateway.child is not None and gateway.child.alive():
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                        views[gateway] = await Admin(self.http, gateway.admin_url).get("/peers")
+            leaders = {v.get("leader") for v in views.values()}
+            leading = [g for g, v in views.items() if v.get("leading")]
+            if views and len(leaders) == 1 and len(leading) == 1:
+                return leading[0]
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"no leader the live instances agree on within {timeout:g}s")
 
     # -- restarting the gateway --------------------------------------------------------
 
@@ -172,3 +223,5 @@ class Stage:
         await self.watch.stop()
         self.fleet.thaw_all()
         await asyncio.to_thread(self.procs.stop_all, self.fleet.pids())
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.kill)

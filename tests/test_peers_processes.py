@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from bench.processes import free_port
+from bench.templates import render_file
+from chaos.peers import HERE as PEER_CONFIGS
 from tests.conftest import Backend, auth, config_dict
 from tests.redis_server import RedisServer
 
@@ -310,26 +312,6 @@ async def test_redis_killed_under_load_fails_no_request(
 RUN = 20
 KILL_AT = 5.0
 
-HAPROXY = """global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout check 1s
-    retries 3
-    option redispatch
-frontend traffic
-    bind 127.0.0.1:{port}
-    default_backend gateways
-backend gateways
-    balance roundrobin
-    default-server check inter 200ms fall 2 rise 2
-{servers}
-"""
-
 
 def start_haproxy(binary: str, cfg: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
@@ -356,8 +338,11 @@ async def test_an_instance_killed_behind_an_l4_balancer_fails_only_its_in_flight
     port = free_port()
     servers = "\n".join(f"    server {i.name} {i.traffic_url.removeprefix('http://')}"
                         for i in group)
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(HAPROXY.format(port=port, servers=servers))
+    # The L4 balancer of the fleet scenarios of make chaos.
+    cfg = render_file(PEER_CONFIGS / "haproxy-tcp.cfg", {"workdir": str(tmp_path),
+                                                         "port": str(port),
+                                                         "servers": servers},
+                      tmp_path / "haproxy.cfg")
     proxy = start_haproxy(haproxy, cfg)
     try:
         deadline = time.monotonic() + 10

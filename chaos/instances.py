@@ -1,0 +1,71 @@
+"""Several hagw instances as one gateway (``peers``): their configs, sharing one
+redis-server, and haproxy in TCP mode in front of them, for the fleet scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from bench.templates import render_file
+from chaos.gateway import ConfigBuilder, GatewayProcess
+from chaos.peers import HERE, binary
+from chaos.processes import Child, ProcessGroup, StartError, free_port, listening
+from chaos.redis import RedisServer
+
+#: The instances' names and worker processes: one of them a supervisor with two workers,
+#: the others single processes (the machine has two cores for all of them).
+INSTANCES = (("gw-a", 0), ("gw-b", 2), ("gw-c", 0))
+#: The leader's lease: a dead leader is replaced within it.
+LEASE_TTL = "2s"
+
+
+def peered(config: ConfigBuilder, name: str, redis: RedisServer,
+           workers: int) -> ConfigBuilder:
+    """``config`` for one instance of the fleet: ``peers`` on the shared redis-server."""
+
+    def build(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        data = config(*args, **kwargs)
+        data["workers"] = workers
+        data["peers"] = {"redis": redis.url, "name": name, "lease_ttl": LEASE_TTL,
+                         "timeout": "500ms"}
+        return data
+
+    return build
+
+
+class Balancer:
+    """haproxy in TCP mode over the instances' traffic listeners."""
+
+    def __init__(self, procs: ProcessGroup, workdir: Path,
+                 gateways: list[GatewayProcess]) -> None:
+        self.procs = procs
+        self.workdir = workdir
+        self.gateways = gateways
+        self.port = 0
+        self.child: Child | None = None
+
+    @property
+    def traffic_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 15.0) -> None:
+        path = binary("haproxy")
+        if path is None:
+            raise StartError("haproxy is not installed (.ci/run installs it)")
+        self.port = free_port()
+        servers = "\n".join(f"    server {g.workdir.name} 127.0.0.1:{g.traffic_port}"
+                            for g in self.gateways)
+        conf = render_file(HERE / "haproxy-tcp.cfg", {"workdir": str(self.workdir),
+                                                      "port": str(self.port),
+                                                      "servers": servers},
+                           self.workdir / "haproxy-tcp.cfg")
+        self.child = self.procs.start("haproxy", [path, "-db", "-f", str(conf)],
+                                      self.workdir / "logs" / "haproxy-tcp.log")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await asyncio.to_thread(listening, "127.0.0.1", self.port):
+            if not self.child.alive():
+                raise StartError(f"haproxy exited:\n{self.child.log_tail()}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise StartError(f"haproxy did not listen within {timeout:g}s")
+            await asyncio.sleep(0.05)
