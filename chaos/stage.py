@@ -81,7 +81,11 @@ class Stage:
                      if proxy in PEERS else None)
         self.watch = RotationWatch(self.admin)
         tag = f"{name}-{time.strftime('%H%M%S')}"
-        load = LoadConfig(rate=settings.rate)
+        # Behind the L4 balancer every request takes a new connection, so the balancer
+        # spreads the load and sends none on to an instance after it died: a pooled
+        # connection to a dead instance fails whenever it is next used, which no
+        # fault window could tell apart from a failure of the others.
+        load = LoadConfig(rate=settings.rate, keepalive=instances == 1)
         if max_requests is not None:
             load.max_requests = max_requests
         self.load = MixedLoad(self.gateway.traffic_url, tag, load)

@@ -661,6 +661,10 @@ class SpooledQueue:
 
     async def open(self) -> None:
         await self.spool.open()
+        if self.forwards:
+            # The spool is never replayed here: what a gateway without peers was replaying
+            # when it stopped goes to the stream too, with the rest.
+            await self.spool.recover()
         try:
             await self.shared.open()
         except PeersUnavailable as exc:
