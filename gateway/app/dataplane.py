@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,11 +28,8 @@ from gateway.span_export import SpanExport
 from gateway.tls import ServerTls, TlsError, client_context
 from gateway.upstream import ConnectionPool
 
-if TYPE_CHECKING:  # a fleet's queue: imported (with redis) only when one is built
-    from monitor.peers.connection import PeerLink
-    from monitor.peers.fence import Fence
+if TYPE_CHECKING:  # a fleet's queue (gateway.app.fleet_queue): redis only for a fleet
     from monitor.peers.queue import SpooledQueue
-    from monitor.ports import Spawn
 
 
 def upstream_tls(config: GatewayConfig, clock: Clock,
@@ -92,23 +88,6 @@ def queue_limits(config: GatewayConfig) -> QueueLimits:
                        min_free_disk=m.min_free_disk)
 
 
-def write_queue(config: GatewayConfig, *, spawn: Spawn, link: PeerLink | None = None,
-                fence: Callable[[], Fence] | None = None,
-                forwards: bool = True) -> SqliteQueue | SpooledQueue:
-    """Where this process queues writes. Alone: ``state_dir``'s SQLite queue. In a fleet
-    (``link``): the fleet's stream on Redis, with that same file as this instance's
-    spool while Redis is away (forwarded by ``forwards`` processes: the supervisor, or
-    the single process); ``fence`` is the leader's token for the replay's writes."""
-    local = SqliteQueue(config.state_dir, config.maintenance.queue_capacity,
-                        limits=queue_limits(config))
-    if link is None:
-        return local
-    from monitor.peers.queue import RedisQueue, SpooledQueue  # only a fleet loads redis
-
-    shared = RedisQueue(link, config.maintenance.queue_capacity, fence=fence)
-    return SpooledQueue(shared, local, spawn=spawn, forwards=forwards)
-
-
 class DataPlane:
     def __init__(self, config: GatewayConfig, *, cluster: Cluster, clock: Clock,
                  registry: CollectorRegistry, passive: PassiveObserver,
@@ -131,7 +110,8 @@ class DataPlane:
             self.router, Admission(config.rate_limit, config.overload, clock),
             Responder(self.pools, self.outlier, passive, config.timeouts.stream_idle),
             self.websockets, self.accounting, outcomes, config, publish)
-        #: The write queue (``write_queue``; the state_dir's SQLite queue by default).
+        #: The write queue: the state_dir's SQLite queue, or in a fleet the fleet's
+        #: (``gateway.app.fleet_queue``).
         self.queue = queue if queue is not None else SqliteQueue(
             config.state_dir, config.maintenance.queue_capacity, limits=queue_limits(config))
         self.mode = MaintenanceMode(config.maintenance, self.queue, replay, publish,

@@ -30,6 +30,9 @@ from gateway.store import private_dir
 
 #: A handoff message and its sockets fit in one datagram-sized read.
 _BUFSIZE = 64 * 1024
+#: The workers' entry points (``python -m ...``): alone, and in a fleet (with redis).
+WORKER_MODULES = ("gateway.app.worker", "gateway.app.fleet_worker")
+_WORKER_ARGV = {m.encode() for m in WORKER_MODULES}
 MAX_FDS = 8
 
 
@@ -109,7 +112,7 @@ def live_pids(directory: Path) -> dict[str, int]:
             # Alive, and a hagw worker still: a pid the kernel gave to another process since
             # is not signalled.
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"gateway.app.worker" not in argv or b"--channel-fd" not in argv:
+            if not _WORKER_ARGV.intersection(argv) or b"--channel-fd" not in argv:
                 raise ValueError(f"pid {pid} is no hagw worker")
         except (OSError, ValueError):
             pidfile.unlink(missing_ok=True)

@@ -12,16 +12,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.app import reactions
-from gateway.app.dataplane import (
-    DataPlane,
-    EjectionTimer,
-    listener_tls,
-    upstream_tls,
-    write_queue,
-)
+from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
 from gateway.app.drains import OperatorDrains
 from gateway.app.fleet import Fleet, LeaderStore, SharedRecords
 from gateway.app.fleet_budget import FleetBudget
+from gateway.app.fleet_queue import fleet_queue
 from gateway.app.fleet_rates import FleetRates
 from gateway.app.floor import FleetFloor
 from gateway.app.leader import LeaderDuties
@@ -157,8 +152,8 @@ class Parts:
         # In a fleet the queue is the fleet's stream, this instance's file its spool; the
         # replay's writes are fenced by the leader's epoch.
         fleet = self.fleet
-        queue = (write_queue(config, spawn=self.tasks, link=fleet.link,
-                             fence=fleet.election.fence) if fleet is not None else None)
+        queue = (fleet_queue(config, fleet.link, spawn=self.tasks, fence=fleet.election.fence)
+                 if fleet is not None else None)
         self.data = data = DataPlane(
             config, cluster=self.cluster, clock=clock, registry=self.data_registry,
             passive=self.health.detector, outcomes=self.budget, replay=_NoReplay(),

@@ -139,7 +139,10 @@ class WorkerHub:
         listen_fd, child_fd = self.sock.fileno(), child.fileno()
         if self.gw.config_path is None:
             raise RuntimeError("workers read the config file: start the supervisor from one")
-        argv = [sys.executable, "-m", "gateway.app.worker", "--id", worker_id,
+        # A fleet's workers queue on Redis themselves (and so import redis); others don't.
+        alone, in_fleet = handoff.WORKER_MODULES
+        module = in_fleet if self.gw.config.peers is not None else alone
+        argv = [sys.executable, "-m", module, "--id", worker_id,
                 "--listen-fd", str(listen_fd), "--channel-fd", str(child_fd),
                 "-c", self.gw.config_path]
         proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(listen_fd, child_fd))

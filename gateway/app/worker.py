@@ -19,18 +19,13 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from gateway.app import handoff
-from gateway.app.dataplane import (
-    DataPlane,
-    EjectionTimer,
-    listener_tls,
-    upstream_tls,
-    write_queue,
-)
+from gateway.app.dataplane import DataPlane, EjectionTimer, listener_tls, upstream_tls
 from gateway.app.ipc import Channel, ChannelClosed
 from gateway.app.logs import setup_logging
 from gateway.app.loop import use_uvloop
@@ -47,8 +42,20 @@ from gateway.outlier import NodeEjected
 from gateway.queue.store import Entry
 from gateway.tls import ServerTls, TlsCollector, TlsError
 
-if TYPE_CHECKING:
-    from monitor.peers.connection import PeerLink
+if TYPE_CHECKING:  # gateway.app.fleet_worker's (only a fleet's workers import redis)
+    from monitor.peers.queue import SpooledQueue
+    from monitor.ports import Spawn
+
+
+class FleetQueue(Protocol):
+    """A fleet worker's queue on the fleet's stream, and its own link to Redis."""
+
+    queue: SpooledQueue
+
+    async def close(self) -> None: ...
+
+
+FleetQueueMaker = Callable[[GatewayConfig, Clock, "Spawn"], FleetQueue]
 
 log = logging.getLogger("hagw.worker")
 
@@ -154,7 +161,7 @@ def entry_from_json(data: dict[str, Any]) -> Entry:
 class Worker:
     def __init__(self, config: GatewayConfig, *, worker_id: str, listen: socket.socket,
                  channel: socket.socket, clock: Clock = SYSTEM_CLOCK,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, fleet: FleetQueueMaker | None = None) -> None:
         self.config = config
         self.worker_id = worker_id
         self.listen = listen
@@ -170,17 +177,12 @@ class Worker:
         #: In a fleet, this worker's own link to Redis: it queues writes on the fleet's
         #: stream itself (a 202 only once Redis has it), and into the instance's spool
         #: while Redis is away, which the supervisor forwards.
-        self.link: PeerLink | None = None
-        queue = None
-        if config.peers is not None:
-            from monitor.peers.connection import PeerLink  # only a fleet loads redis
-
-            self.link = PeerLink(config.peers, clock=clock)
-            queue = write_queue(config, spawn=self.tasks, link=self.link, forwards=False)
+        self.fleet = fleet(config, clock, self.tasks) if fleet is not None else None
         self.data = DataPlane(config, cluster=self.cluster, clock=clock, registry=self.registry,
                               passive=self.tries, outcomes=self.outcomes, replay=self.replay,
                               publish=self.bus.publish,
-                              client_tls=upstream_tls(config, clock), queue=queue)
+                              client_tls=upstream_tls(config, clock),
+                              queue=self.fleet.queue if self.fleet is not None else None)
         self.data.traffic.admission.share()
         #: The traffic listener's TLS, its files read here (a worker serves them).
         self.tls: ServerTls | None = listener_tls("traffic", config.tls, "tls", clock,
@@ -362,24 +364,25 @@ class Worker:
                 await self.channel.drain()
         data.abort_pools()
         await data.queue.close()
-        if self.link is not None:
-            await self.link.close()
+        if self.fleet is not None:
+            await self.fleet.close()
         self.ejections.cancel()
 
 
 def run_worker(config: GatewayConfig, worker_id: str, listen_fd: int, channel_fd: int,
-               config_path: str | None = None) -> None:
+               config_path: str | None = None, fleet: FleetQueueMaker | None = None) -> None:
     listen = socket.socket(fileno=listen_fd)
     channel = socket.socket(fileno=channel_fd)
     worker = Worker(config, worker_id=worker_id, listen=listen, channel=channel,
-                    config_path=config_path)
+                    config_path=config_path, fleet=fleet)
     asyncio.run(worker.run())
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, fleet: FleetQueueMaker | None = None) -> int:
     """``python -m gateway.app.worker``: how the supervisor starts a worker. Its own entry
     point, so a worker imports the data plane only (not the admin API, the control plane
-    or the CLI) and a replacement starts serving sooner."""
+    or the CLI) and a replacement starts serving sooner. ``fleet``: the queue on the
+    fleet's stream (``python -m gateway.app.fleet_worker``)."""
     parser = argparse.ArgumentParser(prog="python -m gateway.app.worker",
                                      description="a hagw data-plane worker (the supervisor "
                                                  "starts these; not for operators)")
@@ -392,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         setup_logging(config.log_level, config.log_format)
         use_uvloop()
-        run_worker(config, args.id, args.listen_fd, args.channel_fd, args.config)
+        run_worker(config, args.id, args.listen_fd, args.channel_fd, args.config, fleet)
     except ConfigError as exc:  # a file changed since the supervisor checked it
         print(f"hagw worker {args.id}: {exc}", file=sys.stderr)
         return 2
