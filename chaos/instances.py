@@ -3,14 +3,13 @@ redis-server, and haproxy in TCP mode in front of them, for the fleet scenarios.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from bench.templates import render_file
 from chaos.gateway import ConfigBuilder, GatewayProcess
 from chaos.peers import HERE, binary
-from chaos.processes import Child, ProcessGroup, StartError, free_port, listening
+from chaos.processes import Child, ProcessGroup, StartError, free_port, until_listening
 from chaos.redis import RedisServer
 
 #: The instances' names and worker processes: one of them a supervisor with two workers,
@@ -62,10 +61,4 @@ class Balancer:
                            self.workdir / "haproxy-tcp.cfg")
         self.child = self.procs.start("haproxy", [path, "-db", "-f", str(conf)],
                                       self.workdir / "logs" / "haproxy-tcp.log")
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await asyncio.to_thread(listening, "127.0.0.1", self.port):
-            if not self.child.alive():
-                raise StartError(f"haproxy exited:\n{self.child.log_tail()}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise StartError(f"haproxy did not listen within {timeout:g}s")
-            await asyncio.sleep(0.05)
+        await until_listening(self.child, self.port, "haproxy", timeout)

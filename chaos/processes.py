@@ -9,6 +9,7 @@ starts are not our children; they are adopted by pid and recognised by a marker
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -22,7 +23,7 @@ from bench.processes import Child, StartError, die_with_parent_hook, free_port
 from gateway.app.demo.redeploy import alive as pid_alive
 
 __all__ = ["Child", "ProcessGroup", "StartError", "cmdline", "free_port", "listening",
-           "pid_alive"]
+           "pid_alive", "until_listening"]
 
 # Chaos kills its drivers' children hard: SIGKILL, not SIGTERM, when the driver dies.
 _PREEXEC = die_with_parent_hook(signal.SIGKILL)
@@ -115,3 +116,16 @@ def listening(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
         return True
     return False
+
+
+async def until_listening(child: Child, port: int, what: str, timeout: float) -> None:
+    """Wait until ``child`` listens on 127.0.0.1:``port`` (StartError if it exits or
+    does not within ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(listening, "127.0.0.1", port):
+        if not child.alive():
+            raise StartError(f"{what} exited:\n{child.log_tail()}")
+        if loop.time() > deadline:
+            raise StartError(f"{what} did not listen within {timeout:g}s")
+        await asyncio.sleep(0.05)

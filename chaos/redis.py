@@ -30,6 +30,16 @@ def answers(port: int) -> bool:
         return False
 
 
+def answering(proc: subprocess.Popen[bytes], port: int, timeout: float = START_TIMEOUT) -> bool:
+    """Whether ``proc`` answers on ``port`` within ``timeout`` (False once it exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if answers(port):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 @dataclass
 class RedisServer:
     binary: str
@@ -60,11 +70,8 @@ class RedisServer:
                  "--save", "", "--protected-mode", "no", "--daemonize", "no",
                  "--logfile", str(self.dir / "redis.log"), *self.extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if answers(self.port):
-                    return
-                time.sleep(0.02)
+            if answering(self.proc, self.port):
+                return
             self.kill()
             if not first:
                 break  # the same port again would fail the same way

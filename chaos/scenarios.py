@@ -313,14 +313,21 @@ async def _maintenance(stage: Stage) -> dict[str, Any]:
     return dict(await stage.admin.get("/maintenance"))
 
 
-async def gateway_kill_maintenance(stage: Stage) -> None:
-    await stage.open()
-    await stage.warm_up()
+async def _whole_fleet_window(stage: Stage) -> dict[str, Any]:
+    """A whole-fleet window for an hour (ended by the scenario)."""
     status, window = await stage.admin.post("/maintenance", {"duration": "1h",
                                                              "reason": "chaos: whole fleet"})
     if status != 201:
         raise RuntimeError(f"POST /maintenance answered {status}: {window}")
-    stage.mark(f"maintenance window {window['id']} started (whole fleet)")
+    stage.mark(f"maintenance window {window['id']} started (whole fleet"
+               f"{', every instance' if len(stage.gateways) > 1 else ''})")
+    return dict(window)
+
+
+async def gateway_kill_maintenance(stage: Stage) -> None:
+    await stage.open()
+    await stage.warm_up()
+    window = await _whole_fleet_window(stage)
     await stage.hold(stage.settings.duration / 2)
     await stage.restart_gateway()
     summary = await _maintenance(stage)
@@ -622,11 +629,7 @@ async def fleet_queue(stage: Stage) -> None:
     SIGKILLed mid-replay; every accepted write delivered once."""
     await stage.open()
     await stage.warm_up()
-    status, window = await stage.admin.post("/maintenance", {"duration": "1h",
-                                                             "reason": "chaos: whole fleet"})
-    if status != 201:
-        raise RuntimeError(f"POST /maintenance answered {status}: {window}")
-    stage.mark(f"maintenance window {window['id']} started (whole fleet, every instance)")
+    window = await _whole_fleet_window(stage)
     want = 200 if stage.settings.quick else 2000
     deadline = time.monotonic() + stage.settings.wait_timeout
     depth = 0

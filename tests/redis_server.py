@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import free_port
-from chaos.redis import START_TIMEOUT, RedisServer, answers
+from chaos.redis import RedisServer, answering
 from gateway.config.build import Builder
 from gateway.config.schema import PeersConfig
 
@@ -45,11 +44,8 @@ class SentinelProcess:
                         f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1\n")
         self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if answers(self.port):
-                return
-            time.sleep(0.02)
+        if answering(self.proc, self.port):
+            return
         self.kill()
         raise RuntimeError(f"redis sentinel did not start on port {self.port}")
 

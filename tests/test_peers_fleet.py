@@ -60,6 +60,18 @@ class Fleet:
         await gw.stop()
         self.running.remove(gw)
 
+    async def pair(self, urls: list[str], **overrides: Any
+                   ) -> tuple[Gateway, Gateway, Gateway, Gateway]:
+        """gw-a and gw-b, once one leads and both see every node healthy: (a, b, the
+        leader, the follower)."""
+        a = await self.start("gw-a", urls, **overrides)
+        b = await self.start("gw-b", urls, **overrides)
+        leader = await leader_of([a, b])
+        for gw in (a, b):
+            await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY
+                                             for n in gw.cluster), 10.0, "every node healthy")
+        return a, b, leader, b if leader is a else a
+
     async def close(self) -> None:
         for gw in list(self.running):
             await self.stop(gw)
@@ -396,13 +408,7 @@ async def test_incidents_are_opened_by_the_leader_alone(
     the leader, and the follower's status page shows the same one."""
     nodes: list[Backend] = await backends(2)
     urls = [b.url for b in nodes]
-    a = await fleet.start("gw-a", urls)
-    b = await fleet.start("gw-b", urls)
-    leader = await leader_of([a, b])
-    follower = b if leader is a else a
-    for gw in (a, b):
-        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
-                       10.0, "every node healthy")
+    _, _, leader, follower = await fleet.pair(urls)
     for node in nodes:
         node.fault(health="fail")
     await wait_for(lambda: leader.incidents.tracker.current is not None, 10.0,
@@ -461,13 +467,7 @@ async def test_maintenance_windows_are_the_fleets(
     from gateway.maintenance import Phase
     nodes: list[Backend] = await backends(2)
     urls = [b.url for b in nodes]
-    a = await fleet.start("gw-a", urls)
-    b = await fleet.start("gw-b", urls)
-    leader = await leader_of([a, b])
-    follower = b if leader is a else a
-    for gw in (a, b):
-        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
-                       10.0, "every node healthy")
+    a, b, leader, follower = await fleet.pair(urls)
 
     later, body = await post(http, f"{a.admin_url}/maintenance",
                              {"start": "+2h", "duration": "30m", "reason": "db upgrade"})
@@ -626,13 +626,7 @@ async def test_the_deploy_gate_and_status_page_read_the_fleets_error_budget(
     from monitor.slo import Counts
     nodes: list[Backend] = await backends(2)
     urls = [b.url for b in nodes]
-    a = await fleet.start("gw-a", urls)
-    b = await fleet.start("gw-b", urls)
-    leader = await leader_of([a, b])
-    follower = b if leader is a else a
-    for gw in (a, b):
-        await wait_for(lambda gw=gw: all(n.state is NodeState.HEALTHY for n in gw.cluster),
-                       10.0, "every node healthy")
+    _, _, leader, follower = await fleet.pair(urls)
     for _ in range(50):
         async with http.get(f"{leader.traffic_url}/") as resp:
             assert resp.status == 200

@@ -6,13 +6,12 @@ which of each proxy's settings the comparison uses.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
 from bench.templates import render_file
 from chaos.fleet import Node
-from chaos.processes import Child, ProcessGroup, StartError, free_port, listening
+from chaos.processes import Child, ProcessGroup, StartError, free_port, until_listening
 
 HERE = Path(__file__).parent
 PEERS = ("nginx", "haproxy")
@@ -58,10 +57,4 @@ class PeerProcess:
             conf = render_file(HERE / "haproxy.cfg", values, self.workdir / "haproxy.cfg")
             argv = [path, "-db", "-f", str(conf)]
         self.child = self.procs.start(self.peer, argv, self.workdir / "logs" / f"{self.peer}.log")
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await asyncio.to_thread(listening, "127.0.0.1", self.port):
-            if not self.child.alive():
-                raise StartError(f"{self.peer} exited:\n{self.child.log_tail()}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise StartError(f"{self.peer} did not listen within {timeout:g}s")
-            await asyncio.sleep(0.05)
+        await until_listening(self.child, self.port, self.peer, timeout)

@@ -198,17 +198,8 @@ class FleetRateLimit:
         if not spent:
             return {}
         second = int(self.clock.time())
-        clients = list(spent)
-        async with self.link.io("exchanging rate-limit counts") as redis:
-            pipe = redis.pipeline(transaction=False)
-            for client in clients:
-                key = self.keys.rate(second, client)
-                pipe.incrby(key, spent[client])
-                pipe.expire(key, RATE_KEY_TTL)
-                pipe.get(self.keys.rate(second - 1, client))
-            replies = await pipe.execute()
-        now = {c: int(replies[3 * i]) for i, c in enumerate(clients)}
-        before = {c: int(replies[3 * i + 2] or 0) for i, c in enumerate(clients)}
+        now, before = await self._count(spent, second, "exchanging rate-limit counts",
+                                        previous=True)
         return self.others(spent, now, before, second)
 
     def others(self, spent: Mapping[str, int], now: Mapping[str, int],
@@ -234,13 +225,26 @@ class FleetRateLimit:
         back to its local limit)."""
         if not hits:
             return {}
-        second = int(self.clock.time())
+        now, _ = await self._count(hits, int(self.clock.time()),
+                                   "counting requests for rate limits")
+        return now
+
+    async def _count(self, hits: Mapping[str, int], second: int, what: str, *,
+                     previous: bool = False) -> tuple[dict[str, int], dict[str, int]]:
+        """One round trip: ``INCRBY`` each client's counter of ``second`` (and ``EXPIRE``
+        it); with ``previous``, read the second before's too. Returns both counts."""
         clients = list(hits)
-        async with self.link.io("counting requests for rate limits") as redis:
+        step = 3 if previous else 2
+        async with self.link.io(what) as redis:
             pipe = redis.pipeline(transaction=False)
             for client in clients:
                 key = self.keys.rate(second, client)
                 pipe.incrby(key, hits[client])
                 pipe.expire(key, RATE_KEY_TTL)
+                if previous:
+                    pipe.get(self.keys.rate(second - 1, client))
             replies = await pipe.execute()
-        return {client: int(replies[2 * i]) for i, client in enumerate(clients)}
+        now = {c: int(replies[step * i]) for i, c in enumerate(clients)}
+        before = ({c: int(replies[step * i + 2] or 0) for i, c in enumerate(clients)}
+                  if previous else {})
+        return now, before
