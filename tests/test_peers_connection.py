@@ -3,13 +3,14 @@ or through Sentinel. Against real redis-server processes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.clock import SYSTEM_CLOCK
-from monitor.peers.connection import PeerLink, PeersUnavailable, socket_timeout
+from monitor.peers.connection import MAX_CONNECTIONS, PeerLink, PeersUnavailable, socket_timeout
 from monitor.peers.records import SharedStore
 from tests.conftest import require_tool
 from tests.fakes import Spawner
@@ -36,6 +37,23 @@ async def test_connected_follows_the_calls(redis_server: RedisServer,
     assert await link.ping()
     assert flips == [True, False, True]
     assert "connected" in repr(link)
+
+
+async def test_a_burst_of_calls_shares_a_bounded_pool(
+        peer_link: Callable[..., PeerLink]) -> None:
+    """200 calls at once wait for one of MAX_CONNECTIONS connections rather than open a
+    connection each (a storm a loaded Redis answers too late)."""
+    link = peer_link("gw-a")
+
+    async def call(i: int) -> None:
+        async with link.io("a burst") as redis:
+            await redis.set(f"burst:{i}", i)
+
+    await asyncio.gather(*(call(i) for i in range(200)))
+    async with link.io("listing clients") as redis:
+        clients = await redis.client_list()
+    mine = [c for c in clients if c.get("name") == "hagw-gw-a"]
+    assert 1 <= len(mine) <= MAX_CONNECTIONS
 
 
 async def test_an_error_reply_is_an_answer(peer_link: Callable[..., PeerLink]) -> None:

@@ -171,12 +171,37 @@ async def test_a_drain_reaches_a_multi_worker_instance(
     await a.until("/nodes/node-2", lambda n: n["state"] == "HEALTHY", 1.0, "the undrain")
 
 
-async def test_a_frozen_leader_cannot_act_when_it_wakes(
-        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
-        tmp_path: Path) -> None:
-    """The leader is SIGSTOPped mid-deploy: the other instance takes the lease within its
-    TTL and finishes the deploy from the shared record; SIGCONT: the old leader, on its
-    stale epoch, runs no action and writes nothing."""
+class DeployUnderWay:
+    """Two ``hagw run`` instances and a deploy to v2 running on the leader, its action
+    (which logs "<node> <version> <the gateway's pid>") called at least once."""
+
+    def __init__(self, leader: Instance, other: Instance, deploy_id: str, calls: Path,
+                 epoch: int) -> None:
+        self.leader = leader
+        self.other = other
+        self.deploy_id = deploy_id
+        self.calls = calls
+        self.epoch = epoch
+
+    def lines(self) -> list[list[str]]:
+        return [line.split() for line in self.calls.read_text().splitlines() if line]
+
+    async def taken_over(self, since: float) -> dict[str, Any]:
+        """The other instance takes the lease within its TTL, and finishes the deploy."""
+        took = await self.other.until("/peers", lambda p: p["leading"] is True,
+                                      LEASE_TTL + 5, "the lease")
+        taken_after = time.monotonic() - since
+        assert taken_after < LEASE_TTL + 1.0, taken_after
+        assert took["epoch"] > self.epoch
+        record = await self.other.until(f"/deploys/{self.deploy_id}",
+                                        lambda r: r.get("status") == "succeeded", 60.0,
+                                        "the deploy to finish on the new leader")
+        assert set(record["nodes"]) == {"node-1", "node-2", "node-3"}
+        return dict(took)
+
+
+async def deploy_under_way(instances: Callable[..., Awaitable[Instance]],
+                           backends: Callable[..., Any], tmp_path: Path) -> DeployUnderWay:
     nodes: list[Backend] = await backends(3)
     urls = [b.url for b in nodes]
     calls = tmp_path / "calls.log"
@@ -199,28 +224,40 @@ async def test_a_frozen_leader_cannot_act_when_it_wakes(
     assert leader.name in body["message"]
     status, body = await leader.post("/deploys", {"version": "v2"})
     assert status == 202, body
-    deploy_id = body["id"]
-
-    def lines() -> list[list[str]]:
-        return [line.split() for line in calls.read_text().splitlines() if line]
-
+    under_way = DeployUnderWay(leader, other, body["id"], calls, old["epoch"])
     deadline = time.monotonic() + 30
-    while not lines():
+    while not under_way.lines():
         assert time.monotonic() < deadline, leader.log_tail()
         await asyncio.sleep(0.02)
+    return under_way
+
+
+async def test_a_leader_killed_mid_deploy_is_replaced_and_the_deploy_finished(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        tmp_path: Path) -> None:
+    """The leader is SIGKILLed mid-deploy: the other instance takes the lease within its
+    TTL and finishes the deploy from the shared record."""
+    run = await deploy_under_way(instances, backends, tmp_path)
+    os.killpg(run.leader.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    await run.taken_over(killed_at)
+    deployed = {node for node, version, _pid in run.lines() if version == "v2"}
+    assert deployed == {"node-1", "node-2", "node-3"}
+
+
+async def test_a_frozen_leader_cannot_act_when_it_wakes(
+        instances: Callable[..., Awaitable[Instance]], backends: Callable[..., Any],
+        tmp_path: Path) -> None:
+    """The leader is SIGSTOPped mid-deploy: the other instance takes the lease within its
+    TTL and finishes the deploy from the shared record; SIGCONT: the old leader, on its
+    stale epoch, runs no action and writes nothing."""
+    run = await deploy_under_way(instances, backends, tmp_path)
+    leader, other, deploy_id, lines = run.leader, run.other, run.deploy_id, run.lines
     os.killpg(leader.pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
     frozen_calls = len(lines())
     try:
-        took = await other.until("/peers", lambda p: p["leading"] is True, LEASE_TTL + 5,
-                                 "the lease")
-        taken_after = time.monotonic() - frozen_at
-        assert taken_after < LEASE_TTL + 1.0, taken_after
-        assert took["epoch"] > old["epoch"]
-        record = await other.until(f"/deploys/{deploy_id}",
-                                   lambda r: r.get("status") == "succeeded", 60.0,
-                                   "the deploy to finish on the new leader")
-        assert set(record["nodes"]) == {"node-1", "node-2", "node-3"}
+        took = await run.taken_over(frozen_at)
     finally:
         os.killpg(leader.pid, signal.SIGCONT)
     woke_calls = len(lines())

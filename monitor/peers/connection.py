@@ -15,7 +15,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -35,6 +36,10 @@ log = logging.getLogger("hagw.peers")
 #: (redis-py's BusyLoadingError, while Redis replays its AOF, is a ConnectionError.)
 UNREACHABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
+
+
+#: Connections to Redis one process holds at most (the change listener keeps one).
+MAX_CONNECTIONS = 16
 
 
 class PeersUnavailable(Exception):
@@ -70,10 +75,15 @@ def client_for(config: PeersConfig) -> tuple[Redis, Sentinel | None]:
             socket_connect_timeout=config.timeout, retry=_no_retries(),
             decode_responses=False, client_name=f"hagw-{config.name}")
         return master, sentinel
-    return Redis(host=url.host, port=url.port, db=url.db, username=url.username,
-                 password=url.password, ssl=url.tls, socket_timeout=timeout,
-                 socket_connect_timeout=config.timeout, retry=_no_retries(),
-                 decode_responses=False, client_name=f"hagw-{config.name}"), None
+    # At most MAX_CONNECTIONS: a burst of callers waits (up to ``timeout``) for one to
+    # come free rather than open a connection each, a storm a loaded Redis answers late.
+    pool = BlockingConnectionPool(
+        max_connections=MAX_CONNECTIONS, timeout=config.timeout,
+        connection_class=SSLConnection if url.tls else Connection,
+        host=url.host, port=url.port, db=url.db, username=url.username,
+        password=url.password, socket_timeout=timeout, socket_connect_timeout=config.timeout,
+        retry=_no_retries(), decode_responses=False, client_name=f"hagw-{config.name}")
+    return Redis.from_pool(pool), None  # closing the client closes the pool
 
 
 def describe(config: PeersConfig) -> str:
