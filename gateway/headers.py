@@ -145,14 +145,18 @@ def date_header() -> bytes:
 
 def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, *,
                   content_length: int | None, keep_alive: bool, http10: bool,
-                  extra: bytes = b"") -> bytes:
+                  extra: bytes = b"", replaced: frozenset[bytes] = frozenset()) -> bytes:
     """The status line and headers of a complete answer, built straight from the node's raw
     headers: hop-by-hop, framing and software headers removed, Via and X-Request-Id added,
-    framed by ``content_length`` (None: no body allowed, as for 204 and 304)."""
+    framed by ``content_length`` (None: no body allowed, as for 204 and 304). ``extra``
+    are the gateway's own header lines; the node's of the same names (``replaced``,
+    lower case) are dropped, so the gateway's policy (HSTS) is the one the client gets."""
     out = [status_line(status)]
     append = out.append
     # Headers named in Connection are hop-by-hop too, wherever Connection sits.
     drop = RESPONSE_HIDDEN | connection_tokens(raw)
+    if replaced:
+        drop = drop | replaced
     via = b""
     has_id = has_date = False
     for name, value in raw:

@@ -109,3 +109,34 @@ async def test_process_metrics_and_no_created_series(backends: Any, gateway: Any
                  "python_gc_collections_total"):
         assert name in names, name
     assert not [n for n in names if n.endswith("_created")]
+
+
+async def test_a_websocket_upgrade_carries_the_trace_and_its_id(
+        serve: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
+    """An upgrade is traced as any request: the node gets the gateway's traceparent, and
+    the request id is the trace id."""
+    from aiohttp import web
+    seen: list[dict[str, str]] = []
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.close()
+        return socket
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", health)
+    app.router.add_get("/ws", ws)
+    gw = await gateway([await serve(app)])
+    async with http.ws_connect(f"{gw.traffic_url}/ws", headers={"traceparent": CALLER}) as s:
+        await s.receive()
+    [headers] = seen
+    trace_id, parent_id, _flags = parse_traceparent(headers["traceparent"])  # type: ignore[misc]
+    assert trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert parent_id != "00f067aa0ba902b7"
+    assert headers["x-request-id"] == trace_id

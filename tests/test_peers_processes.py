@@ -484,8 +484,8 @@ async def test_writes_queued_across_the_fleet_replay_once_in_arrival_order(
     tickets = [await queue_write(group[n % 3], n) for n in range(WRITES)]
     assert len({t["ticket"] for t in tickets}) == WRITES
     assert node.info.writes == [], "a write reached the node during the window"
-    # Each write takes the node 2 ms, so the replay is still going when its leader dies.
-    node.fault(latency_ms=2)
+    # Each write takes the node 1 ms, so the replay is still going when its leader dies.
+    node.fault(latency_ms=1)
     status, body = await group[1].post(f"/maintenance/{window}/end")
     assert status == 200, body
     await until_delivered(node, 300, 30.0)

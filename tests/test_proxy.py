@@ -379,3 +379,24 @@ async def test_a_per_try_timeout_says_why_a_post_is_not_retried(
     assert "no answer within retries.per_try_timeout (0.2s)" in body["message"]
     assert "Idempotency-Key" in body["message"] and "node-1" not in body["message"]
     assert any("node-1: no answer within" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_gateways_own_answer_headers_replace_the_nodes(
+        serve: Any, gateway: Any, http: aiohttp.ClientSession) -> None:
+    """A header the gateway adds to every answer (the maintenance advisory here, HSTS on
+    a TLS listener) is sent once, the gateway's, even when the node sends its own."""
+    from aiohttp import web
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, headers={
+            "X-Maintenance-Scheduled": "the node's own", "X-Other": "kept"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ok)
+    gw = await gateway([await serve(app)])
+    gw.traffic.advisory = "2026-12-02T02:00:00Z/2026-12-02T03:00:00Z"
+    async with http.get(f"{gw.traffic_url}/page") as resp:
+        assert resp.status == 200
+        assert resp.headers.getall("X-Maintenance-Scheduled") == [
+            "2026-12-02T02:00:00Z/2026-12-02T03:00:00Z"]
+        assert resp.headers["X-Other"] == "kept"

@@ -17,7 +17,7 @@ from gateway.config.schema import GatewayConfig
 from gateway.errors import Answer, error_response
 from gateway.events import Event, Publish
 from gateway.forwarding import TrustedProxies
-from gateway.headers import BadHeader, new_request_id
+from gateway.headers import BadHeader
 from gateway.listener.access_log import AccessEntry
 from gateway.listener.connection import ClientConnection
 from gateway.listener.local import LocalRoute
@@ -117,6 +117,8 @@ class TrafficHandler:
         self._hsts_line = b""
         #: The header lines added to every proxied answer: the advisory, then HSTS.
         self._extra_lines = b""
+        #: The names of those lines: a node's own are dropped (the gateway's win).
+        self._extra_names: frozenset[bytes] = frozenset()
         #: The running loop, looked up once (on 3.11 every lookup is a getpid() syscall).
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Where sampled requests' spans go (``tracing.otlp_endpoint``); None: nowhere.
@@ -134,7 +136,7 @@ class TrafficHandler:
         self._advisory = value
         self._advisory_line = (b"" if value is None
                                else f"X-Maintenance-Scheduled: {value}\r\n".encode())
-        self._extra_lines = self._advisory_line + self._hsts_line
+        self._set_extra()
         if changed and self.publish is not None:
             self.publish(AdvisoryChanged(value))
 
@@ -153,10 +155,15 @@ class TrafficHandler:
         hsts = config.tls.hsts if config.tls is not None else None
         self._hsts_line = (b"" if hsts is None
                            else f"Strict-Transport-Security: {hsts.header}\r\n".encode())
-        self._extra_lines = self._advisory_line + self._hsts_line
+        self._set_extra()
 
     def __repr__(self) -> str:
         return f"<TrafficHandler routes={len(self.local_routes)} {self.admission!r}>"
+
+    def _set_extra(self) -> None:
+        self._extra_lines = self._advisory_line + self._hsts_line
+        self._extra_names = frozenset(
+            line.split(b":", 1)[0].lower() for line in self._extra_lines.split(b"\r\n") if line)
 
     # -- entry points (gateway.listener.connection.Handler) ---------------------------------
 
@@ -165,11 +172,7 @@ class TrafficHandler:
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
         start = loop.time()
-        trace = continue_or_start(request.headers.get("traceparent"),
-                                  request.headers.get("tracestate"), self.sample_ratio)
-        given = request.headers.get("X-Request-Id")
-        # Without the client's own id, the request id is the trace id (README "Tracing").
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else trace.trace_id
+        trace, request_id = self._trace(request)
         self._identify(request)
         entry = (AccessEntry(request.remote, request.method, self._logged_target(request),
                              request.version, request_id, trace.trace_id,
@@ -249,12 +252,20 @@ class TrafficHandler:
             request.client = proxies.client(request.remote,
                                             request.headers.get("X-Forwarded-For"))
 
-    async def upgrade(self, request: Request, conn: ClientConnection, rest: bytes) -> None:
-        """A WebSocket upgrade: relayed to a node, the node's own handshake answer back."""
+    def _trace(self, request: Request) -> tuple[TraceContext, str]:
+        """The request's trace (continued or started) and its id: the client's
+        ``X-Request-Id`` if it looks like one, else the trace id (README "Tracing")."""
+        trace = continue_or_start(request.headers.get("traceparent"),
+                                  request.headers.get("tracestate"), self.sample_ratio)
         given = request.headers.get("X-Request-Id")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        return trace, given if given and _REQUEST_ID.fullmatch(given) else trace.trace_id
+
+    async def upgrade(self, request: Request, conn: ClientConnection, rest: bytes) -> None:
+        """A WebSocket upgrade: relayed to a node, the node's own handshake answer back,
+        with the same trace context and request id as any request."""
+        trace, request_id = self._trace(request)
         self._identify(request)
-        status = await self.websockets.tunnel(request, conn, rest, request_id)
+        status = await self.websockets.tunnel(request, conn, rest, request_id, trace)
         self.accounting.observe_request(status, 0.0)
 
     def _answer(self, conn: ClientConnection, request: Request, answer: Answer) -> bool:
@@ -328,7 +339,7 @@ class TrafficHandler:
         if span is not None:
             span.node = node.name
         status, keep = await self.responder.respond(ex, request, conn, up, node,
-                                                    self._extra_lines)
+                                                    self._extra_lines, self._extra_names)
         return status, None, keep
 
     def _failed(self, conn: ClientConnection, request: Request, ex: Exchange, failure: str,

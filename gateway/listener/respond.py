@@ -30,9 +30,11 @@ class Responder:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def respond(self, ex: Exchange, request: Request, conn: ClientConnection,
-                      up: UpstreamConnection, node: Node, extra: bytes) -> tuple[int, bool]:
-        """Send ``up``'s answer to the client; ``extra`` are header lines to add. Returns
-        the status and whether the client connection may stay open."""
+                      up: UpstreamConnection, node: Node, extra: bytes,
+                      replaced: frozenset[bytes] = frozenset()) -> tuple[int, bool]:
+        """Send ``up``'s answer to the client; ``extra`` are header lines to add, in place
+        of the node's of those names (``replaced``). Returns the status and whether the
+        client connection may stay open."""
         pool = self.pools[node]
         status = up.status
         keep_alive = conn.keep_alive(request)
@@ -49,9 +51,11 @@ class Responder:
                     length = len(body)
                 conn.write(response_head(status, up.headers, ex.request_id,
                                          content_length=length, keep_alive=keep_alive,
-                                         http10=http10, extra=extra) + body)
+                                         http10=http10, extra=extra,
+                                         replaced=replaced) + body)
                 return status, keep_alive
-            return status, await self._stream(ex, request, conn, up, pool, keep_alive, extra)
+            return status, await self._stream(ex, request, conn, up, pool, keep_alive, extra,
+                                              replaced)
         except (UpstreamError, TimeoutError) as exc:
             # Too late for an error status: cut the client connection so it sees a failure.
             up.abort()
@@ -71,7 +75,7 @@ class Responder:
 
     async def _stream(self, ex: Exchange, request: Request, conn: ClientConnection,
                       up: UpstreamConnection, pool: ConnectionPool, keep_alive: bool,
-                      extra: bytes) -> bool:
+                      extra: bytes, replaced: frozenset[bytes]) -> bool:
         """A body still arriving: forward it as it comes, whatever has arrived coalesced
         into one vectored write, with flow control both ways (the node is paused while the
         client is slow; a client that reads nothing for client_send_timeout is cut)."""
@@ -82,7 +86,8 @@ class Responder:
             keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
         conn.write(response_head(up.status, up.headers, ex.request_id, content_length=declared,
                                  keep_alive=keep_alive, http10=http10, extra=extra
-                                 + (b"Transfer-Encoding: chunked\r\n" if chunked else b"")))
+                                 + (b"Transfer-Encoding: chunked\r\n" if chunked else b""),
+                                 replaced=replaced))
         loop = self.loop or asyncio.get_running_loop()
         self.loop = loop
         while chunk := await up.read_chunk(loop.time() + self.stream_idle):

@@ -28,6 +28,7 @@ from gateway.forwarding import FORWARDING, ForwardingHeaders
 from gateway.headers import HOP_BY_HOP, connection_tokens
 from gateway.node import Node
 from gateway.request import Request
+from gateway.trace import TraceContext, with_trace
 
 log = logging.getLogger("hagw.websocket")
 
@@ -283,8 +284,9 @@ class WebSocketTunnels:
         return f"<WebSocketTunnels open={sum(len(s) for s in self.open.values())}>"
 
     async def tunnel(self, request: Request, client: Client, rest: bytes,
-                     request_id: str) -> int:
-        """Relay the upgrade; returns the status the client got."""
+                     request_id: str, trace: TraceContext | None = None) -> int:
+        """Relay the upgrade (carrying ``trace`` to the node as ``traceparent``); returns
+        the status the client got."""
         conn = cast(_Sendable, client)
         node = self.cluster.pick()
         if node is None:
@@ -308,7 +310,7 @@ class WebSocketTunnels:
                 return 502
             tunnel.upstream = up
             assert up.transport is not None
-            up.transport.write(_upgrade_head(request, node, request_id) + rest)
+            up.transport.write(_upgrade_head(request, node, request_id, trace) + rest)
             try:
                 leftover = await asyncio.wait_for(asyncio.shield(up.answered),
                                                   self.connect_timeout * 6)
@@ -376,15 +378,17 @@ class _Sendable(Protocol):
     def send(self, answer: object, *, keep_alive: bool) -> None: ...
 
 
-def _upgrade_head(request: Request, node: Node, request_id: str) -> bytes:
+def _upgrade_head(request: Request, node: Node, request_id: str,
+                  trace: TraceContext | None = None) -> bytes:
     """The upgrade request for the node: hop-by-hop headers stripped but the upgrade
-    itself, the forwarding headers set."""
-    drop = _SKIP | (connection_tokens(request.raw_headers) - {b"upgrade"})
+    itself, the forwarding headers set, the trace context the gateway's."""
+    raw = request.raw_headers if trace is None else with_trace(request.raw_headers, trace)
+    drop = _SKIP | (connection_tokens(raw) - {b"upgrade"})
     lines = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1", "replace")]
     upgrade = b"websocket"
     host = b""
     forwarding = ForwardingHeaders()
-    for name, value in request.raw_headers:
+    for name, value in raw:
         lower = name.lower()
         if lower == b"upgrade":
             upgrade = value
