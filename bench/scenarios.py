@@ -94,6 +94,33 @@ def _wrk_with_cpu(wrk_path: str, target: Target, connections: int,
         result, cpu_us=used / result.requests * 1e6 if result.requests else None)
 
 
+def _wrk_rounds(wrk_path: str, targets: dict[str, Target], settings: Settings, scenario: str,
+                over: str = "") -> tuple[dict[str, list[LoadResult]], list[Row]]:
+    """``_wrk_with_cpu`` against every target, in interleaved rounds."""
+    def run(target: Target, seconds: float) -> LoadResult:
+        return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
+
+    return _interleaved(targets, settings, scenario,
+                        f"wrk -c{settings.connections} {settings.duration:g}s{over}", run)
+
+
+def _wrk_rows(name: str, scenario: str, runs: list[LoadResult], *, note: str = "",
+              latency: bool = True, cpu_note: str | None = "user+system CPU of the proxy's "
+              "processes per request") -> list[Row]:
+    """A target's medians: req/s (with the rounds' spread), p50 and p99 if ``latency``,
+    and the CPU per request unless ``cpu_note`` is None."""
+    rows = [Row(name, scenario, "req/s", statistics.median(r.rps for r in runs), "req/s",
+                note=_median_note(runs, note))]
+    if latency:
+        rows += [Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs), "ms"),
+                 Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs), "ms")]
+    cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+    if cpu and cpu_note is not None:
+        rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
+                        note=cpu_note))
+    return rows
+
+
 def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
     """``wrk -t1 -c50`` against every target; medians of the rounds."""
     scenario = "throughput"
@@ -103,22 +130,12 @@ def throughput(fleet: Fleet, settings: Settings) -> list[Row]:
         reason = fleet.tools.missing("wrk") or "wrk not installed"
         return [skipped(n, scenario, reason) for n in names]
     targets, rows = _available(fleet, names, scenario)
-
-    def run(target: Target, seconds: float) -> LoadResult:
-        return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
-
-    results, failures = _interleaved(targets, settings, scenario,
-                                     f"wrk -c{settings.connections} {settings.duration:g}s", run)
+    results, failures = _wrk_rounds(wrk_path, targets, settings, scenario)
     rows += failures
     for name, runs in results.items():
-        rows += [Row(name, scenario, "req/s", statistics.median(r.rps for r in runs), "req/s",
-                     note=_median_note(runs)),
-                 Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs), "ms"),
-                 Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs), "ms")]
-        cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
-        if cpu and name != "direct":  # direct's process is one node, not a proxy
-            rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
-                            note="user+system CPU of the proxy's processes per request"))
+        # direct's process is one node, not a proxy: no CPU per request of its own.
+        rows += (_wrk_rows(name, scenario, runs, cpu_note=None) if name == "direct"
+                 else _wrk_rows(name, scenario, runs))
     relate(rows, "direct")
     return _ordered(rows, names)
 
@@ -281,20 +298,11 @@ def workers(fleet: Fleet, settings: Settings) -> list[Row]:
         rows += [skipped(n, scenario, fleet.tools.missing("wrk") or "wrk not installed")
                  for n in targets]
     else:
-        def run(target: Target, seconds: float) -> LoadResult:
-            return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
-
-        results, failures = _interleaved(targets, settings, scenario,
-                                         f"wrk -c{settings.connections} {settings.duration:g}s",
-                                         run)
+        results, failures = _wrk_rounds(wrk_path, targets, settings, scenario)
         rows += failures
         for name, runs in results.items():
-            rows.append(Row(name, scenario, "req/s", statistics.median(r.rps for r in runs),
-                            "req/s", note=_median_note(runs)))
-            cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
-            if cpu:
-                rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
-                                note="user+system CPU of the supervisor and its workers"))
+            rows += _wrk_rows(name, scenario, runs, latency=False,
+                              cpu_note="user+system CPU of the supervisor and its workers")
     for name, target in targets.items():
         try:
             idle = _idle_rows(target, settings, scenario)
@@ -320,23 +328,10 @@ def https(fleet: Fleet, settings: Settings) -> list[Row]:
         reason = fleet.tools.missing("wrk") or "wrk not installed"
         return [skipped(n, scenario, reason) for n in names]
     targets, rows = _available(fleet, names, scenario)
-
-    def run(target: Target, seconds: float) -> LoadResult:
-        return _wrk_with_cpu(wrk_path, target, settings.connections, seconds)
-
-    results, failures = _interleaved(targets, settings, scenario,
-                                     f"wrk -c{settings.connections} {settings.duration:g}s "
-                                     "over TLS", run)
+    results, failures = _wrk_rounds(wrk_path, targets, settings, scenario, " over TLS")
     rows += failures
     for name, runs in results.items():
-        rows += [Row(name, scenario, "req/s", statistics.median(r.rps for r in runs), "req/s",
-                     note=_median_note(runs, "the same certificate and nodes")),
-                 Row(name, scenario, "p50", statistics.median(r.p50_ms for r in runs), "ms"),
-                 Row(name, scenario, "p99", statistics.median(r.p99_ms for r in runs), "ms")]
-        cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
-        if cpu:
-            rows.append(Row(name, scenario, "CPU/request", statistics.median(cpu), "us",
-                            note="user+system CPU of the proxy's processes per request"))
+        rows += _wrk_rows(name, scenario, runs, note="the same certificate and nodes")
     relate(rows, "nginx-tls")
     return _ordered(rows, names)
 

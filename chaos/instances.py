@@ -8,8 +8,8 @@ from typing import Any
 
 from bench.templates import render_file
 from chaos.gateway import ConfigBuilder, GatewayProcess
-from chaos.peers import HERE, binary
-from chaos.processes import Child, ProcessGroup, StartError, free_port, until_listening
+from chaos.peers import HERE, PeerProcess
+from chaos.processes import ProcessGroup
 from chaos.redis import RedisServer
 
 #: The instances' names and worker processes: one of them a supervisor with two workers,
@@ -33,32 +33,20 @@ def peered(config: ConfigBuilder, name: str, redis: RedisServer,
     return build
 
 
-class Balancer:
+class Balancer(PeerProcess):
     """haproxy in TCP mode over the instances' traffic listeners."""
 
     def __init__(self, procs: ProcessGroup, workdir: Path,
                  gateways: list[GatewayProcess]) -> None:
-        self.procs = procs
-        self.workdir = workdir
+        super().__init__("haproxy", procs, workdir, [])
         self.gateways = gateways
-        self.port = 0
-        self.child: Child | None = None
 
     @property
-    def traffic_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def log(self) -> str:
+        return "haproxy-tcp.log"
 
-    async def start(self, timeout: float = 15.0) -> None:
-        path = binary("haproxy")
-        if path is None:
-            raise StartError("haproxy is not installed (.ci/run installs it)")
-        self.port = free_port()
-        servers = "\n".join(f"    server {g.workdir.name} 127.0.0.1:{g.traffic_port}"
-                            for g in self.gateways)
-        conf = render_file(HERE / "haproxy-tcp.cfg", {"workdir": str(self.workdir),
-                                                      "port": str(self.port),
-                                                      "servers": servers},
-                           self.workdir / "haproxy-tcp.cfg")
-        self.child = self.procs.start("haproxy", [path, "-db", "-f", str(conf)],
-                                      self.workdir / "logs" / "haproxy-tcp.log")
-        await until_listening(self.child, self.port, "haproxy", timeout)
+    def argv(self, path: str, values: dict[str, str]) -> list[str]:
+        values["servers"] = "\n".join(f"    server {g.workdir.name} 127.0.0.1:{g.traffic_port}"
+                                      for g in self.gateways)
+        conf = render_file(HERE / "haproxy-tcp.cfg", values, self.workdir / "haproxy-tcp.cfg")
+        return [path, "-db", "-f", str(conf)]

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,18 +26,24 @@ ROW_KEYS = {"target", "scenario", "metric", "value", "unit", "ratio", "reference
             "note"}
 
 
+def quick_bench(tmp_path: Path, only: str, targets: str, *, timeout: float
+                ) -> tuple[str, dict[str, Any]]:
+    """``python -m bench --quick --duration 1`` of one scenario: its output and JSON."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--duration", "1", "--only", only,
+         "--targets", targets, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout, json.loads(out.read_text())
+
+
 def test_quick_throughput_run_writes_results(tmp_path: Path) -> None:
     require_tool("wrk")
-    out = tmp_path / "bench.json"
     # About two seconds of load: one second of wrk against direct, one against hagw.
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--duration", "1", "--only", "throughput",
-         "--targets", "direct,hagw", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "TARGET" in done.stdout and "HEADLINE" in done.stdout
+    stdout, report = quick_bench(tmp_path, "throughput", "direct,hagw", timeout=60)
+    assert "TARGET" in stdout and "HEADLINE" in stdout
 
-    report = json.loads(out.read_text())
     assert {"schema", "started_at", "finished_at", "host", "settings", "tools", "rows",
             "headlines"} <= report.keys()
     assert report["settings"]["scenarios"] == ["throughput"]
@@ -124,13 +131,7 @@ def test_one_inherited_socket_loses_no_connection_to_a_hung_worker() -> None:
 def test_quick_https_run_compares_hagw_with_nginx_terminating_tls(tmp_path: Path) -> None:
     require_tool("wrk")
     require_tool("nginx")
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--duration", "1", "--only", "https",
-         "--targets", "hagw,nginx", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    report = json.loads(out.read_text())
+    _, report = quick_bench(tmp_path, "https", "hagw,nginx", timeout=90)
     measured = {(r["target"], r["metric"]): r for r in report["rows"]
                 if r["scenario"] == "https"}
     for target in ("hagw-tls", "nginx-tls"):

@@ -43,18 +43,24 @@ class PeerProcess:
         if path is None:
             raise StartError(f"{self.peer} is not installed (.ci/run installs it)")
         self.port = free_port()
-        values = {"workdir": str(self.workdir), "port": str(self.port)}
+        argv = self.argv(path, {"workdir": str(self.workdir), "port": str(self.port)})
+        self.child = self.procs.start(self.peer, argv, self.workdir / "logs" / self.log)
+        await until_listening(self.child, self.port, self.peer, timeout)
+
+    @property
+    def log(self) -> str:
+        return f"{self.peer}.log"
+
+    def argv(self, path: str, values: dict[str, str]) -> list[str]:
+        """Its config written from the template, and its command line."""
         if self.peer == "nginx":
             (self.workdir / "nginx-tmp").mkdir(parents=True, exist_ok=True)
             values["servers"] = "\n".join(f"        server {n.host}:{n.port};"
                                           for n in self.nodes)
             conf = render_file(HERE / "nginx.conf", values, self.workdir / "nginx.conf")
-            argv = [path, "-p", str(self.workdir), "-c", str(conf),
+            return [path, "-p", str(self.workdir), "-c", str(conf),
                     "-e", str(self.workdir / "nginx.error.log")]
-        else:
-            values["servers"] = "\n".join(f"    server {n.name} {n.host}:{n.port}"
-                                          for n in self.nodes)
-            conf = render_file(HERE / "haproxy.cfg", values, self.workdir / "haproxy.cfg")
-            argv = [path, "-db", "-f", str(conf)]
-        self.child = self.procs.start(self.peer, argv, self.workdir / "logs" / f"{self.peer}.log")
-        await until_listening(self.child, self.port, self.peer, timeout)
+        values["servers"] = "\n".join(f"    server {n.name} {n.host}:{n.port}"
+                                      for n in self.nodes)
+        conf = render_file(HERE / "haproxy.cfg", values, self.workdir / "haproxy.cfg")
+        return [path, "-db", "-f", str(conf)]

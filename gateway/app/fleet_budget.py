@@ -23,7 +23,7 @@ from gateway.config.schema import SloConfig
 from monitor.peers.connection import PeersUnavailable
 from monitor.peers.counts import FleetSlo
 from monitor.ports import Spawn
-from monitor.slo import AVAILABILITY_WINDOWS, BURN_WINDOWS, Counts, SloTracker
+from monitor.slo import AVAILABILITY_WINDOWS, BURN_WINDOWS, DAILY_HISTORY, Counts, SloTracker
 
 log = logging.getLogger("hagw.peers.slo")
 
@@ -105,9 +105,9 @@ class FleetBudget:
     def budget_left(self, counts: Counts) -> float:
         return self.local.budget_left(counts)
 
-    def daily(self, days: int | None = None) -> list[tuple[int, Counts]]:
+    def daily(self, days: int = DAILY_HISTORY) -> list[tuple[int, Counts]]:
         """This instance's days (the fleet keeps minute and hour buckets only)."""
-        return self.local.daily() if days is None else self.local.daily(days)
+        return self.local.daily(days)
 
     # -- the flush and read loop -------------------------------------------------------------
 
