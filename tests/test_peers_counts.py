@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
+from gateway.app.fleet_budget import FleetBudget
 from gateway.clock import FakeClock
 from gateway.config.schema import SloConfig
 from monitor.peers.connection import PeerLink, PeersUnavailable
 from monitor.peers.counts import FleetRateLimit, FleetSlo
-from monitor.slo import BAD, EXCLUDED, GOOD, HOUR, MINUTE, Counts
+from monitor.slo import BAD, EXCLUDED, GOOD, HOUR, MINUTE, Counts, SloTracker
 from tests.conftest import wait_for
 from tests.fakes import Spawner
 from tests.redis_server import RedisServer
@@ -87,14 +88,20 @@ async def test_rate_limit_counts_are_fleet_wide_per_second(
 
 async def test_slo_counts_flush_in_the_background(peer_link: Callable[..., PeerLink],
                                                   spawner: Spawner) -> None:
+    """The fleet budget's loop sends this instance's counts (and reads the fleet's back);
+    closing it sends what is left."""
     clock = FakeClock(start=1_800_000_000.0)
     link = peer_link("gw-a", clock=clock, **FAST)
-    counts = FleetSlo(link, SloConfig(), clock=clock, spawn=spawner, flush_every=0.05)
-    await counts.start()
-    counts.add(GOOD, 4)
+    counts = slo(link, clock)
+    budget = FleetBudget(SloTracker(SloConfig(), clock), counts, clock=clock, spawn=spawner,
+                         every=0.05)
+    budget.start()
+    budget.record(200, count=4)
     await wait_for(lambda: counts.unflushed == Counts(), 5.0, "flushed")
-    counts.add(BAD, 1)
-    await counts.close()  # flushes what is left
+    await wait_for(lambda: budget.scope == "fleet", 5.0, "the fleet's figures read back")
+    assert budget.window(MINUTE) == Counts(4, 0, 0)
+    budget.record(503)
+    await budget.close()  # flushes what is left
     other = slo(peer_link("gw-b", clock=clock, **FAST), clock)
     assert await other.window(MINUTE) == Counts(4, 1, 0)
 

@@ -7,7 +7,7 @@ adds each request it counts to the fleet's per-minute and per-hour buckets in Re
 (``monitor.peers.counts.FleetSlo``, flushed every ``FLUSH_EVERY``) and, after each
 flush, reads back the fleet's windows that its readers ask for. Reads are synchronous,
 from that copy, so the figures are at most one flush old; a window nobody reads
-regularly, or any window while Redis has not answered for ``STALE_AFTER``, is this
+regularly, or any window while Redis has not answered for ``STALE_AFTER`` rounds, is this
 instance's own (the figures on the status page say which: ``scope``).
 """
 
@@ -29,8 +29,9 @@ log = logging.getLogger("hagw.peers.slo")
 
 #: How often this instance's counts go to Redis and the fleet's come back.
 FLUSH_EVERY = 5.0
-#: Fleet figures older than this are not used (Redis away): this instance's instead.
-STALE_AFTER = 3 * FLUSH_EVERY
+#: Fleet figures older than this many rounds are not used (Redis away): this instance's
+#: instead.
+STALE_AFTER = 3
 
 
 class FleetBudget:
@@ -38,11 +39,13 @@ class FleetBudget:
     fleet's buckets."""
 
     def __init__(self, local: SloTracker, shared: FleetSlo, *, clock: Clock, spawn: Spawn,
-                 windows: Iterable[float] = ()) -> None:
+                 windows: Iterable[float] = (), every: float = FLUSH_EVERY) -> None:
         self.local = local
         self.shared = shared
         self.clock = clock
         self.spawn = spawn
+        #: How often the counts go to Redis and the fleet's come back.
+        self.every = every
         #: The windows read back after each flush (the SLO window and the status page's).
         self.windows = sorted({*AVAILABILITY_WINDOWS.values(), *BURN_WINDOWS.values(),
                                local.config.window, *windows})
@@ -62,7 +65,7 @@ class FleetBudget:
     def scope(self) -> str:
         """"fleet" while the fleet's figures are fresh, else "instance"."""
         fresh = (self._read_at is not None
-                 and self.clock.monotonic() - self._read_at <= STALE_AFTER)
+                 and self.clock.monotonic() - self._read_at <= STALE_AFTER * self.every)
         return "fleet" if fresh else "instance"
 
     # -- counting (the hot path: synchronous, no I/O) ------------------------------------------
@@ -141,5 +144,5 @@ class FleetBudget:
             except Exception:
                 log.exception("fleet SLO counts failed")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_EVERY):
+                async with asyncio.timeout(self.every):
                     await self._stop.wait()

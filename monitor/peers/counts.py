@@ -20,15 +20,12 @@ window's skew.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 
 from gateway.clock import Clock
 from gateway.config.schema import SloConfig
-from monitor.peers.connection import PeerLink, PeersUnavailable
-from monitor.ports import Spawn
+from monitor.peers.connection import PeerLink
 from monitor.slo import BAD, DAY, EXCLUDED, GOOD, HOUR, MINUTE, MINUTE_SPAN, Counts
 
 log = logging.getLogger("hagw.peers.counts")
@@ -54,20 +51,15 @@ return {good, bad, excluded}
 class FleetSlo:
     """SLO counts shared by the fleet (see the module's docstring)."""
 
-    def __init__(self, link: PeerLink, slo: SloConfig, *, clock: Clock,
-                 spawn: Spawn | None = None, flush_every: float = 5.0) -> None:
+    def __init__(self, link: PeerLink, slo: SloConfig, *, clock: Clock) -> None:
         self.link = link
         self.keys = link.keys
         self.clock = clock
-        self.spawn = spawn
-        self.flush_every = flush_every
         self.minute_keep = MINUTE_SPAN + HOUR
         self.hour_keep = int(max(slo.window, 30 * DAY)) + DAY
         #: minute start -> [good, bad, excluded] not yet in Redis.
         self._pending: dict[int, list[int]] = {}
         self._sum = link.redis.register_script(SUM)
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<FleetSlo {self.keys.prefix} unflushed_minutes={len(self._pending)}>"
@@ -144,38 +136,6 @@ class FleetSlo:
             if first <= minute // size * size <= now:
                 good, bad, excluded = good + counts[0], bad + counts[1], excluded + counts[2]
         return Counts(int(good), int(bad), int(excluded))
-
-    # -- background flushing -----------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self.spawn is None:
-            raise RuntimeError("FleetSlo.start needs a spawn callable")
-        if self._task is None:
-            self._task = self.spawn(self._run(), name="peers SLO counts")
-
-    async def close(self) -> None:
-        """Stop flushing (a flush under way finishes) and send what is left, if Redis
-        answers."""
-        if self._task is not None:
-            self._stop.set()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        with contextlib.suppress(PeersUnavailable):
-            await self.flush()
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.flush_every):
-                    await self._stop.wait()
-            if self._stop.is_set():
-                return
-            try:
-                await self.flush()
-            except PeersUnavailable as exc:
-                log.debug("SLO counts kept locally: %s", exc)
-            except Exception:
-                log.exception("flushing SLO counts failed")
 
 
 class FleetRateLimit:
