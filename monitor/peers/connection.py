@@ -75,10 +75,12 @@ def client_for(config: PeersConfig) -> tuple[Redis, Sentinel | None]:
             socket_connect_timeout=config.timeout, retry=_no_retries(),
             decode_responses=False, client_name=f"hagw-{config.name}")
         return master, sentinel
-    # At most MAX_CONNECTIONS: a burst of callers waits (up to ``timeout``) for one to
-    # come free rather than open a connection each, a storm a loaded Redis answers late.
+    # At most MAX_CONNECTIONS: a burst of callers waits for one to come free rather than
+    # open a connection each, a storm a loaded Redis answers late. Waiting in line is not
+    # Redis failing to answer (each call in front is bounded by ``timeout``), so the wait
+    # is bounded by the lease's TTL, not by one command's timeout.
     pool = BlockingConnectionPool(
-        max_connections=MAX_CONNECTIONS, timeout=config.timeout,
+        max_connections=MAX_CONNECTIONS, timeout=config.lease_ttl,
         connection_class=SSLConnection if url.tls else Connection,
         host=url.host, port=url.port, db=url.db, username=url.username,
         password=url.password, socket_timeout=timeout, socket_connect_timeout=config.timeout,
