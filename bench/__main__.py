@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "2000 with --quick)")
     parser.add_argument("--replay-concurrency", type=int, default=1,
                         help="maintenance.replay_concurrency (default 1: strict order)")
+    parser.add_argument("--replay-pipeline", type=int, default=32,
+                        help="maintenance.replay_pipeline of the second maintenance run "
+                             "(default 32; 1: only the strict run)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="write the JSON here (default bench/results/<time>.json "
                              "and latest.json)")
@@ -121,6 +124,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         json_path=args.json,
         queued_writes=args.queued_writes or (2000 if quick else 50_000),
         replay_concurrency=max(1, args.replay_concurrency),
+        replay_pipeline=min(256, max(1, args.replay_pipeline)),
     )
 
 

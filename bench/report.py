@@ -124,6 +124,8 @@ def headlines(rows: list[Row], rates: tuple[int, ...]) -> list[Headline]:
           "replay time", "s")
     value("maintenance: replay time vs the 120s reference", "hagw", "maintenance",
           "vs 120s reference", "x")
+    value("maintenance: pipelined replay time", "hagw", "maintenance-pipelined",
+          "replay time", "s")
     value("hagw peak RSS while streaming", "hagw", "streaming", "peak RSS", "MB")
     return out
 

@@ -38,9 +38,11 @@ class Settings:
     idle_connections: int
     stream_size: int
     json_path: Path | None
-    #: Writes queued in the maintenance scenario, and how many replay at once.
+    #: Writes queued in the maintenance scenario, how many replay at once, and how deep
+    #: the second, pipelined run pipelines them (1: no pipelined run).
     queued_writes: int = 50_000
     replay_concurrency: int = 1
+    replay_pipeline: int = 32
 
     @property
     def settle(self) -> float:
@@ -54,4 +56,5 @@ class Settings:
                 "connections": self.connections, "rates": list(self.rates),
                 "idle_connections": self.idle_connections,
                 "stream_size_bytes": self.stream_size, "queued_writes": self.queued_writes,
-                "replay_concurrency": self.replay_concurrency}
+                "replay_concurrency": self.replay_concurrency,
+                "replay_pipeline": self.replay_pipeline}

@@ -66,6 +66,15 @@ def origin_form(target: str) -> tuple[str, bytes]:
                                                                                 "replace")
 
 
+def _tokens(value: bytes) -> set[bytes]:
+    """The header names one Connection header lists, lower case."""
+    return {t.strip().lower() for t in value.split(b",")}
+
+
+#: A request without forwarding headers of its own (never written to).
+_NO_FORWARDING = ForwardingHeaders()
+
+
 def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, bytes]], *,
                  client_ip: str, scheme: str, node_host: bytes, request_id: str,
                  content_length: int | None, chunked: bool, trusted: bool = False) -> bytes:
@@ -75,27 +84,37 @@ def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, by
     target, authority = origin_form(target)
     out = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1", "replace")]
     append = out.append
-    forwarding = ForwardingHeaders()
+    forwarding = _NO_FORWARDING
     via = b""
     host = b""
-    # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1), wherever the
-    # Connection header sits among the others.
-    drop = _REQUEST_MANAGED | (connection_tokens(raw_headers) - {b"host"})
+    #: Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1), wherever the
+    #: Connection header sits among the others: they are taken out once all are read.
+    named: set[bytes] | None = None
+    #: Which copied line came from which header (only kept if Connection names any).
+    lowers: list[bytes] = []
     for name, value in raw_headers:
         lower = name.lower()
-        if b"\r" in value or b"\n" in value or b"\0" in value:
-            raise BadHeader(f"header {name.decode('latin-1')!r} contains CR, LF or NUL")
-        if lower in drop:
+        if lower in _REQUEST_MANAGED:
             if lower in FORWARDING:
+                if forwarding is _NO_FORWARDING:
+                    forwarding = ForwardingHeaders()
                 forwarding.take(lower, name, value)
             elif lower == b"via":
                 via = value if not via else via + b", " + value
+            elif lower == b"connection":
+                named = _tokens(value) if named is None else named | _tokens(value)
             continue
         if lower == b"host":
             if authority or not value:
                 continue  # the absolute-form target's authority, or the node's, below
             host = value
         append(name + b": " + value + b"\r\n")
+        lowers.append(lower)
+    if named is not None:
+        named -= {b"host"}
+        out[1:] = [line for line, lower in zip(out[1:], lowers, strict=True)
+                   if lower not in named]
+        # A forwarding header or Via named in Connection is the gateway's to write anyway.
     if authority:
         host = authority
         append(b"Host: " + host + b"\r\n")
@@ -112,7 +131,21 @@ def request_head(method: str, target: str, raw_headers: Sequence[tuple[bytes, by
     elif content_length is not None:
         append(b"Content-Length: " + str(content_length).encode() + b"\r\n")
     append(b"\r\n")
-    return b"".join(out)
+    head = b"".join(out)
+    # Every line ends in the one CRLF it was given: a CR, LF or NUL anywhere else would
+    # let a header split into two on the node's side. One check of the whole head.
+    lines = len(out)
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
+        raise _bad_header(raw_headers)
+    return head
+
+
+def _bad_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> BadHeader:
+    """Which header broke a request head (CR, LF or NUL inside it)."""
+    for name, value in raw_headers:
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            return BadHeader(f"header {name.decode('latin-1')!r} contains CR, LF or NUL")
+    return BadHeader("the request line or a header contains CR, LF or NUL")
 
 
 _STATUS_LINES: dict[int, bytes] = {}
@@ -153,15 +186,18 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
     lower case) are dropped, so the gateway's policy (HSTS) is the one the client gets."""
     out = [status_line(status)]
     append = out.append
-    # Headers named in Connection are hop-by-hop too, wherever Connection sits.
-    drop = RESPONSE_HIDDEN | connection_tokens(raw)
-    if replaced:
-        drop = drop | replaced
+    drop = RESPONSE_HIDDEN | replaced if replaced else RESPONSE_HIDDEN
     via = b""
     has_id = has_date = False
+    # Headers named in Connection are hop-by-hop too, wherever Connection sits: they are
+    # taken out once all are read (rare: most nodes name none).
+    named: set[bytes] | None = None
+    lowers: list[bytes] = []
     for name, value in raw:
         lower = name.lower()
         if lower in drop:
+            if lower == b"connection":
+                named = _tokens(value) if named is None else named | _tokens(value)
             continue
         if lower == b"via":
             via = value
@@ -171,6 +207,16 @@ def response_head(status: int, raw: list[tuple[bytes, bytes]], request_id: str, 
         elif lower == b"date":
             has_date = True
         append(name + b": " + value + b"\r\n")
+        lowers.append(lower)
+    if named is not None:
+        kept = [(line, lower) for line, lower in zip(out[1:], lowers, strict=True)
+                if lower not in named]
+        out[1:] = [line for line, _ in kept]
+        append = out.append
+        has_id = any(lower == b"x-request-id" for _, lower in kept)
+        has_date = any(lower == b"date" for _, lower in kept)
+        if b"via" in named:
+            via = b""
     append(b"Via: " + (via + b", " + VIA if via else VIA) + b"\r\n")
     if not has_id:
         append(b"X-Request-Id: " + request_id.encode("latin-1", "replace") + b"\r\n")

@@ -96,6 +96,15 @@ class Forwarder(Protocol):
                       before_send: Callable[[Node], Awaitable[None]] | None = None,
                       ) -> tuple[int, list[tuple[str, str]], bytes]: ...
 
+    async def pipeline(self, node_name: str,
+                       requests: list[tuple[str, str, list[tuple[str, str]], bytes, str]],
+                       window: int, *, stop_on: frozenset[int] = ..., max_answer: int = ...,
+                       ) -> tuple[list[tuple[int, list[tuple[str, str]], bytes]], int, str]:
+        """Send stored requests to one node, pipelined in order, at most ``window`` ahead
+        of its answers and none after an answer in ``stop_on``; its whole answers (a
+        prefix), how many requests were sent, and why the rest got none. Raises NoNode,
+        or UpstreamError if nothing was sent."""
+
 
 class TrafficMode(Protocol):
     """What a maintenance window switches on the traffic listener."""

@@ -115,6 +115,18 @@ class Forwarder:
         self.sent.append((method, target, dict(headers), body))
         return self.status, [("Content-Type", "text/plain")], b"ok"
 
+    async def pipeline(self, node_name: str,
+                       requests: list[tuple[str, str, list[tuple[str, str]], bytes, str]],
+                       window: int, *, stop_on: frozenset[int] = frozenset(),
+                       max_answer: int = 0,
+                       ) -> tuple[list[tuple[int, list[tuple[str, str]], bytes]], int, str]:
+        answers = []
+        for method, target, headers, body, request_id in requests:
+            answers.append(await self.forward(method, target, headers, body, request_id))
+            if answers[-1][0] in stop_on:
+                break
+        return answers, len(answers), ""
+
 
 class Mode:
     """The TrafficMode and Advisory ports: what maintenance switches on the listener."""

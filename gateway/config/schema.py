@@ -680,6 +680,10 @@ class MaintenanceConfig:
     store_headers: tuple[str, ...] = ()
     #: Entries replayed at once; 1 keeps the order strict.
     replay_concurrency: int = field(default=1, metadata=at_least_one)
+    #: With replay_concurrency 1: entries sent to a node down one connection, pipelined,
+    #: in arrival order. 1: one round trip each, strict order even when a write fails.
+    replay_pipeline: int = field(default=1, metadata=check(lambda v: 1 <= v <= 256,
+                                                           "expected 1 to 256"))
     max_attempts: int = field(default=5, metadata=at_least_one)
     retry_base: Duration = 0.5
     retry_max: Duration = 30.0

@@ -1,14 +1,22 @@
-"""Forwarding a stored request (a queued write being replayed) through the same routing,
-retries and pools as live traffic, and reading the node's whole answer."""
+"""Forwarding stored requests (queued writes being replayed) to the nodes: one at a time
+through the same routing, retries and pools as live traffic, or pipelined to one node
+down a connection of their own (gateway.upstream.pipeline)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from gateway.headers import request_head
 from gateway.node import Node
-from gateway.router.exchange import Exchange, UpstreamBroke
+from gateway.router.exchange import Exchange, NoNode, UpstreamBroke
 from gateway.router.router import Router
+from gateway.upstream.pipeline import send_pipelined
+
+#: A stored request: method, target, headers, body and request id.
+Stored = tuple[str, str, list[tuple[str, str]], bytes, str]
+#: The node's whole answer: status, headers and body.
+Whole = tuple[int, list[tuple[str, str]], bytes]
 
 
 class Forwarder:
@@ -21,7 +29,7 @@ class Forwarder:
                       body: bytes, request_id: str,
                       max_answer: int = 10 * 1024 * 1024, *, prefer: str | None = None,
                       before_send: Callable[[Node], Awaitable[None]] | None = None,
-                      ) -> tuple[int, list[tuple[str, str]], bytes]:
+                      ) -> Whole:
         """Send a stored request through the same routing, retries and pools as live traffic,
         and return the node's whole answer. Raises UpstreamError, NoNode or TimeoutError."""
         raw = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
@@ -49,3 +57,49 @@ class Forwarder:
             raise
         finally:
             node.release()
+
+    async def pipeline(self, node_name: str, requests: list[Stored], window: int, *,
+                       stop_on: frozenset[int] = frozenset(),
+                       max_answer: int = 10 * 1024 * 1024) -> tuple[list[Whole], int, str]:
+        """Send ``requests`` to one node, pipelined on a new connection (at most ``window``
+        ahead of the answers; none after an answer in ``stop_on``). Returns its whole
+        answers in order (a prefix of the requests), how many requests were sent, and why
+        the rest got none ("" if none is missing). Raises NoNode if the node does not
+        serve, ConnectFailure if nothing was sent. Each answer counts for the node as a
+        try of live traffic does."""
+        router = self.router
+        node = router.cluster.get(node_name)
+        if node is None or not node.serving:
+            raise NoNode()
+        pool = router.pools[node]
+        wire = [request_head(method, target, tuple((k.encode("latin-1"), v.encode("latin-1"))
+                                                   for k, v in headers),
+                             client_ip="", scheme="http", node_host=node.host_header,
+                             request_id=request_id, content_length=len(body), chunked=False,
+                             trusted=True) + body
+                for method, target, headers, body, request_id in requests]
+        attempts = router.attempts
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        node.acquire()
+        try:
+            answers, sent, reason = await send_pipelined(
+                pool.host, pool.port, wire, window=window, connect_timeout=pool.connect_timeout,
+                idle_timeout=router.config.timeouts.stream_idle, max_answer=max_answer,
+                stop_on=stop_on,
+                ssl=pool.ssl, server_hostname=pool.server_hostname)
+        finally:
+            node.release()
+        now = loop.time()
+        each = (now - started) / max(1, len(answers))
+        bound = router.accounting.node(node.name)
+        if answers:
+            pool.signal.answered(each, now)
+        for answer in answers:
+            bound.observe(answer.status, each)
+            attempts.passive.record(node.name, each, answer.status >= 500)
+        if len(answers) < sent:  # sent, and no answer
+            bound.error()
+            attempts.passive.record(node.name, each, True)
+        return [(a.status, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in a.headers],
+                 a.body) for a in answers], sent, reason

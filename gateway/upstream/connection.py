@@ -108,7 +108,7 @@ class _HeadTooLarge(Exception):
     """Raised inside the parser: the response head is over MAX_RESPONSE_HEAD(ERS)."""
 
 
-def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
+def framed(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a response says where its body ends (Content-Length, or chunked last)."""
     for name, value in headers:
         lower = name.lower()
@@ -282,7 +282,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self._until_close = (not self.head_only and status not in (204, 304)
-                             and not _framed(self.headers))
+                             and not framed(self.headers))
         if self.head_only:
             # A HEAD answer has no body even if it announces one; llhttp cannot be told,
             # so the exchange ends here and the connection is not reused.

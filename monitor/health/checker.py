@@ -50,6 +50,8 @@ class HealthChecker:
         self._session: aiohttp.ClientSession | None = None
         self._evaluator: asyncio.Task[None] | None = None
         self._first_round: dict[Node, asyncio.Event] = {}
+        #: Set to cut a node's wait for its next probe short (it is being readmitted).
+        self._wake: dict[Node, asyncio.Event] = {}
         self._rng = random.Random()
         #: Nodes whose last health answer carried an invalid version (said once, not per probe).
         self._invalid_version: set[str] = set()
@@ -98,6 +100,7 @@ class HealthChecker:
         if not node.check.enabled or node in self._tasks:
             return
         self._first_round[node] = asyncio.Event()
+        self._wake[node] = asyncio.Event()
         self._tasks[node] = self.spawn(self._probe_loop(node), name=f"probe {node.name}")
 
     def remove(self, node: Node) -> None:
@@ -105,6 +108,7 @@ class HealthChecker:
         if task is not None:
             task.cancel()
         self._first_round.pop(node, None)
+        self._wake.pop(node, None)
         self._invalid_version.discard(node.name)
         self.detector.forget(node.name)
 
@@ -127,7 +131,21 @@ class HealthChecker:
                                                      if node.expected_version else ""))
                 else:
                     node.verify_failed(problem)
-            await asyncio.sleep(self._next_wait(node))
+            await self._sleep(node, self._next_wait(node))
+
+    async def _sleep(self, node: Node, seconds: float) -> None:
+        """Until the next probe, or until the node is readmitted (a window or a deploy
+        ended): then it is probed at once rather than a healthy interval later."""
+        wake = self._wake.get(node)
+        if wake is None:
+            await asyncio.sleep(seconds)
+            return
+        wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await wake.wait()
+        except TimeoutError:
+            pass
 
     def _next_wait(self, node: Node) -> float:
         check = node.check
@@ -176,5 +194,9 @@ class HealthChecker:
 
     def _on_change(self, event: NodeChanged) -> None:
         if event.transition is not None and event.transition.new is NodeState.STARTING:
-            # Old evidence must not condemn a node that is being readmitted.
+            # Old evidence must not condemn a node that is being readmitted, and it is
+            # probed now rather than when its last healthy interval would have ended.
             self.detector.reset(event.transition.node)
+            wake = self._wake.get(event.node)
+            if wake is not None:
+                wake.set()

@@ -8,6 +8,15 @@ its ticket. Transient failures (no answer, 502,
 503, 504) are retried with backoff by tenacity; after ``max_attempts`` an entry
 ends ``failed``. A fleet with no serving node pauses the replay without using
 attempts: nothing is dropped because the nodes are still coming back.
+
+With ``replay_pipeline`` above 1, a batch goes to one node down one connection,
+pipelined (gateway.upstream.pipeline), at most that many requests ahead of the answers:
+the node reads them in order, so it sees them in arrival order, without a round trip
+each. Once the node refuses one (502, 503, 504) no more are sent; that entry, and any
+sent that got no answer, is then tried on its own with its retries (the pipelined try
+counted as its first), before the rest of the batch goes, pipelined again. The entries
+already pipelined behind a refused one that the node did answer were applied, so a
+refused entry lands after them: at most ``replay_pipeline - 1`` places late.
 """
 
 from __future__ import annotations
@@ -64,6 +73,19 @@ class ReplayFinished(Event):
 @dataclass(frozen=True, slots=True)
 class ReplayIdle(Event):
     """A replay run emptied the queue."""
+
+
+def runs(batch: list[Entry]) -> list[list[Entry]]:
+    """The batch cut into pipelines: consecutive entries planned for the same node, in
+    arrival order."""
+    out: list[list[Entry]] = []
+    for entry in batch:
+        last = out[-1] if out else None
+        if last is not None and last[0].node == entry.node:
+            last.append(entry)
+        else:
+            out.append([entry])
+    return out
 
 
 class Replayer:
@@ -137,11 +159,14 @@ class Replayer:
             # One write marks the whole batch as being replayed, each entry with the node
             # it is planned for, before any of it is sent; one write records the results.
             # A crash in between re-sends the batch with the same keys, to the same nodes.
-            for entry in batch:
-                entry.node = self._plan(entry)
+            depth = config.replay_pipeline if config.replay_concurrency == 1 else 1
+            self._plan_all(batch, len(batch) if depth > 1 else 1)
             await self.store.mark_replaying_many(batch)
             finished: list[Entry] = []
-            if config.replay_concurrency == 1:
+            if depth > 1:
+                for run in runs(batch):
+                    await self._pipeline(run, finished, depth)
+            elif config.replay_concurrency == 1:
                 for entry in batch:
                     await self._replay(entry, finished)  # strictly one after another
             else:
@@ -161,20 +186,66 @@ class Replayer:
                 self.events.publish(ReplayFinished(entry))
         self.events.publish(ReplayIdle())
 
-    def _plan(self, entry: Entry) -> str | None:
-        """The node an entry goes to first: where it went before a crash, if that node
-        serves (a per-node key store then drops the repeat), else the balancer's pick."""
+    def _plan_all(self, batch: list[Entry], per_pick: int) -> None:
+        """The node each entry goes to first: where it went before a crash, if that node
+        serves (a per-node key store then drops the repeat), else the balancer's pick, one
+        pick for every ``per_pick`` entries (a pipelined batch goes to one node)."""
         cluster = self.cluster
-        if entry.node is not None:
-            node = cluster.get(entry.node)
-            if node is not None and node.serving:
-                return entry.node
-        picked = cluster.pick()
-        return picked.name if picked is not None else None
+        picked: str | None = None
+        for i, entry in enumerate(batch):
+            if i % per_pick == 0:
+                picked = None
+            if entry.node is not None:
+                node = cluster.get(entry.node)
+                if node is not None and node.serving:
+                    continue
+            if picked is None:
+                pick = cluster.pick()
+                picked = pick.name if pick is not None else None
+            entry.node = picked
 
-    async def _replay(self, entry: Entry, finished: list[Entry]) -> None:
+    async def _pipeline(self, run: list[Entry], finished: list[Entry], window: int) -> None:
+        """Entries planned for one node, pipelined (at most ``window`` ahead of the
+        answers); each one the node refused or left unanswered is then tried on its own,
+        in order, its pipelined try counted."""
+        node = run[0].node
+        if len(run) == 1 or node is None:
+            for entry in run:
+                await self._replay(entry, finished)
+            return
+        await self._wait_for_a_node()
+        requests = [(e.method, e.target, self._headers(e), e.body,
+                     e.request_id or new_request_id()) for e in run]
         try:
-            await self._replay_with_retries(entry)
+            answers, sent, reason = await self.forwarder.pipeline(
+                node, requests, window, stop_on=TRANSIENT_STATUSES)
+        except (UpstreamError, NoNode) as exc:
+            # Nothing was sent: each entry goes on its own, through the router, which
+            # picks another node; the batch mark's count is for that first try.
+            log.info("pipelined replay to %s: %s: %s; the entries go one by one", node,
+                     type(exc).__name__, exc)
+            for entry in run:
+                await self._replay(entry, finished)
+            return
+        if reason:
+            log.info("pipelined replay to %s: %d of %d sent, %d answered (%s)", node, sent,
+                     len(run), len(answers), reason)
+        for i, entry in enumerate(run[:sent]):
+            if i < len(answers) and answers[i][0] not in TRANSIENT_STATUSES:
+                self._done(entry, *answers[i])
+                self._finish(entry)
+                finished.append(entry)
+            else:  # refused, or sent and not answered: on its own, with its retries
+                tried = (f"node answered {answers[i][0]}" if i < len(answers)
+                         else "no answer from a node")
+                await self._replay(entry, finished, tried=tried)
+        if sent < len(run):  # the node refused one, so no more went: the rest, pipelined
+            await self._pipeline(run[sent:], finished, window)
+
+    async def _replay(self, entry: Entry, finished: list[Entry], *,
+                      tried: str | None = None) -> None:
+        try:
+            await self._replay_with_retries(entry, tried)
             finished.append(entry)
         except Exception as exc:
             # A bug or a store error must not stop the replay or strand the entry: it goes
@@ -184,11 +255,13 @@ class Replayer:
             await self.store.retry_later(entry, time.time(), f"internal error: {exc!r}")
             await asyncio.sleep(1.0)
 
-    async def _replay_with_retries(self, entry: Entry) -> None:
+    async def _replay_with_retries(self, entry: Entry, tried: str | None = None) -> None:
+        """``tried``: the first attempt (counted by the batch mark) was made already, in a
+        pipeline, and failed so; the retries follow it as they would any failed try."""
         config = self.config
         # The batch mark counted the first attempt already.
         remaining = max(1, config.max_attempts - entry.attempts + 1)
-        fresh = True
+        fresh = tried is None
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(remaining),
@@ -196,12 +269,20 @@ class Replayer:
                                                  max=config.retry_max),
                     retry=retry_if_exception_type(Transient), reraise=True):
                 with attempt:
+                    if tried is not None:
+                        error, tried = tried, None
+                        await self.store.retry_later(entry, time.time(), error)
+                        raise Transient(error)
                     first_try, fresh = fresh, False
                     await self._attempt(entry, first_try)
         except Transient as exc:
             entry.status, entry.error = FAILED, str(exc)
             log.warning("queued write #%d (request %s) failed after %d attempts: %s",
                         entry.seq, entry.request_id, entry.attempts, exc)
+        self._finish(entry)
+
+    def _finish(self, entry: Entry) -> None:
+        """The entry is done or failed: its time, the rate, and whoever waits for it."""
         entry.finished = time.time()
         self._recent.append(time.monotonic())
         for future in self._waiters.pop(entry.ticket, []):
@@ -211,8 +292,7 @@ class Replayer:
     async def _attempt(self, entry: Entry, fresh: bool) -> None:
         """One try; ``fresh``: the batch mark already recorded it (and its planned node)."""
         await self._wait_for_a_node()
-        headers = [(k, v) for k, v in entry.headers if k.lower() != "idempotency-key"]
-        headers.append(("Idempotency-Key", entry.idempotency_key))
+        headers = self._headers(entry)
         first = not fresh
 
         async def before_send(node: Node) -> None:
@@ -240,6 +320,17 @@ class Replayer:
         if status in TRANSIENT_STATUSES:
             await self.store.retry_later(entry, time.time(), f"node answered {status}")
             raise Transient(f"node answered {status}")
+        self._done(entry, status, answer, body)
+
+    @staticmethod
+    def _headers(entry: Entry) -> list[tuple[str, str]]:
+        """The stored headers with the entry's Idempotency-Key (the client's, or made)."""
+        headers = [(k, v) for k, v in entry.headers if k.lower() != "idempotency-key"]
+        headers.append(("Idempotency-Key", entry.idempotency_key))
+        return headers
+
+    @staticmethod
+    def _done(entry: Entry, status: int, answer: list[tuple[str, str]], body: bytes) -> None:
         entry.status, entry.result_status, entry.result_headers = DONE, status, answer
         entry.result_body, entry.error = body, None
 
