@@ -256,12 +256,23 @@ class Replayer:
             await asyncio.sleep(1.0)
 
     async def _replay_with_retries(self, entry: Entry, tried: str | None = None) -> None:
-        """``tried``: the first attempt (counted by the batch mark) was made already, in a
-        pipeline, and failed so; the retries follow it as they would any failed try."""
+        """Try until done or ``max_attempts``. ``tried``: the first attempt (counted by the
+        batch mark) was made already, in a pipeline, and failed so; the retries follow it
+        as they would any failed try."""
         config = self.config
-        # The batch mark counted the first attempt already.
+        if tried is None:
+            # The first try (the batch mark counted it) needs no retrying machinery: most
+            # succeed, and tenacity is only built for one that did not.
+            try:
+                await self._attempt(entry, True)
+            except Transient as exc:
+                tried, recorded = str(exc), True  # _attempt put the failure on record
+            else:
+                self._finish(entry)
+                return
+        else:
+            recorded = False
         remaining = max(1, config.max_attempts - entry.attempts + 1)
-        fresh = tried is None
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(remaining),
@@ -269,12 +280,12 @@ class Replayer:
                                                  max=config.retry_max),
                     retry=retry_if_exception_type(Transient), reraise=True):
                 with attempt:
-                    if tried is not None:
+                    if tried is not None:  # the first try, made already: its failure
                         error, tried = tried, None
-                        await self.store.retry_later(entry, time.time(), error)
+                        if not recorded:
+                            await self.store.retry_later(entry, time.time(), error)
                         raise Transient(error)
-                    first_try, fresh = fresh, False
-                    await self._attempt(entry, first_try)
+                    await self._attempt(entry, False)
         except Transient as exc:
             entry.status, entry.error = FAILED, str(exc)
             log.warning("queued write #%d (request %s) failed after %d attempts: %s",
