@@ -27,19 +27,22 @@ SAMPLED = "01"
 NOT_SAMPLED = "00"
 #: tracestate: at most 32 members, 512 characters kept (the spec's limits).
 _STATE_LIMIT = 512
-_rand = random.SystemRandom()
+#: Trace and span ids must be unique and unpredictable enough to not collide, not secret
+#: (W3C Trace Context section 3.2.2.3): Python's generator, seeded from os.urandom in
+#: every process, without a getrandom() system call per id as SystemRandom makes.
+_bits = random.getrandbits
 
 
 def new_trace_id() -> str:
     while True:
-        trace_id = f"{_rand.getrandbits(128):032x}"
+        trace_id = f"{_bits(128):032x}"
         if trace_id != _ZERO_TRACE:
             return trace_id
 
 
 def new_span_id() -> str:
     while True:
-        span_id = f"{_rand.getrandbits(64):016x}"
+        span_id = f"{_bits(64):016x}"
         if span_id != _ZERO_SPAN:
             return span_id
 

@@ -300,7 +300,7 @@ class Gateway(Parts):
         cfg = self.config
         state = ServerState(self.traffic, cfg.limits,
                             scheme="https" if self.traffic_tls is not None else "http",
-                            spawn=lambda coro: self.tasks(coro, name="request"))
+                            spawn=self.tasks.request)
         server = TrafficServer(state, tls=self.traffic_tls)
         await server.start(cfg.listen.host, cfg.listen.port)
         self.traffic_server = server

@@ -45,6 +45,18 @@ class Tasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def request(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run one client request in the group: as ``__call__`` without its guard, which a
+        request does not need (its connection catches and logs whatever it raises), and
+        which would cost a coroutine more on every request."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError("the gateway is not running")
+        task = self._group.create_task(coro, name="request")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -346,7 +346,7 @@ class Worker:
         data.start_spans()  # this worker's own (tracing.otlp_endpoint)
         state = ServerState(data.traffic, self.config.limits,
                             scheme="https" if self.tls is not None else "http",
-                            spawn=lambda coro: self.tasks(coro, name="request"))
+                            spawn=self.tasks.request)
         self.server = server = TrafficServer(state, tls=self.tls)
         await server.start(sock=self.listen)
         self.send({"type": "ready", "pid": os.getpid(), "version": self.version})

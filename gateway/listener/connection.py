@@ -82,6 +82,8 @@ class ServerState:
         self.handler = handler
         self.limits = limits
         self.scheme = scheme
+        #: Runs a request, or a connection's start. Each catches and logs what it raises, so
+        #: the spawner need not guard it (a guard would cost a coroutine per request).
         self.spawn = spawn or asyncio.ensure_future
         self.connections: set[ClientConnection] = set()
         #: Shutting down: no new request starts; idle connections close.

@@ -118,6 +118,14 @@ class TrafficServer:
         self.state.spawn(self._connect(conn))
 
     async def _connect(self, conn: socket.socket) -> None:
+        # Spawned as requests are, unguarded (ServerState.spawn): nothing may escape.
+        try:
+            await self._start(conn)
+        except Exception:
+            log.exception("a connection failed to start")
+            conn.close()
+
+    async def _start(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         state = self.state
         tls = self.tls
