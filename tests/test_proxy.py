@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import socket
 import tracemalloc
 from collections import Counter
@@ -108,6 +109,65 @@ async def test_streams_50mb_both_ways_without_buffering(backends: Any, gateway: 
     # Client, gateway and backend share this process: none of them held the body.
     assert peak_up < 8 * 1024 * 1024, peak_up
     assert peak_down < 8 * 1024 * 1024, peak_down
+
+
+async def test_a_long_body_is_spliced_byte_for_byte_and_the_client_connection_stays(
+        serve: Any, gateway: Any, http: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past splice.SPLICE_MIN the rest of a body with a length goes socket to socket in the
+    kernel (gateway.listener.splice): every byte in order, the client's keep-alive
+    connection usable afterwards, the node's connection closed (never reused)."""
+    from aiohttp import web
+
+    from gateway.listener import splice
+
+    content = random.Random(7).randbytes(9 * 1024 * 1024 + 123)
+    calls: list[int] = []
+    relay = splice.relay
+
+    async def counted(src: int, dst: int, count: int, **kw: Any) -> None:
+        calls.append(count)
+        await relay(src, dst, count, **kw)
+
+    monkeypatch.setattr(splice, "relay", counted)
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        cut = int(request.query.get("cut", len(content)))
+        response = web.StreamResponse(headers={"Content-Length": str(len(content))})
+        await response.prepare(request)
+        for at in range(0, cut, 65536):
+            await response.write(content[at:min(cut, at + 65536)])
+        if cut < len(content):
+            assert request.transport is not None
+            request.transport.close()  # the node dies mid-body
+            return response
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/blob", blob)
+    gw = await gateway([await serve(app)], outlier_detection={"enabled": False})
+    connector = aiohttp.TCPConnector(limit=1)  # one client connection for every request
+    async with aiohttp.ClientSession(connector=connector) as client:
+        for _ in range(2):
+            async with client.get(f"{gw.traffic_url}/blob") as resp:
+                assert resp.status == 200
+                got = await resp.read()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(content).digest()
+        # Spliced after the first parts went the usual way.
+        assert len(calls) == 2 and all(splice.SPLICE_MIN <= c < len(content) for c in calls)
+        # The node's connections were closed after each splice; the client's was reused.
+        assert gw.pools[gw.cluster.get("node-1")].idle == 0
+        async with client.get(f"{gw.traffic_url}/blob?cut=4000000") as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    async with http.get(f"{gw.traffic_url}/blob") as resp:  # and the gateway goes on
+        assert len(await resp.read()) == len(content)
+    assert len(calls) == 4
 
 
 async def test_chunked_request_and_response_bodies(backends: Any, gateway: Any,

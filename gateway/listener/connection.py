@@ -517,6 +517,15 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out += sum(len(p) for p in parts)
         transport.writelines(parts)
 
+    def splice_fd(self) -> int | None:
+        """The socket's descriptor, for a body spliced to it (gateway.listener.splice); None
+        over TLS, where the kernel cannot move the bytes."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+
     @property
     def unsent(self) -> int:
         transport = self.transport

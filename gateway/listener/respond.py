@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.headers import response_head
+from gateway.listener import splice
 from gateway.listener.connection import WRITE_HIGH_WATER, ClientConnection
 from gateway.node import Node
 from gateway.outlier import OutlierDetector
@@ -73,6 +74,29 @@ class Responder:
         finally:
             node.release()
 
+    async def _splice(self, conn: ClientConnection, up: UpstreamConnection,
+                      pool: ConnectionPool, count: int) -> None:
+        """The last ``count`` bytes of the body, spliced; the node's connection closes."""
+        client = conn.splice_fd()
+        assert client is not None and self.loop is not None
+        loop, signal = self.loop, pool.signal
+
+        def heard() -> None:
+            signal.heard = loop.time()  # stall detection hears the node as it streams
+
+        node = up.hand_over()
+        try:
+            await splice.relay(node, client, count, node_idle=self.stream_idle,
+                               client_idle=conn.state.limits.client_send_timeout,
+                               heard=heard)
+        except ConnectionResetError:
+            if conn.transport is not None:  # gone or not reading: cut, as drain() does
+                conn.transport.abort()
+            raise
+        finally:
+            up.close()
+        conn.bytes_out += count
+
     async def _stream(self, ex: Exchange, request: Request, conn: ClientConnection,
                       up: UpstreamConnection, pool: ConnectionPool, keep_alive: bool,
                       extra: bytes, replaced: frozenset[bytes]) -> bool:
@@ -90,6 +114,9 @@ class Responder:
                                  replaced=replaced))
         loop = self.loop or asyncio.get_running_loop()
         self.loop = loop
+        # A long body with a length, plain TCP both ways: the kernel can move the rest.
+        spliceable = (splice.AVAILABLE and declared is not None and pool.ssl is None
+                      and ex.method != "HEAD" and conn.splice_fd() is not None)
         while chunk := await up.read_chunk(loop.time() + self.stream_idle):
             # Whatever else arrived meanwhile goes out in the same (vectored) write.
             parts = [chunk, *up.take_chunks()]
@@ -99,6 +126,12 @@ class Responder:
                 conn.writelines(parts)
             if conn.unsent > WRITE_HIGH_WATER:
                 await conn.drain()
+            elif spliceable and conn.unsent == 0 and not up.complete and declared is not None \
+                    and declared - up.body_seen >= splice.SPLICE_MIN:
+                # Everything received went out, and nothing waits in the client's buffer:
+                # the rest goes socket to socket.
+                await self._splice(conn, up, pool, declared - up.body_seen)
+                return keep_alive
         if chunked:
             conn.write(_CHUNK_END)
         pool.release(up)

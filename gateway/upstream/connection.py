@@ -124,7 +124,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body", "_body_size", "_body_waiter", "_drain_waiter", "_exc", "_expecting",
         "_head_fed", "_head_size", "_head_waiter", "_interim", "_paused", "_until_close",
-        "_write_paused", "closed", "complete", "exchanges", "head_only", "headers",
+        "_write_paused", "body_seen", "closed", "complete", "exchanges", "handed_over",
+        "head_only", "headers",
         "idle_since", "keep_alive", "loop", "parser", "pool", "status", "stray", "transport",
     )
 
@@ -153,6 +154,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[object] | None = None
         self._body: deque[bytes] = deque()
         self._body_size = 0
+        #: Body bytes the parser has seen (taken or not).
+        self.body_seen = 0
+        #: The rest of the body is read from the socket by someone else (``hand_over``).
+        self.handed_over = False
         self._body_waiter: asyncio.Future[object] | None = None
         self._exc: BaseException | None = None
         self._interim = False
@@ -296,6 +301,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._body.append(body)
         self._body_size += len(body)
+        self.body_seen += len(body)
         if self._body_size > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -464,7 +470,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._body_waiter = None
 
     def _resume(self) -> None:
-        if self._paused and self._body_size < LOW_WATER and self.transport is not None:
+        if self._paused and self._body_size < LOW_WATER and self.transport is not None \
+                and not self.handed_over:
             self._paused = False
             self.transport.resume_reading()
 
@@ -474,6 +481,17 @@ class UpstreamConnection(asyncio.Protocol):
         willing, nothing stray heard, no failure."""
         return (self.complete and self.keep_alive and not self.stray and self.usable
                 and self._exc is None)
+
+    def hand_over(self) -> int:
+        """Stop reading the node's socket for good and hand it over for the rest of the body
+        (gateway.listener.splice): its descriptor. Only with no body part left untaken.
+        The connection is closed afterwards, never reused: its parser never sees the rest."""
+        transport = self.transport
+        assert transport is not None and not self.complete and not self._body
+        self.handed_over = True
+        self.keep_alive = False
+        transport.pause_reading()
+        return int(transport.get_extra_info("socket").fileno())
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
