@@ -227,6 +227,14 @@ class Replayer:
             for entry in run:
                 await self._replay(entry, finished)
             return
+        except Exception:
+            # A bug must not stop the replay: one by one, each entry is on its own (and
+            # an entry that fails so stays queued, as _replay says).
+            log.exception("pipelined replay to %s failed unexpectedly; the entries go one "
+                          "by one", node)
+            for entry in run:
+                await self._replay(entry, finished)
+            return
         if reason:
             log.info("pipelined replay to %s: %d of %d sent, %d answered (%s)", node, sent,
                      len(run), len(answers), reason)
