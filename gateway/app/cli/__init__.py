@@ -12,7 +12,7 @@ from gateway import __version__
 from gateway.app.cli import commands, incidents, operations
 from gateway.app.cli.client import AdminError
 from gateway.app.cli.common import DEFAULT_CONFIG, OUTPUTS
-from gateway.app.demo import redeploy
+from gateway.app.demo import backend, redeploy
 from gateway.config import ConfigError
 
 
@@ -144,13 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep printing new events as they happen (Ctrl-C stops)")
     p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     p = sub.add_parser("node", help="run one demo backend node")
-    p.add_argument("--name", default="node-1")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9601)
-    p.add_argument("--version", default="v1")
-    p.add_argument("--health", choices=["ok", "warn", "fail"], default="ok")
-    p.add_argument("--pidfile")
-    p.set_defaults(fn=commands.cmd_node)
+    backend.node_arguments(p)
+    p.set_defaults(fn=backend.run_node)
     # Listed for --help; main() hands its arguments to gateway.app.demo.redeploy untouched.
     sub.add_parser("demo-redeploy", help="the demo fleet's deploy action (stop a demo node, "
                    "start a new version on its port)")

@@ -11,7 +11,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,7 +19,6 @@ from gateway.app.cli import progress
 from gateway.app.cli.client import AdminClient, AdminError
 from gateway.app.cli.common import admin_client, config_path, output, print_json
 from gateway.app.cli.render import NODE_HEADERS, NODE_WIDE_HEADERS, Style, node_rows, table
-from gateway.app.demo.backend import serve_backend
 from gateway.app.demo.fleet import run_demo
 from gateway.app.logs import setup_logging
 from gateway.app.loop import use_uvloop
@@ -66,12 +64,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("info")
     use_uvloop()
     asyncio.run(run_demo(getattr(args, "config", None)))
-    return 0
-
-
-def cmd_node(args: argparse.Namespace) -> int:
-    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health,
-                              pidfile=Path(args.pidfile) if args.pidfile else None))
     return 0
 
 

@@ -7,6 +7,7 @@ behind the gateway.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -259,6 +260,29 @@ async def serve_backend(name: str, host: str, port: int, version: str, health: s
         await runner.cleanup()
         if pidfile is not None:
             release_pidfile(pidfile)
+
+
+def node_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``hagw node`` (one demo backend node)."""
+    parser.add_argument("--name", default="node-1")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9601)
+    parser.add_argument("--version", default="v1")
+    parser.add_argument("--health", choices=["ok", "warn", "fail"], default="ok")
+    parser.add_argument("--pidfile")
+
+
+def run_node(args: argparse.Namespace) -> int:
+    asyncio.run(serve_backend(args.name, args.host, args.port, args.version, args.health,
+                              pidfile=Path(args.pidfile) if args.pidfile else None))
+    return 0
+
+
+def node_main(argv: list[str]) -> int:
+    """``python -m gateway node ...`` without the rest of the CLI (see gateway.__main__)."""
+    parser = argparse.ArgumentParser(prog="hagw node", description="run one demo backend node")
+    node_arguments(parser)
+    return run_node(parser.parse_args(argv))
 
 
 def claim_pidfile(pidfile: Path) -> None:
