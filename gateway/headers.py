@@ -46,7 +46,7 @@ def connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[b
     tokens: set[bytes] = set()
     for name, value in raw_headers:
         if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+            tokens |= _tokens(value)
     return frozenset(tokens)
 
 

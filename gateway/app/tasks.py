@@ -40,19 +40,19 @@ class Tasks:
             except Exception:
                 log.exception("background task %s failed", name)
 
-        task = self._group.create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._spawn(guarded(), name)
 
     def request(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run one client request in the group: as ``__call__`` without its guard, which a
         request does not need (its connection catches and logs whatever it raises), and
         which would cost a coroutine more on every request."""
+        return self._spawn(coro, "request")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         if self._group is None:
             coro.close()
             raise RuntimeError("the gateway is not running")
-        task = self._group.create_task(coro, name="request")
+        task = self._group.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -74,11 +74,11 @@ class Responder:
         finally:
             node.release()
 
-    async def _splice(self, conn: ClientConnection, up: UpstreamConnection,
+    async def _splice(self, conn: ClientConnection, client: int, up: UpstreamConnection,
                       pool: ConnectionPool, count: int) -> None:
-        """The last ``count`` bytes of the body, spliced; the node's connection closes."""
-        client = conn.splice_fd()
-        assert client is not None and self.loop is not None
+        """The last ``count`` bytes of the body, spliced to the client's socket ``client``;
+        the node's connection closes."""
+        assert self.loop is not None
         loop, signal = self.loop, pool.signal
 
         def heard() -> None:
@@ -115,8 +115,8 @@ class Responder:
         loop = self.loop or asyncio.get_running_loop()
         self.loop = loop
         # A long body with a length, plain TCP both ways: the kernel can move the rest.
-        spliceable = (splice.AVAILABLE and declared is not None and pool.ssl is None
-                      and ex.method != "HEAD" and conn.splice_fd() is not None)
+        client = (conn.splice_fd() if splice.AVAILABLE and pool.ssl is None
+                  and ex.method != "HEAD" else None)
         while chunk := await up.read_chunk(loop.time() + self.stream_idle):
             # Whatever else arrived meanwhile goes out in the same (vectored) write.
             parts = [chunk, *up.take_chunks()]
@@ -126,11 +126,11 @@ class Responder:
                 conn.writelines(parts)
             if conn.unsent > WRITE_HIGH_WATER:
                 await conn.drain()
-            elif spliceable and conn.unsent == 0 and not up.complete and declared is not None \
-                    and declared - up.body_seen >= splice.SPLICE_MIN:
+            elif client is not None and declared is not None and conn.unsent == 0 \
+                    and not up.complete and declared - up.body_seen >= splice.SPLICE_MIN:
                 # Everything received went out, and nothing waits in the client's buffer:
                 # the rest goes socket to socket.
-                await self._splice(conn, up, pool, declared - up.body_seen)
+                await self._splice(conn, client, up, pool, declared - up.body_seen)
                 return keep_alive
         if chunked:
             conn.write(_CHUNK_END)

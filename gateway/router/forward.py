@@ -19,6 +19,11 @@ Stored = tuple[str, str, list[tuple[str, str]], bytes, str]
 Whole = tuple[int, list[tuple[str, str]], bytes]
 
 
+def _raw(headers: list[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
+    """Stored headers as the router takes them."""
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+
+
 class Forwarder:
     """The control plane's replay sends through this (monitor.ports.Forwarder)."""
 
@@ -32,8 +37,7 @@ class Forwarder:
                       ) -> Whole:
         """Send a stored request through the same routing, retries and pools as live traffic,
         and return the node's whole answer. Raises UpstreamError, NoNode or TimeoutError."""
-        raw = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-        ex = Exchange(request_id, method, target, raw, "", "http", body, len(body),
+        ex = Exchange(request_id, method, target, _raw(headers), "", "http", body, len(body),
                       False, self.router.idempotent(method, any(
                           k.lower() == "idempotency-key" for k, _ in headers)),
                       prefer=prefer, before_send=before_send, trusted=True)
@@ -72,11 +76,9 @@ class Forwarder:
         if node is None or not node.serving:
             raise NoNode()
         pool = router.pools[node]
-        wire = [request_head(method, target, tuple((k.encode("latin-1"), v.encode("latin-1"))
-                                                   for k, v in headers),
-                             client_ip="", scheme="http", node_host=node.host_header,
-                             request_id=request_id, content_length=len(body), chunked=False,
-                             trusted=True) + body
+        wire = [request_head(method, target, _raw(headers), client_ip="", scheme="http",
+                             node_host=node.host_header, request_id=request_id,
+                             content_length=len(body), chunked=False, trusted=True) + body
                 for method, target, headers, body, request_id in requests]
         attempts = router.attempts
         loop = asyncio.get_running_loop()

@@ -219,19 +219,15 @@ class Replayer:
         try:
             answers, sent, reason = await self.forwarder.pipeline(
                 node, requests, window, stop_on=TRANSIENT_STATUSES)
-        except (UpstreamError, NoNode) as exc:
-            # Nothing was sent: each entry goes on its own, through the router, which
-            # picks another node; the batch mark's count is for that first try.
-            log.info("pipelined replay to %s: %s: %s; the entries go one by one", node,
-                     type(exc).__name__, exc)
-            for entry in run:
-                await self._replay(entry, finished)
-            return
-        except Exception:
-            # A bug must not stop the replay: one by one, each entry is on its own (and
-            # an entry that fails so stays queued, as _replay says).
-            log.exception("pipelined replay to %s failed unexpectedly; the entries go one "
-                          "by one", node)
+        except Exception as exc:
+            if isinstance(exc, UpstreamError | NoNode):
+                # Nothing was sent: each entry goes on its own, through the router, which
+                # picks another node; the batch mark's count is for that first try.
+                log.info("pipelined replay to %s: %s: %s; the entries go one by one", node,
+                         type(exc).__name__, exc)
+            else:  # a bug must not stop the replay (an entry failing so stays queued)
+                log.exception("pipelined replay to %s failed unexpectedly; the entries go "
+                              "one by one", node)
             for entry in run:
                 await self._replay(entry, finished)
             return
